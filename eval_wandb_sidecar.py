@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""eval sidecar entry point: argument parsing, logging set-up, exit codes. No logic here.
+
+    python eval_wandb_sidecar.py --sft-root saves/my-model [flags]     watch (or --once)
+    python eval_wandb_sidecar.py status [same identity flags | --state-file F] [--json]
+
+Exit codes: 0 ok, 1 runtime error, 2 bad input (flag, config file, state file), 3 lock held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sidecar import __version__  # noqa: E402
+from sidecar.clock import SystemClock  # noqa: E402
+from sidecar.config import build_config, build_parser  # noqa: E402
+from sidecar.errors import EXIT_OK, EXIT_RUNTIME, SidecarError  # noqa: E402
+
+log = logging.getLogger("eval_wandb_sidecar")
+PROG = "eval_wandb_sidecar.py"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="[%(asctime)s] [%(levelname)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def cmd_watch(argv: list[str]) -> int:
+    from sidecar.report import NullReporter
+    from sidecar.service import Sidecar
+
+    args = vars(build_parser(PROG).parse_args(argv))
+    config = build_config(args, dict(os.environ), Path.cwd())
+    setup_logging(config.log_level)
+    mode = "disabled" if not config.reporting else config.wandb_mode
+    log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
+    log.info("state file %s; watch: %s every %g s; W&B mode %s; run id %s",
+             config.state_file, "once" if config.once else "poll", config.poll_interval_seconds, mode,
+             config.wandb_run_id or config.identity.default_run_id)
+    if config.reporting:
+        log.warning("W&B reporting is not built into this version yet: results are kept in the state file "
+                    "as unreported rows and will be reported by a version that has it")
+    sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=NullReporter())
+
+    def on_signal(signum, _frame):
+        log.info("received %s; stopping (a running eval is stopped and stays pending)", signal.Signals(signum).name)
+        sidecar.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sidecar.start()
+    try:
+        if config.once:
+            done = sidecar.run_once()
+            log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
+        else:
+            sidecar.run_forever()
+    finally:
+        sidecar.close()
+    return EXIT_OK
+
+
+def cmd_status(argv: list[str]) -> int:
+    from sidecar.state import read_state
+    from sidecar.status import format_rows, format_status, summarize
+
+    extra = (("--state-file", {"metavar": "FILE", "help": "read this state file instead of deriving it"}),
+             ("--json", {"action": "store_true", "help": "print JSON"}),
+             ("--rows", {"action": "store_true", "help": "also print one line per evaluated checkpoint"}))
+    args = vars(build_parser(f"{PROG} status", extra).parse_args(argv))
+    as_json = bool(args.pop("json", False))
+    with_rows = bool(args.pop("rows", False))
+    state_file = args.pop("state_file", None)
+    mode = ""
+    if state_file:
+        path = Path(state_file).expanduser().resolve()
+    else:
+        config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
+        path = config.state_file
+        mode = config.wandb_mode if config.reporting else "disabled"
+    state = read_state(path)
+    if state is None:
+        print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
+        return EXIT_RUNTIME
+    info = summarize(state, time.time(), mode=mode)
+    if as_json:
+        if with_rows:
+            info["rows"] = [state.rows[s] for s in sorted(state.rows)]
+        print(json.dumps({"state_file": str(path), **info}, indent=2))
+    else:
+        print(format_status(info, str(path)))
+        if with_rows:
+            print(format_rows(state.rows))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "status":
+            return cmd_status(argv[1:])
+        return cmd_watch(argv)
+    except SidecarError as exc:
+        log.debug("error details", exc_info=True)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an internal error: one line here, the traceback at debug level
+        log.debug("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Configuration: one frozen `Config`, built in one place with one precedence order.
+
+command line > environment variables the original honoured > `--config FILE.yaml` > defaults.
+Every bad value raises `ConfigError` naming the flag and the value, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .identity import Identity, derive_identity
+
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_RESUMES = ("allow", "must", "never", "auto")
+ORDERS = ("oldest-first", "newest-first")
+LOCK_MODES = ("auto", "flock", "soft")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DO_SAMPLE = ("true", "false", "1", "0", "yes", "no")
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # without the leading dashes
+    kind: str  # str | path | int | float | bool | choice | steps
+    default: Any = None
+    env: str | None = None
+    help: str = ""
+    choices: tuple = ()
+    minimum: float | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("repo-root", "path", ".", help="folder the eval script runs in (default: current folder)"),
+    Flag("sft-root", "path", None, help="folder holding checkpoint-<N> folders (required), or one checkpoint"),
+    Flag("eval-script", "path", "evaluate_sft_3b.sh", help="eval script, run as `bash SCRIPT SFT_ROOT`"),
+    Flag("category", "str", "Industrial_and_Scientific", "CATEGORY"),
+    Flag("test-data-path", "path", "data/Industrial_and_Scientific/sft/test.json", "TEST_DATA_PATH"),
+    Flag("index-path", "path", "data/Industrial_and_Scientific/id2sid.json", "INDEX_PATH"),
+    Flag("cuda-list", "str", "0", "CUDA_LIST", help="GPU ids for the eval, space-separated"),
+    Flag("python-bin", "str", "python", "PYTHON_BIN"),
+    Flag("batch-size", "int", 8, "BATCH_SIZE", minimum=1),
+    Flag("max-new-tokens", "int", 256, "MAX_NEW_TOKENS", minimum=1),
+    Flag("num-beams", "int", 50, "NUM_BEAMS", minimum=1),
+    Flag("temperature", "float", 1.0, "TEMPERATURE", minimum=0),
+    Flag("do-sample", "choice", "False", "DO_SAMPLE", choices=DO_SAMPLE),
+    Flag("length-penalty", "float", 0.0, "LENGTH_PENALTY"),
+    Flag("sid-levels", "int", -1, "SID_LEVELS"),
+    Flag("seed", "int", 42),
+    Flag("dataset", "str", ""),
+    Flag("cb-setting", "str", ""),
+    Flag("eval-split", "str", ""),
+    Flag("poll-interval-seconds", "float", 60.0, minimum=0.01, help="seconds between scans"),
+    Flag("checkpoint-ready-seconds", "float", 120.0, minimum=0, help="quiet period before a checkpoint is ready"),
+    Flag("once", "bool", False, help="evaluate until nothing ready is left, then exit"),
+    Flag("force-eval", "bool", False, help="run the eval script even when metrics.json exists"),
+    Flag("max-pending-per-cycle", "int", 0, minimum=0, help="cap per tick (0 = unlimited)"),
+    Flag("state-dir", "path", "state/wandb_eval_sidecar"),
+    Flag("disable-wandb", "bool", False),
+    Flag("wandb-project", "str", "MIMIGenRec-Eval", "WANDB_PROJECT"),
+    Flag("wandb-entity", "str", None, "WANDB_ENTITY"),
+    Flag("wandb-run-id", "str", "", "WANDB_RUN_ID"),
+    Flag("wandb-run-name", "str", "", "WANDB_RUN_NAME"),
+    Flag("wandb-mode", "choice", "offline", "WANDB_MODE", choices=WANDB_MODES),
+    Flag("wandb-resume", "choice", "allow", "WANDB_RESUME", choices=WANDB_RESUMES),
+    Flag("wandb-job-type", "str", "eval", "WANDB_JOB_TYPE"),
+    Flag("log-level", "choice", "INFO", choices=LOG_LEVELS),
+    # beyond the original
+    Flag("results-root", "path", None, help="where metrics.json files are read (default REPO_ROOT/results)"),
+    Flag("ready-marker", "str", None, help="a file whose presence makes a checkpoint ready at once"),
+    Flag("eval-timeout-seconds", "float", 0.0, minimum=0, help="stop an eval after this long (0 = never)"),
+    Flag("max-attempts", "int", 3, minimum=1, help="attempts per checkpoint before giving up"),
+    Flag("retry-backoff-seconds", "float", 300.0, minimum=0, help="first retry delay; doubles each time"),
+    Flag("retry-failed", "bool", False, help="give failed checkpoints a fresh attempt budget"),
+    Flag("force-eval-steps", "steps", frozenset(), help="re-evaluate these processed steps once, e.g. 500,1000"),
+    Flag("order", "choice", "oldest-first", choices=ORDERS),
+    Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
+    Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
+)
+_BY_DEST = {f.dest: f for f in FLAGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, resolved: paths absolute, numbers typed. Built only by `build_config`."""
+
+    repo_root: Path
+    sft_root: Path
+    eval_script: Path
+    category: str
+    test_data_path: Path
+    index_path: Path
+    cuda_list: str
+    python_bin: str
+    batch_size: int
+    max_new_tokens: int
+    num_beams: int
+    temperature: float
+    do_sample: str
+    length_penalty: float
+    sid_levels: int
+    seed: int
+    dataset: str
+    cb_setting: str
+    eval_split: str
+    poll_interval_seconds: float
+    checkpoint_ready_seconds: float
+    once: bool
+    force_eval: bool
+    max_pending_per_cycle: int
+    state_dir: Path
+    disable_wandb: bool
+    wandb_project: str
+    wandb_entity: str | None
+    wandb_run_id: str
+    wandb_run_name: str
+    wandb_mode: str
+    wandb_resume: str
+    wandb_job_type: str
+    log_level: str
+    results_root: Path
+    ready_marker: str | None
+    eval_timeout_seconds: float
+    max_attempts: int
+    retry_backoff_seconds: float
+    retry_failed: bool
+    force_eval_steps: frozenset[int]
+    order: str
+    lock_mode: str
+    log_dir: Path
+    identity: Identity = field(compare=False)
+    config_file: Path | None = None
+
+    @property
+    def reporting(self) -> bool:
+        """Whether W&B reporting is on (not `--disable-wandb`, mode not disabled)."""
+        return not self.disable_wandb and self.wandb_mode != "disabled"
+
+    @property
+    def state_file(self) -> Path:
+        return self.identity.state_file(self.state_dir)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.identity.lock_file(self.state_dir)
+
+    def eval_params(self) -> dict:
+        """Decoding parameters: not part of the identity, but recorded with each row."""
+        return {
+            "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature, "do_sample": self.do_sample,
+            "length_penalty": self.length_penalty,
+        }
+
+    def eval_env(self, checkpoint_path: Path, cuda_list: str | None = None) -> dict[str, str]:
+        """Exactly the variables injected into the eval script's environment (SPEC §2.4)."""
+        return {
+            "CATEGORY": self.category,
+            "CUDA_LIST": self.cuda_list if cuda_list is None else cuda_list,
+            "PYTHON_BIN": self.python_bin,
+            "TEST_DATA_PATH": str(self.test_data_path),
+            "INDEX_PATH": str(self.index_path),
+            "BATCH_SIZE": str(self.batch_size),
+            "MAX_NEW_TOKENS": str(self.max_new_tokens),
+            "NUM_BEAMS": str(self.num_beams),
+            "TEMPERATURE": str(self.temperature),
+            "DO_SAMPLE": self.do_sample,
+            "LENGTH_PENALTY": str(self.length_penalty),
+            "SID_LEVELS": str(self.sid_levels),
+            "CKPT_LIST": str(checkpoint_path),
+        }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, dict], ...] = ()) -> argparse.ArgumentParser:
+    """The command line: every flag as a string (typed later, so errors name flag and value)."""
+    parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                     description="Evaluate every new checkpoint once and report it to one W&B run.")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file supplying any flag")
+    for flag in FLAGS:
+        default = f" (default: {flag.default})" if flag.default not in (None, "", False) else ""
+        env = f" [env {flag.env}]" if flag.env else ""
+        if flag.kind == "bool":
+            parser.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
+        else:
+            parser.add_argument(f"--{flag.name}", metavar=flag.dest.upper(), help=f"{flag.help}{default}{env}")
+    for name, kwargs in extra:
+        parser.add_argument(name, **kwargs)
+    return parser
+
+
+def _convert(flag: Flag, raw: Any, source: str) -> Any:
+    where = f"--{flag.name}" if source == "command line" else source
+    text = str(raw).strip() if not isinstance(raw, bool) else raw
+    try:
+        if flag.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off", ""):
+                return False
+            raise ValueError
+        if flag.kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            value: Any = int(text)
+        elif flag.kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+        elif flag.kind == "choice":
+            canon = {c.lower(): c for c in flag.choices}
+            if text.lower() not in canon:
+                raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(flag.choices)}")
+            value = text if flag.dest == "do_sample" else canon[text.lower()]
+        elif flag.kind == "steps":
+            value = frozenset(int(p) for p in text.replace(" ", ",").split(",") if p.strip())
+            if any(v < 0 for v in value):
+                raise ValueError
+        else:
+            value = None if raw is None else str(raw)
+            if value is not None and "\0" in value:
+                raise ConfigError(f"{where}: the value contains a NUL byte")
+    except ConfigError:
+        raise
+    except (ValueError, TypeError):
+        expected = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                    "steps": "comma-separated checkpoint steps (non-negative integers)"}[flag.kind]
+        raise ConfigError(f"{where}: expected {expected}, got {raw!r}") from None
+    if flag.minimum is not None and value < flag.minimum:
+        raise ConfigError(f"{where}: must be at least {flag.minimum:g}, got {raw!r}")
+    return value
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
+    out = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in _BY_DEST:
+            raise ConfigError(f"--config: {path}: unknown key {key!r}")
+        out[dest] = value
+    return out
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return Path(os.path.abspath(path)).resolve()
+
+
+def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True) -> Config:
+    """Merge command line (`args`, only flags given), environment and config file over the defaults.
+
+    With `check_paths`, the files and folders the watch needs must exist (start-up validation).
+    """
+    config_file = None
+    file_values: dict = {}
+    if args.get("config"):
+        config_file = _resolve(args["config"], cwd)
+        file_values = _load_yaml(config_file)
+    values: dict[str, Any] = {}
+    for flag in FLAGS:
+        dest = flag.dest
+        if dest in args:
+            values[dest] = _convert(flag, args[dest], "command line")
+        elif flag.env and environ.get(flag.env, "") != "":
+            values[dest] = _convert(flag, environ[flag.env], f"{flag.env} (environment)")
+        elif dest in file_values:
+            values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
+        else:
+            values[dest] = flag.default
+    if not values["sft_root"]:
+        raise ConfigError("--sft-root is required (the folder holding checkpoint-<N> folders)")
+    if values["ready_marker"] is not None:
+        marker = values["ready_marker"]
+        if not marker or marker in (".", "..") or "/" in marker:
+            raise ConfigError(f"--ready-marker: expected a file name inside the checkpoint, got {marker!r}")
+    repo_root = _resolve(values["repo_root"], cwd)
+    for dest in ("sft_root", "eval_script", "test_data_path", "index_path", "state_dir", "log_dir"):
+        values[dest] = _resolve(values[dest], repo_root)
+    values["repo_root"] = repo_root
+    values["results_root"] = _resolve(values["results_root"] or "results", repo_root)
+    identity = derive_identity(
+        sft_root=values["sft_root"], test_data_path=values["test_data_path"],
+        index_path=values["index_path"], category=values["category"], seed=values["seed"],
+        num_beams=values["num_beams"], sid_levels=values["sid_levels"], dataset=values["dataset"],
+        cb_setting=values["cb_setting"], eval_split=values["eval_split"],
+    )
+    config = Config(**values, identity=identity, config_file=config_file)
+    if check_paths:
+        _check_paths(config)
+    return config
+
+
+def _check_paths(config: Config) -> None:
+    if not config.repo_root.is_dir():
+        raise ConfigError(f"--repo-root: not a folder: {config.repo_root}")
+    if not config.sft_root.is_dir():
+        raise ConfigError(f"--sft-root: not a folder: {config.sft_root}")
+    if not os.access(config.sft_root, os.R_OK | os.X_OK):
+        raise ConfigError(f"--sft-root: not readable: {config.sft_root}")
+    if not config.eval_script.is_file():
+        raise ConfigError(f"--eval-script: not a file: {config.eval_script}")
+    if not config.test_data_path.is_file():
+        raise ConfigError(f"--test-data-path: not a file: {config.test_data_path}")
+    if not config.index_path.is_file():
+        raise ConfigError(f"--index-path: not a file: {config.index_path}")
+    for flag, folder in (("--state-dir", config.state_dir), ("--log-dir", config.log_dir)):
+        existing = folder
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag}: cannot create or write {folder}")

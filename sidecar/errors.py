@@ -1,0 +1,76 @@
+"""One error hierarchy; only the entry point turns these into exit codes and one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Exit codes (documented in README.md "Exit codes").
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+EXIT_LOCK_HELD = 3
+
+
+class SidecarError(Exception):
+    """Base class; `exit_code` is what the entry point returns for it."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class ConfigError(SidecarError):
+    """A flag, environment variable or config-file value is invalid; names the input and the value."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StateCorrupt(SidecarError):
+    """The state file exists but is not a valid sidecar state; it is left untouched."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        bak = Path(f"{path}.bak")
+        hint = f"; the previous good version is {bak}" if bak.exists() else ""
+        super().__init__(
+            f"state file {path} is not valid ({reason}); it was left untouched{hint} "
+            f"(inspect it, then copy the .bak over it or move it away to start fresh)"
+        )
+
+
+class StateWriteError(SidecarError):
+    """The state file could not be written (disk full, permissions); the previous state is intact."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"could not write state file {path}: {reason}; the previous state is intact")
+
+
+class LockHeld(SidecarError):
+    """Another sidecar holds this configuration's lock."""
+
+    exit_code = EXIT_LOCK_HELD
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"another sidecar ({holder}) holds {path}")
+
+
+class EvalFailed(SidecarError):
+    """One evaluation attempt failed; the message is one line naming the log file."""
+
+    def __init__(self, step: int, reason: str, log_path: Path | None = None) -> None:
+        self.step = step
+        self.log_path = log_path
+        where = f"; see {log_path}" if log_path else ""
+        super().__init__(f"{reason}{where}")
+
+
+class MetricsError(SidecarError):
+    """metrics.json is missing, unreadable or holds no usable metric."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"metrics.json at {path}: {reason}")

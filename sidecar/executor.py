@@ -1,0 +1,160 @@
+"""Executor: runs one evaluation as a child process group (SPEC §2.4).
+
+The only module that imports subprocess or sends signals. Values reach the child as
+environment strings and argv items, never through a shell command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    returncode: int | None  # None when the process could not be started
+    duration: float
+    timed_out: bool = False
+    cancelled: bool = False
+    start_error: str = ""
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)
+
+
+class LocalExecutor:
+    """Runs evaluations on this machine, one process group each, stoppable from a signal handler."""
+
+    def __init__(self, grace_seconds: float = 10.0) -> None:
+        self.grace = grace_seconds
+        self._running: dict[int, subprocess.Popen] = {}
+        self._cancelled = threading.Event()
+        self._lock = threading.RLock()  # re-entrant: cancel_all runs in a signal handler
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
+            timeout: float = 0.0, on_start=None) -> EvalResult:
+        """Run argv to completion (or timeout, or cancel); stdout and stderr go to log_path.
+
+        `on_start(pid)` is called once the child exists (used to record it as in flight).
+        """
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(log_path, "ab") as out:
+            header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar runs: {argv!r} (cwd {cwd})\n"
+            out.write(header.encode("utf-8", "replace"))
+            out.flush()
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                return EvalResult(None, time.monotonic() - started, start_error=exc.strerror or str(exc))
+        with self._lock:
+            self._running[proc.pid] = proc
+        try:
+            if self._cancelled.is_set():
+                self._stop_group(proc)
+            if on_start is not None:
+                on_start(proc.pid)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout if timeout > 0 else None)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
+                self._stop_group(proc)
+            self._reap_stragglers(proc.pid)
+        finally:
+            with self._lock:
+                self._running.pop(proc.pid, None)
+        return EvalResult(proc.returncode, time.monotonic() - started, timed_out=timed_out,
+                          cancelled=self._cancelled.is_set() and not timed_out)
+
+    def _stop_group(self, proc: subprocess.Popen) -> None:
+        """SIGTERM to the group, wait the grace period for the leader, then SIGKILL the group."""
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def _reap_stragglers(self, pgid: int) -> None:
+        """Processes the eval left behind in its group are stopped too: nothing outlives its eval."""
+        if not group_alive(pgid):
+            return
+        log.warning("eval process group %d left processes behind; stopping them", pgid)
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(pgid, signal.SIGKILL)
+
+    def cancel_all(self) -> None:
+        """Called from a signal handler: SIGTERM every running eval group; SIGKILL follows after the grace period.
+
+        Does not block: the thread waiting in `run` sees the child exit and returns `cancelled`.
+        """
+        self._cancelled.set()
+        with self._lock:
+            pgids = list(self._running)
+        for pgid in pgids:
+            _signal_group(pgid, signal.SIGTERM)
+        if pgids:
+            timer = threading.Timer(self.grace, self._kill_all, args=(pgids,))
+            timer.daemon = True
+            timer.start()
+
+    def _kill_all(self, pgids: list[int]) -> None:
+        with self._lock:
+            still = [p for p in pgids if p in self._running]
+        for pgid in still:
+            _signal_group(pgid, signal.SIGKILL)
+
+
+def process_cmdline(pid: int) -> str:
+    """The command line of a local pid ('' if it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+def reap_orphan(pgid: int, expect_in_cmdline: str, grace: float = 10.0) -> bool:
+    """Stop an eval group left running by a sidecar that was killed (-9).
+
+    Only a group whose leader still runs a command line containing `expect_in_cmdline` is
+    touched, so a reused pid of an unrelated program is never signalled. True if stopped.
+    """
+    if expect_in_cmdline not in process_cmdline(pgid):
+        return False
+    log.warning("stopping eval process group %d left running by a previous sidecar", pgid)
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+    return True

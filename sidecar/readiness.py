@@ -1,0 +1,143 @@
+"""Readiness: is a checkpoint completely written? (SPEC §2.2)
+
+A checkpoint is ready when it is non-empty, its shard indexes name only existing shards, and
+either the ready marker exists in it or its recursive fingerprint has been still for the quiet
+period on the sidecar's own monotonic clock. Only checkpoints not yet ready are walked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_INDEX_SUFFIXES = (".safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One walk of a checkpoint folder."""
+
+    fingerprint: tuple  # sorted (relative path, size, mtime_ns)
+    newest_mtime: float  # seconds since the epoch, 0.0 if empty
+    indexes: tuple  # relative paths of shard index files
+
+
+def snapshot(folder: Path) -> Snapshot | None:
+    """Walk `folder` recursively; None if it vanished. Unreadable entries count as changing."""
+    entries: list[tuple[str, int, int]] = []
+    indexes: list[str] = []
+    newest = 0
+    stack = [(str(folder), "")]
+    if not folder.is_dir():
+        return None
+    while stack:
+        path, rel = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    name = f"{rel}{entry.name}"
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, f"{name}/"))
+                            continue
+                        st = entry.stat()
+                    except OSError:
+                        entries.append((name, -1, -1))
+                        continue
+                    entries.append((name, st.st_size, st.st_mtime_ns))
+                    newest = max(newest, st.st_mtime_ns)
+                    if name.endswith(_INDEX_SUFFIXES):
+                        indexes.append(name)
+        except FileNotFoundError:
+            if path == str(folder):
+                return None
+            entries.append((rel, -1, -1))
+        except OSError:
+            entries.append((rel, -1, -1))
+    entries.sort()
+    return Snapshot(tuple(entries), newest / 1e9, tuple(sorted(indexes)))
+
+
+def parse_shard_index(text: str) -> set[str] | None:
+    """Shard file names listed by a HF `*.index.json` (`weight_map` values); None if unparseable."""
+    try:
+        data = json.loads(text)
+        weight_map = data["weight_map"]
+        return {str(v) for v in weight_map.values()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def missing_shards(folder: Path, snap: Snapshot) -> list[str]:
+    """Shards named by the folder's index files that do not exist (an unreadable index counts)."""
+    present = {name for name, _, _ in snap.fingerprint}
+    missing: list[str] = []
+    for index in snap.indexes:
+        try:
+            shards = parse_shard_index((folder / index).read_text(encoding="utf-8"))
+        except OSError:
+            shards = None
+        if shards is None:
+            missing.append(f"{index} (unreadable)")
+            continue
+        base = index.rsplit("/", 1)[0] + "/" if "/" in index else ""
+        missing.extend(sorted(s for s in shards if f"{base}{s}" not in present))
+    return missing
+
+
+@dataclass
+class _Watch:
+    fingerprint: tuple
+    still_since: float  # monotonic time the current fingerprint was first seen
+
+
+class ReadinessTracker:
+    """Remembers fingerprints of not-yet-ready checkpoints between ticks.
+
+    `check` returns (ready, reason, wake_at): wake_at is the monotonic time the quiet period
+    ends for a checkpoint that is still settling, so the loop can wake exactly then.
+    """
+
+    def __init__(self, quiet_seconds: float, marker: str | None) -> None:
+        self.quiet = quiet_seconds
+        self.marker = marker
+        self._watch: dict[int, _Watch] = {}
+
+    def forget(self, step: int) -> None:
+        self._watch.pop(step, None)
+
+    def known(self) -> set[int]:
+        return set(self._watch)
+
+    def check(self, step: int, folder: Path, now_mono: float, now_wall: float) -> tuple[bool, str, float | None]:
+        snap = snapshot(folder)
+        if snap is None:
+            self._watch.pop(step, None)
+            return False, "vanished", None
+        if not snap.fingerprint:
+            self._watch.pop(step, None)
+            return False, "empty", None
+        missing = missing_shards(folder, snap)
+        if missing:
+            self._watch[step] = _Watch(snap.fingerprint, now_mono)
+            return False, f"waiting for shards: {', '.join(missing[:3])}", None
+        if self.marker:
+            if (folder / self.marker).exists():
+                self._watch.pop(step, None)
+                return True, "marker", None
+            return False, f"waiting for marker {self.marker}", None
+        seen = self._watch.get(step)
+        if seen is None:
+            if now_wall - snap.newest_mtime >= self.quiet:
+                return True, "settled before it was first seen", None
+            self._watch[step] = _Watch(snap.fingerprint, now_mono)
+            return False, "settling", now_mono + self.quiet
+        if seen.fingerprint != snap.fingerprint:
+            self._watch[step] = _Watch(snap.fingerprint, now_mono)
+            return False, "still being written", now_mono + self.quiet
+        if now_mono - seen.still_since >= self.quiet:
+            self._watch.pop(step, None)
+            return True, "quiet period passed", None
+        return False, "settling", seen.still_since + self.quiet

@@ -1,0 +1,348 @@
+"""The service: one tick is discover -> readiness -> plan -> evaluate -> record -> report.
+
+This is the one place where the pieces are wired together; follow a checkpoint from
+`tick` to the reporter without jumping elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Config
+from .discover import Checkpoint, Discoverer, RootMissing
+from .errors import MetricsError, StateWriteError
+from .executor import LocalExecutor, reap_orphan
+from .metrics import read_metrics
+from .plan import (Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
+                   record_success, record_vanished, reset_failures)
+from .readiness import ReadinessTracker
+from .report import NullReporter, Reporter, summary_from_rows
+from .state import ProcessLock, State, StateStore, utc_iso
+
+log = logging.getLogger(__name__)
+
+SAVE_BATCH_SECONDS = 1.0  # reused metrics (backfill) are saved at most this often, and at tick end
+REREAD_DELAY_SECONDS = 2.0  # a half-written metrics.json is read again after this delay
+
+
+def policy_for(config: Config) -> Policy:
+    return Policy(order=config.order, max_per_tick=config.max_pending_per_cycle,
+                  max_attempts=config.max_attempts, backoff_seconds=config.retry_backoff_seconds,
+                  force_steps=config.force_eval_steps)
+
+
+class Sidecar:
+    """Evaluates every ready checkpoint of one model configuration exactly once and records it."""
+
+    def __init__(self, config: Config, clock, environ: dict[str, str], executor: LocalExecutor | None = None,
+                 reporter: Reporter | None = None, report_rows: bool | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.environ = dict(environ)
+        self.executor = executor or LocalExecutor()
+        self.reporter = reporter or NullReporter()
+        self.report_rows = config.reporting if report_rows is None else report_rows
+        self.policy = policy_for(config)
+        self.store = StateStore(config.state_file)
+        self.lock = ProcessLock(config.lock_file, config.lock_mode)
+        self.discoverer = Discoverer(config.sft_root)
+        self.readiness = ReadinessTracker(config.checkpoint_ready_seconds, config.ready_marker)
+        self.state: State | None = None
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self._ready: set[int] = set()  # steps found ready (never re-walked)
+        self._interrupted: set[int] = set()  # in flight when a previous sidecar died: re-run
+        self._quiet_deadlines: list[float] = []
+        self._dirty = False
+        self._last_save = float("-inf")
+        self._root_missing = False
+        self._save_failing = False
+        self.host = socket.gethostname()
+
+    # ----- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the lock, load (or create and upgrade) the state, settle leftovers of a previous run."""
+        cfg = self.config
+        self.lock.acquire()
+        try:
+            state = self.store.load()
+        except BaseException:
+            self.lock.release()
+            raise
+        identity = cfg.identity
+        if state is None:
+            state = State(identity.key, cfg.wandb_run_id or identity.default_run_id,
+                          cfg.wandb_run_name or identity.default_run_name)
+        else:
+            if state.upgraded_from is not None:
+                log.info("state file %s is version %s; upgrading it in place (nothing is dropped)",
+                         self.store.path, state.upgraded_from)
+            state.model_config_key = identity.key
+            state.run_id = cfg.wandb_run_id or state.run_id or identity.default_run_id
+            state.run_name = cfg.wandb_run_name or state.run_name or identity.default_run_name
+        params = cfg.eval_params()
+        if state.eval_params and state.eval_params != params:
+            changed = ", ".join(f"{k} {state.eval_params.get(k)!r} -> {v!r}" for k, v in params.items()
+                                if state.eval_params.get(k) != v)
+            log.warning("decoding parameters changed since the last start (%s); new rows record them in eval_params",
+                        changed)
+        state.eval_params = params
+        for step, entry in state.in_flight.items():
+            self._interrupted.add(step)
+            entry["interrupted"] = True
+            pid = entry.get("pid")
+            if pid and entry.get("host") == self.host:
+                reap_orphan(int(pid), str(cfg.eval_script))
+            log.warning("checkpoint-%s was being evaluated when the previous sidecar stopped; it will be evaluated again",
+                        step)
+        if cfg.retry_failed and state.failed:
+            log.info("--retry-failed: %d failed checkpoint(s) get a fresh attempt budget", reset_failures(state))
+        self.state = state
+        self._save(force=True)
+
+    def request_stop(self) -> None:
+        """Signal-safe: stop the loop, terminate running evals (their steps stay pending)."""
+        self.stop_event.set()
+        self.executor.cancel_all()
+        self.wake.set()
+
+    def close(self) -> None:
+        """Flush state, close the reporter, release the lock."""
+        try:
+            if self.state is not None:
+                self._save(force=True)
+                self._report()
+        finally:
+            try:
+                self.reporter.close()
+            finally:
+                self.lock.release()
+
+    # ----- loops ------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Tick until nothing ready is left (or a stop is requested); returns evaluations recorded."""
+        total = 0
+        while not self.stop_event.is_set():
+            done = self.tick()
+            total += done
+            if done == 0:
+                break
+        return total
+
+    def run_forever(self) -> None:
+        """Tick on every wake-up until stopped; waits until the next poll or quiet-period end."""
+        poll = self.config.poll_interval_seconds
+        poll_deadline = self.clock.monotonic() + poll
+        while not self.stop_event.is_set():
+            done = self.tick()
+            now = self.clock.monotonic()
+            if now >= poll_deadline:
+                poll_deadline = now + poll
+            if done:
+                continue
+            deadlines = list(self._quiet_deadlines)
+            retry = next_retry(self.state, self.policy)
+            if retry is not None:
+                deadlines.append(now + max(0.0, retry - self.clock.time()))
+            timeout = next_wake(now, poll_deadline, deadlines)
+            self.wake.wait(timeout)
+            self.wake.clear()
+
+    # ----- one tick -----------------------------------------------------------------------------
+    def tick(self) -> int:
+        """One pass; returns how many checkpoints got an outcome recorded (success, failure, vanished)."""
+        state = self.state
+        assert state is not None, "start() first"
+        try:
+            found = self.discoverer.scan()
+        except RootMissing as exc:
+            if not self._root_missing:
+                log.warning("--sft-root is missing or unreadable (%s); waiting for it to come back", exc)
+                self._root_missing = True
+            return 0
+        if self._root_missing:
+            log.info("--sft-root %s is back", self.config.sft_root)
+            self._root_missing = False
+        now_wall, now_mono = self.clock.time(), self.clock.monotonic()
+        done = self._settle_vanished(found, now_wall)
+        if found and state.last_seen_step != found[-1].step:
+            state.last_seen_step = found[-1].step
+            self._dirty = True
+        ready = self._ready_checkpoints(found, now_mono, now_wall)
+        for ckpt in plan(ready, state, now_wall, self.policy):
+            if self.stop_event.is_set():
+                break
+            self._evaluate(ckpt)
+            done += 1
+        self._save(force=self._dirty)
+        self._report()
+        return done
+
+    def _settle_vanished(self, found: list[Checkpoint], now_wall: float) -> int:
+        """Seen-but-unprocessed steps that are gone now were rotated away before their eval."""
+        state = self.state
+        present = {c.step for c in found}
+        watched = set(state.pending) | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)}
+        gone = sorted(s for s in watched if s not in present and s not in state.processed)
+        for step in gone:
+            name = state.failed.get(step, {}).get("checkpoint", f"checkpoint-{step}")
+            log.warning("%s was deleted before it was evaluated; recorded as vanished", name)
+            record_vanished(state, step, name, "deleted before its eval", now_wall)
+            self._ready.discard(step)
+            self.readiness.forget(step)
+        if gone:
+            self._dirty = True
+        return len(gone)
+
+    def _ready_checkpoints(self, found: list[Checkpoint], now_mono: float, now_wall: float) -> list[Checkpoint]:
+        """Walk only checkpoints not processed and not yet known ready; record the pending list."""
+        state, policy = self.state, self.policy
+        ready: list[Checkpoint] = []
+        pending: list[int] = []
+        self._quiet_deadlines = []
+        for ckpt in found:
+            step = ckpt.step
+            if step in state.processed and step not in policy.force_steps:
+                continue
+            failure = state.failed.get(step)
+            if failure is not None and is_given_up(failure, policy):
+                continue
+            pending.append(step)
+            if step not in self._ready:
+                ok, reason, wake_at = self.readiness.check(step, ckpt.path, now_mono, now_wall)
+                if not ok:
+                    if wake_at is not None:
+                        self._quiet_deadlines.append(wake_at)
+                    log.debug("%s not ready: %s", ckpt.name, reason)
+                    continue
+                log.debug("%s is ready (%s)", ckpt.name, reason)
+                self._ready.add(step)
+            ready.append(ckpt)
+        if pending != state.pending:
+            state.pending = pending
+            self._dirty = True
+        return ready
+
+    # ----- evaluate and record ---------------------------------------------------------------
+    def metrics_path(self, ckpt: Checkpoint) -> Path:
+        return self.config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"
+
+    def _evaluate(self, ckpt: Checkpoint) -> None:
+        cfg, state, step = self.config, self.state, ckpt.step
+        metrics_path = self.metrics_path(ckpt)
+        rerun = cfg.force_eval or step in self.policy.force_steps or step in self._interrupted
+        if not rerun:
+            try:
+                metrics = read_metrics(metrics_path)
+            except MetricsError as exc:
+                if exc.reason != "not found":
+                    log.info("%s; running the eval script for %s", exc, ckpt.name)
+            else:
+                self._succeed(ckpt, metrics, metrics_path, evaluated=False)
+                return
+        if not ckpt.path.is_dir():
+            log.warning("%s was deleted before its eval; recorded as vanished", ckpt.name)
+            record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
+            self._dirty = True
+            return
+        log_path = cfg.log_dir / cfg.identity.safe_model / f"{ckpt.name}.log"
+        argv = ["bash", str(cfg.eval_script), str(cfg.sft_root)]
+        env = {**self.environ, **cfg.eval_env(ckpt.path)}
+        log.info("evaluating %s (log: %s)", ckpt.name, log_path)
+        result = self.executor.run(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds,
+                                   on_start=lambda pid: self._mark_in_flight(ckpt, pid))
+        now = self.clock.time()
+        if result.cancelled:
+            state.in_flight.pop(step, None)
+            log.info("eval of %s was stopped by shutdown; it stays pending", ckpt.name)
+            self._save(force=True)
+            return
+        if result.start_error:
+            error = f"eval of {ckpt.name} could not start: {result.start_error}"
+        elif result.timed_out:
+            error = f"eval of {ckpt.name} timed out after {cfg.eval_timeout_seconds:g} s"
+        elif result.returncode != 0:
+            how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
+                   else f"exited {result.returncode}")
+            error = f"eval of {ckpt.name} {how} after {result.duration:.1f} s"
+        else:
+            try:
+                metrics = read_metrics(metrics_path, REREAD_DELAY_SECONDS, self.clock.sleep)
+            except MetricsError as exc:
+                error = f"eval of {ckpt.name} exited 0 but {exc}"
+            else:
+                self._succeed(ckpt, metrics, metrics_path, evaluated=True)
+                return
+        if not ckpt.path.is_dir():
+            log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
+            record_vanished(state, step, ckpt.name, "deleted during its eval", now)
+        else:
+            record = record_failure(state, ckpt, f"{error}; see {log_path}", now, self.policy)
+            if record.get("given_up"):
+                log.error("%s; giving up after %d attempts (see %s)", error, record["attempts"], log_path)
+            else:
+                log.warning("%s; attempt %d of %d, retry in %.0f s (see %s)", error, record["attempts"],
+                            self.policy.max_attempts, record["retry_after"] - now, log_path)
+        self._interrupted.discard(step)
+        self._dirty = True
+        self._save(force=True)
+
+    def _mark_in_flight(self, ckpt: Checkpoint, pid: int) -> None:
+        now = self.clock.time()
+        self.state.in_flight[ckpt.step] = {
+            "checkpoint": ckpt.name, "started": utc_iso(now), "started_at": now, "pid": pid, "host": self.host,
+        }
+        self._dirty = True
+        self._save(force=True)
+
+    def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool) -> None:
+        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
+        record_success(self.state, row, report=self.report_rows)
+        self._ready.discard(ckpt.step)
+        self._interrupted.discard(ckpt.step)
+        if ckpt.step in self.policy.force_steps:
+            self.policy = replace(self.policy, force_steps=self.policy.force_steps - {ckpt.step})
+        self._dirty = True
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("HR@10", "NDCG@10") if k in metrics)
+        log.info("%s %s%s", "evaluated" if evaluated else "recorded existing metrics of", ckpt.name,
+                 f": {shown}" if shown else "")
+        # A finished evaluation is saved at once; reused metrics.json files are batched (a
+        # backfill of 10,000 must not rewrite the state 10,000 times).
+        self._save(force=evaluated)
+
+    # ----- persistence and reporting -------------------------------------------------------------
+    def _save(self, force: bool = False) -> None:
+        if not self._dirty and not force:
+            return
+        now = self.clock.monotonic()
+        if not force and now - self._last_save < SAVE_BATCH_SECONDS:
+            return
+        try:
+            self.store.save(self.state, self.clock.time())
+        except StateWriteError as exc:
+            if not self._save_failing:
+                log.error("%s; will retry", exc)
+                self._save_failing = True
+            if self.config.once:
+                raise
+            return
+        if self._save_failing:
+            log.info("state file %s written again", self.store.path)
+            self._save_failing = False
+        self._dirty = False
+        self._last_save = now
+
+    def _report(self) -> None:
+        """Report rows already saved in state; on failure they stay unreported for the next tick."""
+        state = self.state
+        if self._dirty or not state.unreported or not self.reporter.enabled:
+            return
+        rows = [state.rows[s] for s in sorted(state.unreported) if s in state.rows]
+        self.reporter.report(rows, summary_from_rows(state.rows), state.rows)
+        state.unreported.clear()
+        self._dirty = True
+        self._save(force=True)

@@ -1,0 +1,263 @@
+"""State file and process lock (SPEC §3.2–§3.4). The state file is the source of truth.
+
+The file keeps every field of the original (version 1) format and adds new ones; unknown
+fields are preserved. Writes go to a temp file in the same folder, are flushed and fsynced,
+and replace the state atomically; the previous good version stays as `<state>.bak`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import LockHeld, StateCorrupt, StateWriteError
+
+log = logging.getLogger(__name__)
+
+VERSION = 2
+_KNOWN = {
+    "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
+    "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
+    "unreported_steps", "pending_steps", "eval_params",
+}
+
+
+def utc_iso(wall: float) -> str:
+    """UTC ISO-8601 with seconds, like the original (`2026-01-02T03:04:05+00:00`)."""
+    return datetime.fromtimestamp(wall, timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _steps(value: object, field: str) -> list[int]:
+    if not isinstance(value, list):
+        raise ValueError(f"{field} must be a list")
+    return [int(v) for v in value]
+
+
+def _by_step(value: object, field: str) -> dict[int, dict]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be an object")
+    out: dict[int, dict] = {}
+    for key, entry in value.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{field}[{key!r}] must be an object")
+        out[int(key)] = dict(entry)
+    return out
+
+
+class State:
+    """In-memory state of one model configuration; `to_dict` gives the file's JSON object."""
+
+    def __init__(self, model_config_key: str, run_id: str, run_name: str) -> None:
+        self.model_config_key = model_config_key
+        self.run_id = run_id
+        self.run_name = run_name
+        self.processed: set[int] = set()
+        self.rows: dict[int, dict] = {}
+        self.failed: dict[int, dict] = {}
+        self.vanished: dict[int, dict] = {}
+        self.in_flight: dict[int, dict] = {}
+        self.unreported: set[int] = set()
+        self.pending: list[int] = []
+        self.last_seen_step: int | None = None
+        self.last_update_time: str | None = None
+        self.eval_params: dict | None = None
+        self.extra: dict = {}
+        self.upgraded_from: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "State":
+        """Adopt a state object of version 1 (the original) or 2; raises ValueError on a wrong shape."""
+        if not isinstance(data, dict):
+            raise ValueError("the root is not a JSON object")
+        state = cls(str(data.get("model_config_key", "")), str(data.get("run_id", "")), str(data.get("run_name", "")))
+        version = int(data.get("version", 1))
+        state.processed = set(_steps(data.get("processed_steps", []), "processed_steps"))
+        rows = data.get("table_rows", [])
+        if not isinstance(rows, list):
+            raise ValueError("table_rows must be a list")
+        for row in rows:
+            if not isinstance(row, dict) or "checkpoint_step" not in row:
+                raise ValueError("table_rows entries must be objects with checkpoint_step")
+            state.rows[int(row["checkpoint_step"])] = dict(row)
+        state.failed = _by_step(data.get("failed_steps", {}) or {}, "failed_steps")
+        for entry in state.failed.values():
+            entry.setdefault("attempts", 1)
+        state.vanished = _by_step(data.get("vanished_steps", {}) or {}, "vanished_steps")
+        state.in_flight = _by_step(data.get("in_flight", {}) or {}, "in_flight")
+        state.unreported = set(_steps(data.get("unreported_steps", []), "unreported_steps"))
+        state.pending = _steps(data.get("pending_steps", []), "pending_steps")
+        last_seen = data.get("last_seen_step")
+        state.last_seen_step = None if last_seen is None else int(last_seen)
+        state.last_update_time = data.get("last_update_time")
+        state.eval_params = data.get("eval_params")
+        state.extra = {k: v for k, v in data.items() if k not in _KNOWN}
+        if version < VERSION:
+            state.upgraded_from = version
+        return state
+
+    def to_dict(self) -> dict:
+        """The JSON object written to disk: the original's fields first, then the new ones."""
+        data = {
+            "version": VERSION,
+            "model_config_key": self.model_config_key,
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "processed_steps": sorted(self.processed),
+            "failed_steps": {str(s): self.failed[s] for s in sorted(self.failed)},
+            "table_rows": [self.rows[s] for s in sorted(self.rows)],
+            "last_seen_step": self.last_seen_step,
+            "last_update_time": self.last_update_time,
+            "vanished_steps": {str(s): self.vanished[s] for s in sorted(self.vanished)},
+            "in_flight": {str(s): self.in_flight[s] for s in sorted(self.in_flight)},
+            "unreported_steps": sorted(self.unreported),
+            "pending_steps": sorted(self.pending),
+            "eval_params": self.eval_params,
+        }
+        data.update(self.extra)
+        return data
+
+
+def read_state(path: Path) -> State | None:
+    """Read a state file without any lock (atomic replace makes that safe); None if absent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateCorrupt(path, f"unreadable: {exc.strerror or exc}") from exc
+    try:
+        return State.from_dict(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StateCorrupt(path, str(exc).splitlines()[0][:200]) from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
+    """Write `text` to a temp file beside `path`, fsync it and replace `path` with it.
+
+    With `keep_backup`, the file being replaced stays as `<path>.bak` (a hard link, so no copy;
+    a copy where links are not supported). Raises OSError; on failure `path` is unchanged.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_backup and path.exists():
+            bak = Path(f"{path}.bak")
+            bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
+            try:
+                os.link(path, bak_tmp)
+            except OSError:
+                bak_tmp.write_bytes(path.read_bytes())
+            os.replace(bak_tmp, bak)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class StateStore:
+    """Loads and saves one state file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> State | None:
+        return read_state(self.path)
+
+    def save(self, state: State, wall: float) -> None:
+        """Write the state atomically; raises StateWriteError (previous state intact) on failure."""
+        state.last_update_time = utc_iso(wall)
+        text = json.dumps(state.to_dict(), indent=2, ensure_ascii=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, text, keep_backup=True)
+        except OSError as exc:
+            raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
+
+
+def _holder(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError:
+        lines = []
+    pid = lines[0].strip() if lines and lines[0].strip() else "?"
+    host = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "?"
+    return f"pid {pid} on host {host}"
+
+
+class ProcessLock:
+    """Held for the sidecar's lifetime: flock (records pid and host in the file) or a soft marker.
+
+    `auto` uses flock and falls back to the soft marker where the filesystem has no flock.
+    `soft` uses an exclusive-create marker holding pid+host; markers of dead local pids are broken.
+    Lock files are never followed through symlinks.
+    """
+
+    def __init__(self, path: Path, mode: str = "auto") -> None:
+        self.path = path
+        self.mode = mode
+        self._lock = None
+        self.kind = ""
+
+    def acquire(self) -> None:
+        """Take the lock now or raise LockHeld naming the holder."""
+        import filelock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink():
+            raise LockHeld(self.path, "a symlink at the lock path, which is never followed")
+        if self.mode in ("auto", "flock"):
+            lock = filelock.UnixFileLock(str(self.path), fallback_to_soft=False, on_acquired=self._record_owner)
+            try:
+                lock.acquire(blocking=False)
+                self._lock, self.kind = lock, "flock"
+                return
+            except filelock.Timeout as exc:
+                raise LockHeld(self.path, _holder(self.path)) from exc
+            except OSError as exc:
+                if self.mode == "flock" or exc.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                    raise
+                log.warning("flock is not supported for %s (%s); using a soft lock marker", self.path, exc.strerror)
+        lock = filelock.SoftFileLock(str(self.path))
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout as exc:
+            raise LockHeld(self.path, _holder(self.path)) from exc
+        self._lock, self.kind = lock, "soft"
+
+    @staticmethod
+    def _record_owner(fd: int) -> None:
+        info = f"{os.getpid()}\n{socket.gethostname()}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            try:
+                self._lock.release()
+            finally:
+                self._lock = None

@@ -1,0 +1,109 @@
+"""`status`: what the sidecar has done, from the state file alone (SPEC §5.1)."""
+
+from __future__ import annotations
+
+from .report import summary_from_rows
+from .state import State
+
+
+def summarize(state: State, now_wall: float, max_attempts: int | None = None, mode: str = "") -> dict:
+    """A JSON-ready summary: counts, in-flight evals, last/best HR@10 and NDCG@10, last error."""
+    summary = summary_from_rows(state.rows)
+    given_up = [s for s, f in state.failed.items() if f.get("given_up")]
+    retrying = [s for s in state.failed if s not in given_up]
+    pending = [s for s in state.pending if s not in state.processed and s not in given_up]
+    in_flight = []
+    for step, entry in sorted(state.in_flight.items()):
+        started = entry.get("started_at")
+        in_flight.append({
+            "step": step, "checkpoint": entry.get("checkpoint"), "pid": entry.get("pid"),
+            "host": entry.get("host"), "interrupted": bool(entry.get("interrupted")),
+            "elapsed_seconds": round(now_wall - float(started), 1) if started is not None else None,
+        })
+    last_error = None
+    if state.failed:
+        step, failure = max(state.failed.items(), key=lambda kv: str(kv[1].get("time", "")))
+        last_error = {"step": step, "checkpoint": failure.get("checkpoint"), "error": failure.get("error"),
+                      "time": failure.get("time"), "attempts": failure.get("attempts")}
+    return {
+        "run_id": state.run_id,
+        "run_name": state.run_name,
+        "wandb_mode": mode,
+        "model_config_key": state.model_config_key,
+        "processed": len(state.processed),
+        "failed": len(state.failed),
+        "failed_given_up": len(given_up),
+        "failed_retrying": len(retrying),
+        "vanished": len(state.vanished),
+        "pending": len(pending),
+        "unreported": len(state.unreported),
+        "in_flight": in_flight,
+        "last_step": summary.get("last_step"),
+        "last_hr@10": summary.get("last_hr@10"),
+        "last_ndcg@10": summary.get("last_ndcg@10"),
+        "best_hr@10": summary.get("best_hr@10"),
+        "best_step_for_hr@10": summary.get("best_step_for_hr@10"),
+        "best_ndcg@10": summary.get("best_ndcg@10"),
+        "best_step_for_ndcg@10": summary.get("best_step_for_ndcg@10"),
+        "last_seen_step": state.last_seen_step,
+        "last_update_time": state.last_update_time,
+        "last_error": last_error,
+        "vanished_steps": sorted(state.vanished),
+    }
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_status(info: dict, state_file: str) -> str:
+    """The human-readable status table."""
+    lines = [
+        f"state file    {state_file}",
+        f"run           {info['run_id']} ({info['run_name']}), W&B mode {info['wandb_mode'] or '-'}",
+        (f"checkpoints   processed {info['processed']}  pending {info['pending']}  "
+         f"failed {info['failed']} ({info['failed_given_up']} given up)  vanished {info['vanished']}  "
+         f"unreported {info['unreported']}"),
+    ]
+    if info["in_flight"]:
+        for entry in info["in_flight"]:
+            if entry["interrupted"]:
+                lines.append(f"in flight     {entry['checkpoint']}: interrupted when the sidecar stopped; "
+                             f"it will be evaluated again")
+            else:
+                elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
+                lines.append(f"in flight     {entry['checkpoint']} for {elapsed} (pid {entry['pid']} on {entry['host']})")
+    else:
+        lines.append("in flight     none")
+    if info["last_step"] is None:
+        lines.append("results       none yet")
+    else:
+        lines.append(f"last step     {info['last_step']}  HR@10 {_num(info['last_hr@10'])}  "
+                     f"NDCG@10 {_num(info['last_ndcg@10'])}")
+        lines.append(f"best HR@10    {_num(info['best_hr@10'])} at step {info['best_step_for_hr@10']}")
+        lines.append(f"best NDCG@10  {_num(info['best_ndcg@10'])} at step {info['best_step_for_ndcg@10']}")
+    if info["last_error"]:
+        err = info["last_error"]
+        lines.append(f"last error    {err['checkpoint']} (attempt {err['attempts']}, {err['time']}): {err['error']}")
+    if info["vanished_steps"]:
+        shown = ", ".join(str(s) for s in info["vanished_steps"][:10])
+        more = " ..." if len(info["vanished_steps"]) > 10 else ""
+        lines.append(f"vanished      steps {shown}{more}")
+    lines.append(f"updated       {info['last_update_time'] or '-'}")
+    return "\n".join(lines)
+
+
+def format_rows(rows: dict[int, dict]) -> str:
+    """One line per evaluated checkpoint: step, HR@K and NDCG@K for the K present."""
+    if not rows:
+        return "(no rows yet)"
+    from .report import BASE_METRICS
+
+    names = [m for m in BASE_METRICS if any(m in r for r in rows.values())]
+    header = f"{'step':>8}  " + "  ".join(f"{m:>8}" for m in names)
+    lines = [header]
+    for step in sorted(rows):
+        row = rows[step]
+        cells = "  ".join(f"{row[m]:>8.4f}" if isinstance(row.get(m), (int, float)) else f"{'-':>8}" for m in names)
+        lines.append(f"{step:>8}  {cells}")
+    return "\n".join(lines)
