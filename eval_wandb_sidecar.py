@@ -44,14 +44,6 @@ def cmd_watch(argv: list[str]) -> int:
     args = vars(build_parser(PROG).parse_args(argv))
     config = build_config(args, dict(os.environ), Path.cwd())
     setup_logging(config.log_level)
-    mode = "disabled" if not config.reporting else config.wandb_mode
-    log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
-    log.info("state file %s; watch: %s every %g s; W&B mode %s; run id %s",
-             config.state_file, "once" if config.once else "poll", config.poll_interval_seconds, mode,
-             config.wandb_run_id or config.identity.default_run_id)
-    if config.reporting:
-        log.warning("W&B reporting is not built into this version yet: results are kept in the state file "
-                    "as unreported rows and will be reported by a version that has it")
     sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=NullReporter())
 
     def on_signal(signum, _frame):
@@ -60,7 +52,15 @@ def cmd_watch(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sidecar.start()
+    sidecar.start()  # the lock and the state file: errors here are one line, before any banner
+    mode = "disabled" if not config.reporting else config.wandb_mode
+    log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
+    log.info("state file %s (lock: %s); watch: %s every %g s; W&B mode %s; run id %s", config.state_file,
+             sidecar.lock.kind, "once" if config.once else "poll", config.poll_interval_seconds, mode,
+             sidecar.state.run_id)
+    if config.reporting:
+        log.warning("W&B reporting is not built into this version yet: results are kept in the state file "
+                    "as unreported rows and will be reported by a version that has it")
     try:
         if config.once:
             done = sidecar.run_once()

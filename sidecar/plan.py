@@ -86,6 +86,11 @@ def record_failure(state: State, ckpt: Checkpoint, error: str, now_wall: float, 
     previous = state.failed.get(ckpt.step, {})
     attempts = int(previous.get("attempts", 0)) + (1 if consume_attempt else 0)
     record = dict(previous)
+    if previous.get("error"):
+        # keep a short history: the original's failure records must not lose their story
+        history = list(previous.get("previous_errors", []))
+        history.append(f"{previous.get('time', '?')}: {previous['error']}")
+        record["previous_errors"] = history[-5:]
     record.update({
         "checkpoint": ckpt.name,
         "error": error,
@@ -106,6 +111,7 @@ def record_failure(state: State, ckpt: Checkpoint, error: str, now_wall: float, 
 def record_vanished(state: State, step: int, name: str, reason: str, now_wall: float) -> None:
     """The checkpoint was deleted (rotation) before or during its eval: recorded, never retried."""
     state.vanished[step] = {"checkpoint": name, "reason": reason, "time": utc_iso(now_wall)}
+    state.pending = [s for s in state.pending if s != step]
     state.failed.pop(step, None)
     state.in_flight.pop(step, None)
 

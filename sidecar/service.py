@@ -187,7 +187,7 @@ class Sidecar:
         state = self.state
         present = {c.step for c in found}
         watched = set(state.pending) | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)}
-        gone = sorted(s for s in watched if s not in present and s not in state.processed)
+        gone = sorted(s for s in watched if s not in present and s not in state.processed and s not in state.vanished)
         for step in gone:
             name = state.failed.get(step, {}).get("checkpoint", f"checkpoint-{step}")
             log.warning("%s was deleted before it was evaluated; recorded as vanished", name)

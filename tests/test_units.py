@@ -1,0 +1,159 @@
+"""Pure parts: metrics parsing, planning, backoff, summary, pacing, readiness with a fake clock."""
+
+import json
+import os
+import time
+
+import pytest
+
+from sidecar.discover import Checkpoint, parse_step
+from sidecar.metrics import parse_metrics, read_metrics
+from sidecar.plan import Policy, backoff_delay, next_wake, plan, record_failure
+from sidecar.readiness import ReadinessTracker
+from sidecar.report import summary_from_rows, table_columns
+from sidecar.state import State
+
+
+def test_parse_step_accepts_only_exact_checkpoint_names():
+    assert parse_step("checkpoint-500") == 500
+    for name in ("checkpoint-final", "checkpoint-12a", "tmp-checkpoint-5", ".checkpoint-5", "checkpoint-", "checkpoint-5 "):
+        assert parse_step(name) is None
+
+
+def test_metrics_flatten_nested_and_drop_non_finite(caplog):
+    metrics, dropped = parse_metrics('{"HR@10": 0.1, "flag": true, "name": "x", "Instruments": {"HR@10": 0.2},'
+                                     ' "bad": NaN, "big": Infinity, "n": 3}')
+    assert metrics == {"HR@10": 0.1, "Instruments/HR@10": 0.2, "n": 3.0}
+    assert sorted(dropped) == ["bad", "big"]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"HR@10": 0.1,', "invalid JSON"),
+    ("[1, 2]", "root must be a JSON object"),
+    ('{"HR@10": "n/a", "ok": false}', "no numeric metric"),
+    ('{"HR@10": NaN}', "non-finite values dropped: HR@10"),
+])
+def test_metrics_errors_say_why(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_metrics(text)
+
+
+def test_half_written_metrics_are_read_again_once(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"HR@10": 0.')
+
+    def finish_writing(_seconds):
+        path.write_text('{"HR@10": 0.5}')
+
+    assert read_metrics(path, reread_after=0.01, sleep=finish_writing) == {"HR@10": 0.5}
+
+
+def ckpts(*steps):
+    return [Checkpoint(s, f"checkpoint-{s}", __import__("pathlib").Path(f"/x/checkpoint-{s}")) for s in steps]
+
+
+def test_plan_orders_caps_and_skips_processed_and_backed_off():
+    state = State("k", "r", "n")
+    state.processed = {100}
+    policy = Policy(backoff_seconds=10, max_attempts=3)
+    record_failure(state, ckpts(200)[0], "boom", now_wall=1000.0, policy=policy)
+    ready = ckpts(100, 200, 300, 400)
+    assert [c.step for c in plan(ready, state, 1005.0, policy)] == [300, 400]
+    assert [c.step for c in plan(ready, state, 1010.0, policy)] == [200, 300, 400]
+    newest = Policy(order="newest-first", max_per_tick=2, backoff_seconds=10)
+    assert [c.step for c in plan(ready, state, 1010.0, newest)] == [400, 300]
+    forced = Policy(force_steps=frozenset({100}), backoff_seconds=10)
+    assert [c.step for c in plan(ready, state, 1010.0, forced)][0] == 100
+
+
+def test_backoff_doubles_and_budget_ends():
+    assert [backoff_delay(n, 300) for n in (1, 2, 3)] == [300, 600, 1200]
+    state = State("k", "r", "n")
+    policy = Policy(backoff_seconds=300, max_attempts=2)
+    first = record_failure(state, ckpts(5)[0], "e1", 0.0, policy)
+    assert first["attempts"] == 1 and first["retry_after"] == 300
+    second = record_failure(state, ckpts(5)[0], "e2", 400.0, policy)
+    assert second["attempts"] == 2 and second["given_up"] is True
+    assert plan(ckpts(5), state, 10_000.0, policy) == []
+
+
+def test_summary_best_last_and_table_columns():
+    rows = {
+        100: {"checkpoint_step": 100, "checkpoint_name": "checkpoint-100", "HR@10": 0.2, "NDCG@10": 0.1, "metrics_path": "a"},
+        200: {"checkpoint_step": 200, "checkpoint_name": "checkpoint-200", "HR@10": 0.3, "NDCG@10": 0.05,
+              "X/HR@10": 1.0, "metrics_path": "b"},
+        300: {"checkpoint_step": 300, "checkpoint_name": "checkpoint-300", "HR@10": 0.3, "NDCG@10": 0.07, "metrics_path": "c"},
+    }
+    assert summary_from_rows(rows) == {
+        "last_step": 300, "last_hr@10": 0.3, "best_hr@10": 0.3, "best_step_for_hr@10": 200,
+        "last_ndcg@10": 0.07, "best_ndcg@10": 0.1, "best_step_for_ndcg@10": 100,
+    }
+    cols = table_columns(rows.values())
+    assert cols[:2] == ["checkpoint_step", "checkpoint_name"] and cols[-1] == "metrics_path"
+    assert cols.index("X/HR@10") > cols.index("NDCG@10")
+
+
+def test_next_wake_takes_the_soonest_deadline():
+    assert next_wake(10.0, 70.0, []) == 60.0
+    assert next_wake(10.0, 70.0, [12.5, 40.0]) == 2.5
+    assert next_wake(10.0, 70.0, [5.0]) == 0.0
+    assert next_wake(10.0, None, []) is None
+
+
+class FakeClock:
+    def __init__(self):
+        self.mono = 1000.0
+
+
+def test_quiet_period_uses_own_clock_and_a_changing_subfolder_resets_it(tmp_path):
+    folder = tmp_path / "checkpoint-5"
+    (folder / "global_step5").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    wall = time.time()
+    tracker = ReadinessTracker(quiet_seconds=120, marker=None)
+    ok, reason, wake = tracker.check(5, folder, 1000.0, wall)
+    assert not ok and wake == 1120.0
+    (folder / "global_step5" / "optim_states.pt").write_bytes(b"y" * 10)  # DeepSpeed writes a sub-folder
+    ok, reason, wake = tracker.check(5, folder, 1100.0, wall)
+    assert not ok and reason == "still being written" and wake == 1220.0
+    assert not tracker.check(5, folder, 1219.0, wall)[0]
+    assert tracker.check(5, folder, 1220.0, wall)[0]
+
+
+def test_a_growing_file_keeps_it_waiting(tmp_path):
+    folder = tmp_path / "checkpoint-7"
+    folder.mkdir()
+    tracker = ReadinessTracker(quiet_seconds=10, marker=None)
+    with open(folder / "optimizer.pt", "wb") as fh:
+        for i in range(5):
+            fh.write(b"z" * 100)
+            fh.flush()
+            assert not tracker.check(7, folder, 100.0 + i * 9, time.time())[0]
+    assert not tracker.check(7, folder, 140.0, time.time())[0]
+    assert tracker.check(7, folder, 146.0, time.time())[0]
+
+
+def test_marker_makes_it_ready_at_once_and_a_missing_shard_keeps_it_waiting(tmp_path):
+    folder = tmp_path / "checkpoint-9"
+    folder.mkdir()
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"1")
+    (folder / "trainer_state.json").write_text("{}")
+    tracker = ReadinessTracker(quiet_seconds=120, marker="trainer_state.json")
+    ok, reason, _ = tracker.check(9, folder, 0.0, time.time())
+    assert not ok and "model-00002-of-00002.safetensors" in reason
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"2")
+    assert tracker.check(9, folder, 0.0, time.time()) == (True, "marker", None)
+    empty = tmp_path / "checkpoint-10"
+    empty.mkdir()
+    assert tracker.check(10, empty, 0.0, time.time())[1] == "empty"
+
+
+def test_checkpoint_older_than_the_quiet_period_is_ready_at_first_sight(tmp_path):
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    (folder / "w").write_bytes(b"x")
+    old = time.time() - 500
+    os.utime(folder / "w", (old, old))
+    assert ReadinessTracker(120, None).check(3, folder, 0.0, time.time())[0]
