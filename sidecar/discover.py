@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
-
-_STEP = re.compile(r"checkpoint-(\d+)")
 
 
 def parse_step(name: str) -> int | None:
     """`checkpoint-500` -> 500; any other name (`checkpoint-final`, `tmp-checkpoint-5`) -> None."""
-    match = _STEP.fullmatch(name)
-    return int(match.group(1)) if match else None
+    if not name.startswith("checkpoint-"):
+        return None
+    digits = name[11:]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
-@dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(NamedTuple):
     step: int
     name: str
-    path: Path  # as seen under the root (a symlink stays a symlink), absolute
+    parent: Path  # the folder holding it (absolute); the path is built only when needed
+
+    @property
+    def path(self) -> Path:
+        """As seen under the root (a symlink stays a symlink), absolute."""
+        return self.parent / self.name
 
     @property
     def parent_name(self) -> str:
         """`model_parent` of the results layout: the basename of the folder holding the checkpoint."""
-        return self.path.parent.name
+        return self.parent.name
 
 
 class RootMissing(Exception):
@@ -49,27 +52,37 @@ class Discoverer:
         if step is not None:
             if not root.is_dir():
                 raise RootMissing(str(root))
-            return [Checkpoint(step, root.name, root)]
-        found: list[Checkpoint] = []
+            return [Checkpoint(step, root.name, root.parent)]
+        by_step: dict[int, str] = {}
         try:
             with os.scandir(root) as entries:
                 for entry in entries:
-                    step = parse_step(entry.name)
-                    if step is None:
+                    name = entry.name
+                    digits = name[11:]
+                    if name[:11] != "checkpoint-" or not digits.isdigit() or not digits.isascii():
                         continue
                     try:
-                        if entry.is_symlink():
-                            if not self._symlink_inside(entry):
-                                continue
-                        elif not entry.is_dir(follow_symlinks=False):
+                        if not entry.is_dir(follow_symlinks=False) and not (
+                                entry.is_symlink() and self._symlink_inside(entry)):
                             continue
                     except OSError:
                         continue
-                    found.append(Checkpoint(step, entry.name, root / entry.name))
+                    step = int(digits)
+                    other = by_step.get(step)
+                    if other is not None:
+                        name = self._duplicate(step, other, name)
+                    by_step[step] = name
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise RootMissing(f"{root}: {exc.strerror or exc}") from exc
-        found.sort(key=lambda c: c.step)
-        return found
+        return [Checkpoint(step, by_step[step], root) for step in sorted(by_step)]
+
+    def _duplicate(self, step: int, first: str, second: str) -> str:
+        """`checkpoint-5` and `checkpoint-05` name one step: keep the first by name, warn once."""
+        keep = min(first, second)
+        if f"dup-{step}" not in self._warned:
+            self._warned.add(f"dup-{step}")
+            log.warning("%s and %s both name step %d; using %s", first, second, step, keep)
+        return keep
 
     def _symlink_inside(self, entry: os.DirEntry) -> bool:
         target = Path(os.path.realpath(entry.path))
