@@ -1,0 +1,47 @@
+"""Acceptance 11: the README's commands work, CI runs exactly the README's test command."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^    (python3 -m venv .+)$", readme, flags=re.M)
+    assert len(commands) == 2, commands
+    demo, tests = commands
+    assert "bash examples/demo.sh" in demo and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+
+
+def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEMO_DIR": str(tmp_path / "demo dir"),
+           "PYTHON_BIN": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "examples" / "demo.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for step in (100, 200, 300, 400, 500):
+        assert re.search(rf"^\s+{step}\s+0\.\d{{4}}", out, flags=re.M), out
+    assert "processed 5  pending 0  failed 0" in out
+    assert f"state file    {tmp_path / 'demo dir'}/state/wandb_eval_sidecar/toy-grec-sft-cb16_" in out
+    assert "--once: 5 checkpoint(s) handled" in result.stderr
+    assert "--once: 0 checkpoint(s) handled" in out  # the second pass re-evaluates nothing
+
+
+def test_manager_script_passes_flags_through_from_any_folder(ws, tmp_path):
+    ws.checkpoint(100)
+    env = ws.env(PYTHON_BIN=sys.executable)
+    result = subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), "once", "--instance", "x y",
+                             *ws.args()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert ws.calls() == ["checkpoint-100"]
+    result = subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), "status", *ws.args()], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "processed 1" in result.stdout
+    result = subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), "bogus"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown command 'bogus'" in result.stderr
