@@ -200,3 +200,52 @@ def test_force_eval_reruns_and_force_eval_steps_replaces_rows(ws):
     rows = {r["checkpoint_step"]: r for r in ws.state()["table_rows"]}
     assert rows[100]["calls"] == 2.0 and rows[100]["HR@10"] == round(100 / 100000 + 2 / 1000, 4)
     assert len(ws.state()["table_rows"]) == 2
+
+
+def test_symlinks_count_only_inside_the_root_with_one_warning(ws, tmp_path):
+    inside = ws.sft / "real-folder"
+    inside.mkdir()
+    (inside / "w.bin").write_bytes(b"x")
+    import os as _os
+    old = time.time() - 3600
+    _os.utime(inside / "w.bin", (old, old))
+    (ws.sft / "checkpoint-100").symlink_to(inside)
+    outside = ws.checkpoint(1, age=3600).rename(tmp_path / "elsewhere")
+    (ws.sft / "checkpoint-200").symlink_to(outside)
+    result = ws.run("--once")
+    assert result.returncode == 0, result.stderr
+    assert ws.calls() == ["checkpoint-100"]
+    assert result.stderr.count("checkpoint-200: it is a symlink to") == 1
+    env = json.loads((ws.ctl / "env-checkpoint-100.json").read_text())
+    assert env["CKPT_LIST"] == str(ws.sft / "checkpoint-100")  # the path under the root, not the target
+
+
+def test_sft_root_that_disappears_later_is_waited_for(ws, tmp_path):
+    ws.checkpoint(100)
+    proc = ws.start("--poll-interval-seconds", "0.2")
+    try:
+        wait_for(lambda: ws.calls() == ["checkpoint-100"])
+        moved = ws.sft.rename(tmp_path / "moved away")
+        time.sleep(1.0)
+        moved.rename(ws.sft)
+        ws.checkpoint(200)
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"])
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    out = next(ws.ctl.glob("sidecar-*.out")).read_text()
+    assert out.count("--sft-root is missing or unreadable") == 1 and "is back" in out
+    assert ws.state()["vanished_steps"] == {}
+
+
+def test_changed_decoding_parameters_are_warned_about_and_recorded_per_row(ws):
+    ws.checkpoint(100)
+    assert ws.run("--once", "--temperature", "1.0").returncode == 0
+    ws.checkpoint(200)
+    result = ws.run("--once", "--temperature", "0.5")
+    assert result.returncode == 0
+    assert "decoding parameters changed since the last start (temperature 1.0 -> 0.5)" in result.stderr
+    rows = ws.state()["table_rows"]
+    assert [r["eval_params"]["temperature"] for r in rows] == [1.0, 0.5]
+    assert len(ws.state_files()) == 1  # same identity, same state file
