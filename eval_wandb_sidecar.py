@@ -3,6 +3,7 @@
 
     python eval_wandb_sidecar.py --sft-root saves/my-model [flags]     watch (or --once)
     python eval_wandb_sidecar.py status [same identity flags | --state-file F] [--json]
+    python eval_wandb_sidecar.py sync [same identity flags | --state-file F] [--dry-run]
 
 Exit codes: 0 ok, 1 runtime error, 2 bad input (flag, config file, state file), 3 lock held.
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sidecar import __version__  # noqa: E402
 from sidecar.clock import SystemClock  # noqa: E402
 from sidecar.config import build_config, build_parser  # noqa: E402
-from sidecar.errors import EXIT_OK, EXIT_RUNTIME, SidecarError  # noqa: E402
+from sidecar.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SidecarError  # noqa: E402
 
 log = logging.getLogger("eval_wandb_sidecar")
 PROG = "eval_wandb_sidecar.py"
@@ -37,14 +38,35 @@ def setup_logging(level: str) -> None:
     )
 
 
-def cmd_watch(argv: list[str]) -> int:
+def make_reporter(config):
+    """The W&B reporter for an enabled mode, else the null one (wandb is then never imported)."""
     from sidecar.report import NullReporter
+
+    if not config.reporting:
+        return NullReporter()
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"--wandb-mode {config.wandb_mode}: the wandb package is not installed "
+                          f"(pip install -r requirements.txt, or pass --disable-wandb)")
+    from sidecar.wandb_reporter import WandbOptions, WandbReporter
+
+    return WandbReporter(WandbOptions(
+        project=config.wandb_project, entity=config.wandb_entity, run_id="", run_name="",
+        resume=config.wandb_resume, job_type=config.wandb_job_type, mode=config.wandb_mode,
+        config=config.identity.wandb_config(), init_timeout=config.wandb_init_timeout,
+        system_stats=config.wandb_system_stats, fallback=config.wandb_fallback,
+        summary_metrics=config.summary_metrics,
+    ))
+
+
+def cmd_watch(argv: list[str]) -> int:
     from sidecar.service import Sidecar
 
     args = vars(build_parser(PROG).parse_args(argv))
     config = build_config(args, dict(os.environ), Path.cwd())
     setup_logging(config.log_level)
-    sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=NullReporter())
+    sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=make_reporter(config))
 
     def on_signal(signum, _frame):
         log.info("received %s; stopping (a running eval is stopped and stays pending)", signal.Signals(signum).name)
@@ -58,9 +80,6 @@ def cmd_watch(argv: list[str]) -> int:
     log.info("state file %s (lock: %s); watch: %s every %g s; W&B mode %s; run id %s", config.state_file,
              sidecar.lock.kind, "once" if config.once else "poll", config.poll_interval_seconds, mode,
              sidecar.state.run_id)
-    if config.reporting:
-        log.warning("W&B reporting is not built into this version yet: results are kept in the state file "
-                    "as unreported rows and will be reported by a version that has it")
     try:
         if config.once:
             done = sidecar.run_once()
@@ -72,16 +91,13 @@ def cmd_watch(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def cmd_status(argv: list[str]) -> int:
-    from sidecar.state import read_state
-    from sidecar.status import format_rows, format_status, summarize
+STATE_FILE_FLAG = ("--state-file", {"metavar": "FILE", "help": "read this state file instead of deriving it"})
 
-    extra = (("--state-file", {"metavar": "FILE", "help": "read this state file instead of deriving it"}),
-             ("--json", {"action": "store_true", "help": "print JSON"}),
-             ("--rows", {"action": "store_true", "help": "also print one line per evaluated checkpoint"}))
-    args = vars(build_parser(f"{PROG} status", extra).parse_args(argv))
-    as_json = bool(args.pop("json", False))
-    with_rows = bool(args.pop("rows", False))
+
+def load_state_for(args: dict):
+    """(state file path, state, W&B mode) from `--state-file` or the identity flags; reads only."""
+    from sidecar.state import read_state
+
     state_file = args.pop("state_file", None)
     mode = ""
     if state_file:
@@ -90,7 +106,19 @@ def cmd_status(argv: list[str]) -> int:
         config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
         path = config.state_file
         mode = config.wandb_mode if config.reporting else "disabled"
-    state = read_state(path)
+    return path, read_state(path), mode
+
+
+def cmd_status(argv: list[str]) -> int:
+    from sidecar.status import format_rows, format_status, summarize
+
+    extra = (STATE_FILE_FLAG,
+             ("--json", {"action": "store_true", "help": "print JSON"}),
+             ("--rows", {"action": "store_true", "help": "also print one line per evaluated checkpoint"}))
+    args = vars(build_parser(f"{PROG} status", extra).parse_args(argv))
+    as_json = bool(args.pop("json", False))
+    with_rows = bool(args.pop("rows", False))
+    path, state, mode = load_state_for(args)
     if state is None:
         print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
         return EXIT_RUNTIME
@@ -106,11 +134,26 @@ def cmd_status(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_sync(argv: list[str]) -> int:
+    extra = (STATE_FILE_FLAG, ("--dry-run", {"action": "store_true", "help": "print the command only"}))
+    args = vars(build_parser(f"{PROG} sync", extra).parse_args(argv))
+    dry_run = bool(args.pop("dry_run", False))
+    path, state, _ = load_state_for(args)
+    if state is None:
+        print(f"no state file at {path}: nothing to sync", file=sys.stderr)
+        return EXIT_RUNTIME
+    from sidecar.wandb_reporter import sync_segments
+
+    return sync_segments(state.segments, path, dry_run)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "status":
             return cmd_status(argv[1:])
+        if argv and argv[0] == "sync":
+            return cmd_sync(argv[1:])
         return cmd_watch(argv)
     except SidecarError as exc:
         log.debug("error details", exc_info=True)

@@ -85,6 +85,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("order", "choice", "oldest-first", choices=ORDERS),
     Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
     Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
+    Flag("wandb-init-timeout", "float", 30.0, minimum=1, help="seconds one W&B init attempt may take"),
+    Flag("wandb-fallback", "choice", "none", choices=("none", "offline"),
+         help="offline: write an offline segment when the online run cannot start"),
+    Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
+    Flag("summary-metrics", "str", "HR@10,NDCG@10", help="metrics with best/last summary keys"),
 )
 _BY_DEST = {f.dest: f for f in FLAGS}
 
@@ -137,6 +142,10 @@ class Config:
     order: str
     lock_mode: str
     log_dir: Path
+    wandb_init_timeout: float
+    wandb_fallback: str
+    wandb_system_stats: bool
+    summary_metrics: tuple[str, ...]
     identity: Identity = field(compare=False)
     config_file: Path | None = None
 
@@ -303,6 +312,10 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
             values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
         else:
             values[dest] = flag.default
+    metrics = tuple(m.strip() for m in str(values["summary_metrics"]).split(",") if m.strip())
+    if not metrics:
+        raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {values['summary_metrics']!r}")
+    values["summary_metrics"] = metrics
     if not values["sft_root"]:
         raise ConfigError("--sft-root is required (the folder holding checkpoint-<N> folders)")
     if values["ready_marker"] is not None:

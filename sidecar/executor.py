@@ -158,3 +158,19 @@ def reap_orphan(pgid: int, expect_in_cmdline: str, grace: float = 10.0) -> bool:
         time.sleep(0.05)
     _signal_group(pgid, signal.SIGKILL)
     return True
+
+
+def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = None,
+                capture: bool = True) -> tuple[int, str, str]:
+    """Run a short helper command (wandb's own tools) without a shell; (returncode, stdout, stderr).
+
+    A command that cannot start returns 127; one that exceeds `timeout` is killed and returns 124.
+    """
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=timeout, text=True,
+                              capture_output=capture, start_new_session=True)
+    except FileNotFoundError as exc:
+        return 127, "", str(exc)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"timed out after {timeout:g} s"
+    return proc.returncode, proc.stdout or "", proc.stderr or ""

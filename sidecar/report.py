@@ -7,6 +7,7 @@ out-of-order completion. The W&B reporter lives in its own module; `NullReporter
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 BASE_METRICS = ["HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10"]
@@ -52,12 +53,40 @@ def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", 
     return summary
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What to report: the unreported rows and all rows (row dicts are never mutated, only replaced)."""
+
+    pending: dict[int, dict]
+    rows: dict[int, dict]
+
+
+@dataclass
+class Delivery:
+    """What a reporter wrote: these rows into `segment`; `closed` once the segment is finished."""
+
+    segment: dict
+    rows: dict[int, dict] = field(default_factory=dict)
+    closed: bool = False
+
+
 class Reporter(Protocol):
-    """Receives rows already saved in state; raises on failure so the rows stay unreported."""
+    """Receives snapshots of rows already saved in state and says what it wrote.
+
+    `report` never blocks; `collect` returns deliveries (what was written, where); `reconcile`
+    reads back run segments a crashed process left open; `bind` names the run before the first
+    report; `close` finishes the run.
+    """
 
     enabled: bool
 
-    def report(self, rows: list[dict], summary: dict, all_rows: dict[int, dict]) -> None: ...
+    def bind(self, run_id: str, run_name: str, on_delivery=None) -> None: ...
+
+    def report(self, snapshot) -> None: ...
+
+    def collect(self) -> list: ...
+
+    def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> tuple[set[int], set[int]]: ...
 
     def close(self) -> None: ...
 
@@ -67,8 +96,17 @@ class NullReporter:
 
     enabled = False
 
-    def report(self, rows: list[dict], summary: dict, all_rows: dict[int, dict]) -> None:
+    def bind(self, run_id: str, run_name: str, on_delivery=None) -> None:
         return None
+
+    def report(self, snapshot) -> None:
+        return None
+
+    def collect(self) -> list:
+        return []
+
+    def reconcile(self, segments, rows, unreported):
+        return set(), set()
 
     def close(self) -> None:
         return None

@@ -20,7 +20,7 @@ from .metrics import read_metrics
 from .plan import (Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
-from .report import NullReporter, Reporter, summary_from_rows
+from .report import NullReporter, Reporter, Snapshot
 from .state import ProcessLock, State, StateStore, utc_iso
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Sidecar:
         self._last_save = float("-inf")
         self._root_missing = False
         self._save_failing = False
+        self._submitted: frozenset = frozenset()
         self.host = socket.gethostname()
 
     # ----- life cycle -------------------------------------------------------------------------
@@ -101,8 +102,30 @@ class Sidecar:
                         step)
         if cfg.retry_failed and state.failed:
             log.info("--retry-failed: %d failed checkpoint(s) get a fresh attempt budget", reset_failures(state))
+        if state.upgraded_from == 1 and state.rows and not state.segments:
+            # The original tool reported its rows as it went: never log them a second time.
+            state.segments.append({"dir": "", "mode": "original tool", "closed": True, "steps": sorted(state.rows)})
         self.state = state
+        if self.reporter.enabled:
+            self._reconcile_segments()
+        self.reporter.bind(state.run_id, state.run_name, on_delivery=self.wake.set)
         self._save(force=True)
+
+    def _reconcile_segments(self) -> None:
+        """Every row in state must be in some W&B segment: read back segments a crash left open,
+        and queue every row no segment holds (rows recorded while W&B was disabled included)."""
+        state = self.state
+        lost, found = self.reporter.reconcile(state.segments, state.rows, state.unreported)
+        state.unreported -= found
+        state.unreported |= lost
+        held: set[int] = set()
+        for seg in state.segments:
+            held.update(seg.get("steps", []))
+        missing = {s for s in state.rows if s not in held}
+        if missing - state.unreported:
+            log.info("%d row(s) in state are in no W&B segment yet; they will be reported",
+                     len(missing - state.unreported))
+        state.unreported |= missing
 
     def request_stop(self) -> None:
         """Signal-safe: stop the loop, terminate running evals (their steps stay pending)."""
@@ -119,6 +142,9 @@ class Sidecar:
         finally:
             try:
                 self.reporter.close()
+                if self.state is not None:
+                    self._collect()
+                    self._save(force=self._dirty)
             finally:
                 self.lock.release()
 
@@ -337,12 +363,37 @@ class Sidecar:
         self._last_save = now
 
     def _report(self) -> None:
-        """Report rows already saved in state; on failure they stay unreported for the next tick."""
+        """Hand rows already saved in state to the reporter (it never blocks the evaluator)."""
+        self._collect()
         state = self.state
         if self._dirty or not state.unreported or not self.reporter.enabled:
             return
-        rows = [state.rows[s] for s in sorted(state.unreported) if s in state.rows]
-        self.reporter.report(rows, summary_from_rows(state.rows), state.rows)
-        state.unreported.clear()
+        pending = {s: state.rows[s] for s in state.unreported if s in state.rows}
+        key = frozenset((s, id(r)) for s, r in pending.items())
+        if pending and key != self._submitted:
+            self.reporter.report(Snapshot(pending, dict(state.rows)))
+            self._submitted = key
+
+    def _collect(self) -> None:
+        """Apply what the reporter wrote: rows leave `unreported`, segments record their steps."""
+        deliveries = self.reporter.collect()
+        if not deliveries:
+            return
+        state = self.state
+        for delivery in deliveries:
+            seg = next((s for s in state.segments if s["dir"] == delivery.segment["dir"]), None)
+            if seg is None:
+                seg = dict(delivery.segment)
+                seg["steps"] = []
+                state.segments.append(seg)
+            held = set(seg["steps"])
+            for step, row in delivery.rows.items():
+                if step not in held:
+                    seg["steps"].append(step)
+                    held.add(step)
+                if state.rows.get(step) is row:  # not replaced by a re-evaluation meanwhile
+                    state.unreported.discard(step)
+            if delivery.closed:
+                seg["closed"] = True
         self._dirty = True
         self._save(force=True)

@@ -23,7 +23,7 @@ VERSION = 2
 _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
-    "unreported_steps", "pending_steps", "eval_params",
+    "unreported_steps", "pending_steps", "eval_params", "wandb_segments",
 }
 
 
@@ -66,6 +66,7 @@ class State:
         self.last_seen_step: int | None = None
         self.last_update_time: str | None = None
         self.eval_params: dict | None = None
+        self.segments: list[dict] = []  # W&B run segments: {dir, mode, started, pid, host, steps, closed}
         self.extra: dict = {}
         self.upgraded_from: int | None = None
 
@@ -95,6 +96,10 @@ class State:
         state.last_seen_step = None if last_seen is None else int(last_seen)
         state.last_update_time = data.get("last_update_time")
         state.eval_params = data.get("eval_params")
+        segments = data.get("wandb_segments", []) or []
+        if not isinstance(segments, list) or not all(isinstance(s, dict) and "dir" in s for s in segments):
+            raise ValueError("wandb_segments must be a list of objects with dir")
+        state.segments = [dict(s) for s in segments]
         state.extra = {k: v for k, v in data.items() if k not in _KNOWN}
         if version < VERSION:
             state.upgraded_from = version
@@ -117,6 +122,7 @@ class State:
             "unreported_steps": sorted(self.unreported),
             "pending_steps": sorted(self.pending),
             "eval_params": self.eval_params,
+            "wandb_segments": self.segments,
         }
         data.update(self.extra)
         return data

@@ -49,6 +49,9 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         "last_update_time": state.last_update_time,
         "last_error": last_error,
         "vanished_steps": sorted(state.vanished),
+        "wandb_segments": [{"dir": s.get("dir"), "mode": s.get("mode"), "started": s.get("started"),
+                            "rows": len(set(s.get("steps", []))), "closed": bool(s.get("closed"))}
+                           for s in state.segments if s.get("dir")],
     }
 
 
@@ -89,6 +92,10 @@ def format_status(info: dict, state_file: str) -> str:
         shown = ", ".join(str(s) for s in info["vanished_steps"][:10])
         more = " ..." if len(info["vanished_steps"]) > 10 else ""
         lines.append(f"vanished      steps {shown}{more}")
+    segments = info["wandb_segments"]
+    if segments:
+        last = segments[-1]
+        lines.append(f"W&B segments  {len(segments)}; latest {last['mode']} {last['dir']} ({last['rows']} rows)")
     lines.append(f"updated       {info['last_update_time'] or '-'}")
     return "\n".join(lines)
 
