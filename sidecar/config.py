@@ -33,6 +33,7 @@ class Flag:
     help: str = ""
     choices: tuple = ()
     minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def dest(self) -> str:
@@ -59,8 +60,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("dataset", "str", ""),
     Flag("cb-setting", "str", ""),
     Flag("eval-split", "str", ""),
-    Flag("poll-interval-seconds", "float", 60.0, minimum=0.01, help="seconds between scans"),
-    Flag("checkpoint-ready-seconds", "float", 120.0, minimum=0, help="quiet period before a checkpoint is ready"),
+    Flag("poll-interval-seconds", "float", 60.0, minimum=0.01, maximum=30 * 86400, help="seconds between scans"),
+    Flag("checkpoint-ready-seconds", "float", 120.0, minimum=0, maximum=30 * 86400, help="quiet period before a checkpoint is ready"),
     Flag("once", "bool", False, help="evaluate until nothing ready is left, then exit"),
     Flag("force-eval", "bool", False, help="run the eval script even when metrics.json exists"),
     Flag("max-pending-per-cycle", "int", 0, minimum=0, help="cap per tick (0 = unlimited)"),
@@ -77,15 +78,15 @@ FLAGS: tuple[Flag, ...] = (
     # beyond the original
     Flag("results-root", "path", None, help="where metrics.json files are read (default REPO_ROOT/results)"),
     Flag("ready-marker", "str", None, help="a file whose presence makes a checkpoint ready at once"),
-    Flag("eval-timeout-seconds", "float", 0.0, minimum=0, help="stop an eval after this long (0 = never)"),
-    Flag("max-attempts", "int", 3, minimum=1, help="attempts per checkpoint before giving up"),
-    Flag("retry-backoff-seconds", "float", 300.0, minimum=0, help="first retry delay; doubles each time"),
+    Flag("eval-timeout-seconds", "float", 0.0, minimum=0, maximum=30 * 86400, help="stop an eval after this long (0 = never)"),
+    Flag("max-attempts", "int", 3, minimum=1, maximum=1000, help="attempts per checkpoint before giving up"),
+    Flag("retry-backoff-seconds", "float", 300.0, minimum=0, maximum=30 * 86400, help="first retry delay; doubles each time"),
     Flag("retry-failed", "bool", False, help="give failed checkpoints a fresh attempt budget"),
     Flag("force-eval-steps", "steps", frozenset(), help="re-evaluate these processed steps once, e.g. 500,1000"),
     Flag("order", "choice", "oldest-first", choices=ORDERS),
     Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
     Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
-    Flag("wandb-init-timeout", "float", 30.0, minimum=1, help="seconds one W&B init attempt may take"),
+    Flag("wandb-init-timeout", "float", 30.0, minimum=1, maximum=30 * 86400, help="seconds one W&B init attempt may take"),
     Flag("wandb-fallback", "choice", "none", choices=("none", "offline"),
          help="offline: write an offline segment when the online run cannot start"),
     Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
@@ -257,6 +258,8 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
         raise ConfigError(f"{where}: expected {expected}, got {raw!r}") from None
     if flag.minimum is not None and value < flag.minimum:
         raise ConfigError(f"{where}: must be at least {flag.minimum:g}, got {raw!r}")
+    if flag.maximum is not None and value > flag.maximum:
+        raise ConfigError(f"{where}: must be at most {flag.maximum:g}, got {raw!r}")
     return value
 
 
@@ -284,11 +287,14 @@ def _load_yaml(path: Path) -> dict:
     return out
 
 
-def _resolve(raw: str, base: Path) -> Path:
+def _resolve(raw: str, base: Path, flag: str = "") -> Path:
     path = Path(raw).expanduser()
     if not path.is_absolute():
         path = base / path
-    return Path(os.path.abspath(path)).resolve()
+    try:
+        return Path(os.path.abspath(path)).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop, an unreadable component
+        raise ConfigError(f"{flag or 'path'}: cannot resolve {raw!r} ({exc})") from exc
 
 
 def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True) -> Config:
@@ -299,7 +305,7 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     config_file = None
     file_values: dict = {}
     if args.get("config"):
-        config_file = _resolve(args["config"], cwd)
+        config_file = _resolve(args["config"], cwd, "--config")
         file_values = _load_yaml(config_file)
     values: dict[str, Any] = {}
     for flag in FLAGS:
@@ -322,11 +328,11 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
         marker = values["ready_marker"]
         if not marker or marker in (".", "..") or "/" in marker:
             raise ConfigError(f"--ready-marker: expected a file name inside the checkpoint, got {marker!r}")
-    repo_root = _resolve(values["repo_root"], cwd)
+    repo_root = _resolve(values["repo_root"], cwd, "--repo-root")
     for dest in ("sft_root", "eval_script", "test_data_path", "index_path", "state_dir", "log_dir"):
-        values[dest] = _resolve(values[dest], repo_root)
+        values[dest] = _resolve(values[dest], repo_root, f"--{dest.replace('_', '-')}")
     values["repo_root"] = repo_root
-    values["results_root"] = _resolve(values["results_root"] or "results", repo_root)
+    values["results_root"] = _resolve(values["results_root"] or "results", repo_root, "--results-root")
     identity = derive_identity(
         sft_root=values["sft_root"], test_data_path=values["test_data_path"],
         index_path=values["index_path"], category=values["category"], seed=values["seed"],

@@ -55,15 +55,19 @@ class LocalExecutor:
             timeout: float = 0.0, on_start=None) -> EvalResult:
         """Run argv to completion (or timeout, or cancel); stdout and stderr go to log_path.
 
-        `on_start(pid)` is called once the child exists (used to record it as in flight).
+        `on_start(pid, start_time)` is called once the child exists (to record it as in flight).
         """
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with open(log_path, "ab") as out:
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log_path, "ab")
+        except OSError as exc:
+            return EvalResult(None, 0.0, start_error=f"cannot open log file {log_path}: {exc.strerror or exc}")
+        with out:
             header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar runs: {argv!r} (cwd {cwd})\n"
-            out.write(header.encode("utf-8", "replace"))
-            out.flush()
             try:
+                out.write(header.encode("utf-8", "replace"))
+                out.flush()
                 proc = subprocess.Popen(
                     argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
@@ -72,12 +76,12 @@ class LocalExecutor:
                 return EvalResult(None, time.monotonic() - started, start_error=exc.strerror or str(exc))
         with self._lock:
             self._running[proc.pid] = proc
+        timed_out = False
         try:
             if self._cancelled.is_set():
                 self._stop_group(proc)
             if on_start is not None:
-                on_start(proc.pid)
-            timed_out = False
+                on_start(proc.pid, process_start_time(proc.pid))
             try:
                 proc.wait(timeout=timeout if timeout > 0 else None)
             except subprocess.TimeoutExpired:
@@ -85,6 +89,9 @@ class LocalExecutor:
                 log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
                 self._stop_group(proc)
             self._reap_stragglers(proc.pid)
+        except BaseException:
+            self._stop_group(proc)  # nothing outlives its eval, whatever went wrong here
+            raise
         finally:
             with self._lock:
                 self._running.pop(proc.pid, None)
@@ -134,22 +141,23 @@ class LocalExecutor:
             _signal_group(pgid, signal.SIGKILL)
 
 
-def process_cmdline(pid: int) -> str:
-    """The command line of a local pid ('' if it is gone or unreadable)."""
+def process_start_time(pid: int) -> str:
+    """The start time of a local pid in clock ticks since boot ('' if unknown): with the pid it
+    names one process for good, so a reused pid is never mistaken for it."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return stat.rsplit(")", 1)[-1].split()[19]
 
 
-def reap_orphan(pgid: int, expect_in_cmdline: str, grace: float = 10.0) -> bool:
+def reap_orphan(pgid: int, start_time: str, grace: float = 10.0) -> bool:
     """Stop an eval group left running by a sidecar that was killed (-9).
 
-    Only a group whose leader still runs a command line containing `expect_in_cmdline` is
-    touched, so a reused pid of an unrelated program is never signalled. True if stopped.
+    Only a group whose leader is still the very process that was started (same pid and start
+    time) is touched, so a reused pid of an unrelated program is never signalled. True if stopped.
     """
-    if expect_in_cmdline not in process_cmdline(pgid):
+    if not start_time or process_start_time(pgid) != start_time:
         return False
     log.warning("stopping eval process group %d left running by a previous sidecar", pgid)
     _signal_group(pgid, signal.SIGTERM)

@@ -22,8 +22,8 @@ class Policy:
 
 
 def backoff_delay(attempts: int, base: float) -> float:
-    """Exponential backoff: base, 2*base, 4*base, ... after the 1st, 2nd, 3rd failure."""
-    return base * (2 ** max(attempts - 1, 0))
+    """Exponential backoff: base, 2*base, 4*base, ... after the 1st, 2nd, 3rd failure (at most 30 days)."""
+    return min(base * (2.0 ** min(max(attempts - 1, 0), 64)), 30 * 86400.0)
 
 
 def is_given_up(failure: dict, policy: Policy) -> bool:
@@ -52,16 +52,26 @@ def plan(ready: list[Checkpoint], state: State, now_wall: float, policy: Policy)
     return chosen
 
 
-def next_retry(state: State, policy: Policy) -> float | None:
-    """Wall time of the earliest retry still due (for the loop's wake-up), or None."""
+def next_retry(state: State, policy: Policy, after: float) -> float | None:
+    """Wall time of the earliest retry due later than `after` (for the loop's wake-up), or None.
+
+    Retries already due are left out: if they could not run this tick (checkpoint not ready, root
+    gone) waking for them again at once would spin."""
     times = [float(f.get("retry_after", 0.0)) for f in state.failed.values() if not is_given_up(f, policy)]
-    return min(times) if times else None
+    later = [t for t in times if t > after]
+    return min(later) if later else None
+
+
+RESERVED = ("checkpoint_step", "checkpoint_name", "metrics_path", "eval_params")
 
 
 def build_row(ckpt: Checkpoint, metrics: dict[str, float], metrics_path: str, eval_params: dict | None) -> dict:
-    """A table row: step, name, every metric, metrics_path (and the decoding parameters used)."""
+    """A table row: step, name, every metric, metrics_path (and the decoding parameters used).
+
+    Metrics named like a bookkeeping field (`checkpoint_step`, ...) are left out: the row's own
+    step and name always win."""
     row: dict = {"checkpoint_step": ckpt.step, "checkpoint_name": ckpt.name}
-    row.update(metrics)
+    row.update((k, v) for k, v in metrics.items() if k not in RESERVED)
     row["metrics_path"] = metrics_path
     if eval_params is not None:
         row["eval_params"] = dict(eval_params)

@@ -17,7 +17,7 @@ from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import MetricsError, StateWriteError
 from .executor import LocalExecutor, reap_orphan
 from .metrics import read_metrics
-from .plan import (Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
+from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
 from .report import NullReporter, Reporter, Snapshot
@@ -97,7 +97,7 @@ class Sidecar:
             entry["interrupted"] = True
             pid = entry.get("pid")
             if pid and entry.get("host") == self.host:
-                reap_orphan(int(pid), str(cfg.eval_script))
+                reap_orphan(int(pid), str(entry.get("pid_start", "")))
             log.warning("checkpoint-%s was being evaluated when the previous sidecar stopped; it will be evaluated again",
                         step)
         if cfg.retry_failed and state.failed:
@@ -171,9 +171,10 @@ class Sidecar:
             if done:
                 continue
             deadlines = list(self._quiet_deadlines)
-            retry = next_retry(self.state, self.policy)
+            wall = self.clock.time()
+            retry = next_retry(self.state, self.policy, after=wall)
             if retry is not None:
-                deadlines.append(now + max(0.0, retry - self.clock.time()))
+                deadlines.append(now + (retry - wall))
             timeout = next_wake(now, poll_deadline, deadlines)
             self.wake.wait(timeout)
             self.wake.clear()
@@ -280,7 +281,7 @@ class Sidecar:
         env = {**self.environ, **cfg.eval_env(ckpt.path)}
         log.info("evaluating %s (log: %s)", ckpt.name, log_path)
         result = self.executor.run(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds,
-                                   on_start=lambda pid: self._mark_in_flight(ckpt, pid))
+                                   on_start=lambda pid, start: self._mark_in_flight(ckpt, pid, start))
         now = self.clock.time()
         if result.cancelled:
             state.in_flight.pop(step, None)
@@ -317,15 +318,19 @@ class Sidecar:
         self._dirty = True
         self._save(force=True)
 
-    def _mark_in_flight(self, ckpt: Checkpoint, pid: int) -> None:
+    def _mark_in_flight(self, ckpt: Checkpoint, pid: int, pid_start: str) -> None:
         now = self.clock.time()
         self.state.in_flight[ckpt.step] = {
-            "checkpoint": ckpt.name, "started": utc_iso(now), "started_at": now, "pid": pid, "host": self.host,
+            "checkpoint": ckpt.name, "started": utc_iso(now), "started_at": now, "pid": pid,
+            "pid_start": pid_start, "host": self.host,
         }
         self._dirty = True
         self._save(force=True)
 
     def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool) -> None:
+        clashing = [k for k in metrics if k in RESERVED]
+        if clashing:
+            log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
         row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
         record_success(self.state, row, report=self.report_rows)
         self._ready.discard(ckpt.step)

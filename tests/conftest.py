@@ -129,7 +129,10 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
     """Poll `predicate` until it returns a truthy value (tests only; real time, generous limit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except (AssertionError, ValueError, OSError, KeyError):  # e.g. no state file yet
+            value = None
         if value:
             return value
         time.sleep(interval)

@@ -32,6 +32,8 @@ case "$mode" in
   invalid-json) printf '{"HR@10": 0.1,' > "$out/metrics.json" ;;
   no-numbers) printf '{"HR@10": "n/a", "flag": true}' > "$out/metrics.json" ;;
   sleep) echo started > "$ctl/started-$name"; sleep 600 & echo "$!" > "$ctl/grandchild-$name"; wait ;;
+  exec-sleep) echo "$$" > "$ctl/grandchild-$name"; echo started > "$ctl/started-$name"
+              exec "$STANDIN_PY" -c 'import time; time.sleep(600)' ;;
   slow) sleep "${STANDIN_SLOW:-1}"; write_metrics ;;
   delete-self) rm -rf -- "$CKPT_LIST"; exit 1 ;;
   *) echo "unknown mode $mode" >&2; exit 9 ;;
