@@ -62,6 +62,7 @@ class Sidecar:
         self._root_missing = False
         self._save_failing = False
         self._submitted: frozenset = frozenset()
+        self._first_scan = True
         self.host = socket.gethostname()
 
     # ----- life cycle -------------------------------------------------------------------------
@@ -195,6 +196,12 @@ class Sidecar:
             log.info("--sft-root %s is back", self.config.sft_root)
             self._root_missing = False
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
+        if self._first_scan:
+            self._first_scan = False
+            absent = sorted(self.policy.force_steps - {c.step for c in found})
+            if absent:
+                log.warning("--force-eval-steps: no checkpoint folder for step(s) %s; nothing to re-evaluate there",
+                            ", ".join(map(str, absent)))
         done = self._settle_vanished(found, now_wall)
         if found and state.last_seen_step != found[-1].step:
             state.last_seen_step = found[-1].step

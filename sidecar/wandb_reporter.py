@@ -125,7 +125,7 @@ class WandbReporter:
         if self._thread is None:
             return
         self._queue.put(_CLOSE)
-        limit = timeout if timeout is not None else self.options.init_timeout * 2 + 60
+        limit = timeout if timeout is not None else self.options.init_timeout * 4 + 120
         self._thread.join(limit)
         if self._thread.is_alive():
             log.warning("W&B did not finish within %.0f s; unreported rows stay in state for the next start", limit)
@@ -214,7 +214,9 @@ class WandbReporter:
                         run.finish()
                         self._deliver(Delivery(dict(segment), closed=True))
                     except Exception as exc:  # noqa: BLE001
-                        log.warning("W&B run did not finish cleanly: %s", _redact(str(exc)))
+                        # left unclosed: the next start reads it back, `sync` can upload it
+                        log.warning("W&B run did not finish cleanly (%s); `eval_wandb_sidecar.py sync` can upload "
+                                    "%s later", _redact(str(exc)), segment.get("dir"))
                         self._teardown(None)
                 return
 
@@ -240,6 +242,7 @@ class WandbReporter:
             console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
             x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
             disable_git=True, x_save_requirements=False,
+            finish_timeout=max(60.0, 2 * opts.init_timeout),  # an outage must not hang the exit
         )
         run = wandb.init(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
                          resume=opts.resume, job_type=opts.job_type, mode=self.mode, config=opts.config,
@@ -334,7 +337,9 @@ def sync_segments(segments: list[dict], state_file: Path, dry_run: bool) -> int:
         done = set(json.loads(path.read_text()).get("synced", []))
     except (OSError, ValueError):
         done = set()
-    todo = [s["dir"] for s in sorted(segments, key=lambda s: s.get("started", "")) if s.get("mode") == "offline"
+    # offline segments, and online ones whose process died or could not finish uploading
+    todo = [s["dir"] for s in sorted(segments, key=lambda s: s.get("started", "")) if s.get("dir")
+            and (s.get("mode") == "offline" or (s.get("mode") == "online" and s.get("reconciled")))
             and s["dir"] not in done]
     if not todo:
         print("nothing to sync: every offline segment of this run is already synced")
