@@ -77,15 +77,17 @@ def cmd_watch(argv: list[str]) -> int:
     sidecar.start()  # the lock and the state file: errors here are one line, before any banner
     mode = "disabled" if not config.reporting else config.wandb_mode
     log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
-    log.info("state file %s (lock: %s); watch: %s every %g s; W&B mode %s; run id %s", config.state_file,
-             sidecar.lock.kind, "once" if config.once else "poll", config.poll_interval_seconds, mode,
-             sidecar.state.run_id)
+    log.info("state file %s (lock: %s); watch: %s; W&B mode %s; run id %s", config.state_file,
+             sidecar.lock.kind, "once" if config.once else f"{config.watch_mode} (poll interval "
+             f"{config.poll_interval_seconds:g} s)", mode, sidecar.state.run_id)
     try:
         if config.once:
             done = sidecar.run_once()
             log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
         else:
-            sidecar.run_forever()
+            from sidecar.watcher import Watcher
+
+            sidecar.run_forever(Watcher(config.sft_root, sidecar.wake.set) if config.watch_mode != "poll" else None)
     finally:
         sidecar.close()
     return EXIT_OK
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(argv[1:])
         if argv and argv[0] == "sync":
             return cmd_sync(argv[1:])
+        if argv and argv[0] == "align":
+            raise ConfigError("align: the SwanLab alignment mode is not built yet")
         return cmd_watch(argv)
     except SidecarError as exc:
         log.debug("error details", exc_info=True)

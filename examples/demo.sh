@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's demo: a toy trainer writes checkpoints, the sidecar evaluates each one once with
-# the stand-in eval script, then prints what it recorded. Nothing to edit; runs from any folder.
-# Everything it writes goes to DEMO_DIR (default: demo_run/ in the repository, git-ignored).
+# The README's demo, live: the sidecar watches (filesystem events) while a toy trainer writes a
+# checkpoint every ~2 s in the Hugging Face layout; each checkpoint is evaluated once, as soon as
+# its ready marker appears, with the stand-in eval script. Then it prints what was recorded.
+# Nothing to edit; runs from any folder. Output goes to DEMO_DIR (default: demo_run/, git-ignored).
 set -euo pipefail
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON_BIN:-}"
@@ -13,27 +14,45 @@ rm -rf -- "$work"
 mkdir -p -- "$work"
 cd -- "$work"
 
-echo "== 1. toy data set and a trainer that saves checkpoint-100 ... checkpoint-500 (HF layout)"
-"$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import toy; from pathlib import Path; toy.write_dataset(Path("data/Toy_grec"))' "$repo/examples"
-"$py" "$repo/examples/demo_trainer.py" --data data/Toy_grec --output-dir saves/toy-grec-sft-cb16 \
-  --max-steps 500 --save-steps 100
-
 sidecar_args=(
   --repo-root "$work" --sft-root saves/toy-grec-sft-cb16
   --eval-script "$repo/examples/evaluate_sft_3b.sh"
   --test-data-path data/Toy_grec/sft/test.json --index-path data/Toy_grec/id2sid.json
   --num-beams 20 --python-bin "$py" --disable-wandb
 )
+echo "== 1. a toy data set, and the sidecar watching saves/toy-grec-sft-cb16 (events, marker .sidecar_ready)"
+"$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import toy; from pathlib import Path; toy.write_dataset(Path("data/Toy_grec"))' "$repo/examples"
+mkdir -p saves/toy-grec-sft-cb16
+"$py" "$repo/eval_wandb_sidecar.py" "${sidecar_args[@]}" --watch-mode events \
+  --ready-marker .sidecar_ready --poll-interval-seconds 3600 2> sidecar.log &
+sidecar_pid=$!
+trap 'kill -TERM "$sidecar_pid" 2>/dev/null || true' EXIT
+
+echo "== 2. the trainer saves checkpoint-100 ... checkpoint-500, one every ~2 s"
+"$py" "$repo/examples/demo_trainer.py" --data data/Toy_grec --output-dir saves/toy-grec-sft-cb16 \
+  --max-steps 500 --save-steps 100 --seconds-per-step 0.02 --ready-marker .sidecar_ready
+
+processed() {
+  "$py" "$repo/eval_wandb_sidecar.py" status "${sidecar_args[@]}" --json 2>/dev/null \
+    | "$py" -c 'import json, sys; print(json.load(sys.stdin)["processed"])' 2>/dev/null || echo 0
+}
+for _ in $(seq 1 120); do
+  [[ "$(processed)" == "5" ]] && break
+  sleep 0.5
+done
+kill -TERM "$sidecar_pid"
+wait "$sidecar_pid" || true
+trap - EXIT
 echo
-echo "== 2. the sidecar evaluates every ready checkpoint once (--once), ready = trainer_state.json written"
-"$py" "$repo/eval_wandb_sidecar.py" "${sidecar_args[@]}" --once --ready-marker trainer_state.json
+echo "== 3. what the sidecar logged while watching"
+grep -E "evaluated|watching" sidecar.log | sed -e 's/^\[[^]]*\] //'
 
 echo
-echo "== 3. a second pass finds nothing new: each checkpoint is evaluated exactly once"
-"$py" "$repo/eval_wandb_sidecar.py" "${sidecar_args[@]}" --once --ready-marker trainer_state.json 2>&1 | tail -n 1
+echo "== 4. a --once pass afterwards finds nothing new: each checkpoint is evaluated exactly once"
+"$py" "$repo/eval_wandb_sidecar.py" "${sidecar_args[@]}" --once --ready-marker .sidecar_ready 2>&1 | tail -n 1
 
 echo
-echo "== 4. what the sidecar recorded (eval_wandb_sidecar.py status --rows)"
+echo "== 5. what the sidecar recorded (eval_wandb_sidecar.py status --rows)"
 "$py" "$repo/eval_wandb_sidecar.py" status "${sidecar_args[@]}" --rows
 echo
-echo "Eval logs: $work/log/eval_sidecar/   metrics.json files: $work/results/"
+echo "Sidecar log: $work/sidecar.log   eval logs: $work/log/eval_sidecar/   metrics.json files: $work/results/"

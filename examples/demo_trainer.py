@@ -2,7 +2,8 @@
 """A stand-in trainer that writes checkpoints the way the HF Trainer does.
 
 Each save writes `checkpoint-<step>/`: the weight shards and their index first, then the
-optimizer state (slowly, in chunks), then `trainer_state.json` last. With
+optimizer state (slowly, in chunks), then `trainer_state.json`, then (with `--ready-marker .sidecar_ready`) the marker the HF
+callback writes. With
 `--save-total-limit N` the oldest checkpoints are deleted, like `save_total_limit`.
 
     python examples/demo_trainer.py --data data/Toy_grec --output-dir saves/toy-cb16 \
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import toy  # noqa: E402
+from sidecar.hf_callback import write_ready_marker  # noqa: E402  (what SidecarReadyCallback does)
 
 BATCH = 1  # training pairs per step: few, so later checkpoints are visibly better
 
@@ -69,6 +72,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--optimizer-kib", type=int, default=64)
     parser.add_argument("--chunk-pause", type=float, default=0.0, help="pause between optimizer chunks")
+    parser.add_argument("--ready-marker", default="", help="write this marker last, as SidecarReadyCallback does")
     args = parser.parse_args()
     pairs = json.loads((Path(args.data) / "sft" / "train.json").read_text())
     out = Path(args.output_dir)
@@ -79,6 +83,8 @@ def main() -> int:
         if step % args.save_steps == 0:
             seen = pairs[: min(len(pairs), step * BATCH)]
             folder = save_checkpoint(out, step, seen, args.shards, args.optimizer_kib, args.chunk_pause)
+            if args.ready_marker:
+                write_ready_marker(folder, step, args.ready_marker)
             print(f"[trainer] saved {folder}", flush=True)
             rotate(out, args.save_total_limit)
     return 0

@@ -86,6 +86,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("order", "choice", "oldest-first", choices=ORDERS),
     Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
     Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
+    Flag("watch-mode", "choice", "auto", choices=("auto", "events", "poll"),
+         help="events: filesystem events wake the loop; poll: scan every poll interval; auto: both"),
+    Flag("eval-kill-grace-seconds", "float", 10.0, minimum=0, maximum=3600,
+         help="after SIGTERM to an eval's process group, SIGKILL follows after this long"),
     Flag("wandb-init-timeout", "float", 30.0, minimum=1, maximum=30 * 86400, help="seconds one W&B init attempt may take"),
     Flag("wandb-fallback", "choice", "none", choices=("none", "offline"),
          help="offline: write an offline segment when the online run cannot start"),
@@ -143,6 +147,8 @@ class Config:
     order: str
     lock_mode: str
     log_dir: Path
+    watch_mode: str
+    eval_kill_grace_seconds: float
     wandb_init_timeout: float
     wandb_fallback: str
     wandb_system_stats: bool

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
-from .errors import MetricsError, StateWriteError
+from .errors import ConfigError, MetricsError, StateWriteError
 from .executor import LocalExecutor, reap_orphan
 from .metrics import read_metrics
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
@@ -22,9 +22,11 @@ from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wa
 from .readiness import ReadinessTracker
 from .report import NullReporter, Reporter, Snapshot
 from .state import ProcessLock, State, StateStore, utc_iso
+from .watcher import Watcher, WatcherUnavailable
 
 log = logging.getLogger(__name__)
 
+EVENT_MIN_GAP = 0.2  # seconds between two ticks woken by filesystem events
 SAVE_BATCH_SECONDS = 1.0  # reused metrics (backfill) are saved at most this often, and at tick end
 REREAD_DELAY_SECONDS = 2.0  # a half-written metrics.json is read again after this delay
 
@@ -43,7 +45,7 @@ class Sidecar:
         self.config = config
         self.clock = clock
         self.environ = dict(environ)
-        self.executor = executor or LocalExecutor()
+        self.executor = executor or LocalExecutor(grace_seconds=config.eval_kill_grace_seconds)
         self.reporter = reporter or NullReporter()
         self.report_rows = config.reporting if report_rows is None else report_rows
         self.policy = policy_for(config)
@@ -160,12 +162,46 @@ class Sidecar:
                 break
         return total
 
-    def run_forever(self) -> None:
-        """Tick on every wake-up until stopped; waits until the next poll or quiet-period end."""
-        poll = self.config.poll_interval_seconds
+    def run_forever(self, watcher: Watcher | None = None) -> None:
+        """Tick on every wake-up until stopped.
+
+        Wake-ups: filesystem events (events/auto), the poll deadline (poll/auto, and whenever
+        the root is missing), the end of the earliest quiet period, the next retry.
+        """
+        cfg = self.config
+        poll = cfg.poll_interval_seconds
+        use_events = cfg.watch_mode in ("auto", "events") and watcher is not None
+        if use_events:
+            try:
+                name = watcher.start()
+                log.info("watching %s with %s%s", cfg.sft_root, name,
+                         f" and a safety scan every {poll:g} s" if cfg.watch_mode == "auto" else "")
+            except WatcherUnavailable as exc:
+                if cfg.watch_mode == "events":
+                    raise ConfigError(f"--watch-mode events: filesystem events are unavailable ({exc}); "
+                                      f"use --watch-mode auto or poll") from exc
+                log.warning("filesystem events are unavailable (%s); polling every %g s instead", exc, poll)
+                use_events = False
+        use_poll = cfg.watch_mode != "events" or not use_events
+        try:
+            self._loop(poll, use_poll, watcher if use_events else None)
+        finally:
+            if use_events:
+                watcher.stop()
+
+    def _loop(self, poll: float, use_poll: bool, watcher: Watcher | None) -> None:
         poll_deadline = self.clock.monotonic() + poll
         while not self.stop_event.is_set():
+            started = self.clock.monotonic()
+            was_missing = self._root_missing
             done = self.tick()
+            if watcher is not None and was_missing and not self._root_missing:
+                watcher.stop()  # the root was replaced: watch the new folder
+                try:
+                    watcher.start()
+                except WatcherUnavailable as exc:
+                    log.warning("filesystem events stopped (%s); polling every %g s instead", exc, poll)
+                    watcher, use_poll = None, True
             now = self.clock.monotonic()
             if now >= poll_deadline:
                 poll_deadline = now + poll
@@ -176,9 +212,15 @@ class Sidecar:
             retry = next_retry(self.state, self.policy, after=wall)
             if retry is not None:
                 deadlines.append(now + (retry - wall))
-            timeout = next_wake(now, poll_deadline, deadlines)
+            polling = use_poll or self._root_missing
+            timeout = next_wake(now, poll_deadline if polling else None, deadlines)
             self.wake.wait(timeout)
             self.wake.clear()
+            # A burst of events (a trainer writing a big file) wakes the loop at most every
+            # EVENT_MIN_GAP seconds: each tick re-lists the root.
+            gap = EVENT_MIN_GAP - (self.clock.monotonic() - started)
+            if gap > 0:
+                self.stop_event.wait(gap)
 
     # ----- one tick -----------------------------------------------------------------------------
     def tick(self) -> int:

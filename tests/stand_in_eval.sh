@@ -34,6 +34,7 @@ case "$mode" in
   sleep) echo started > "$ctl/started-$name"; sleep 600 & echo "$!" > "$ctl/grandchild-$name"; wait ;;
   exec-sleep) echo "$$" > "$ctl/grandchild-$name"; echo started > "$ctl/started-$name"
               exec "$STANDIN_PY" -c 'import time; time.sleep(600)' ;;
+  ignore-term) trap '' TERM; echo started > "$ctl/started-$name"; sleep 600 & echo "$!" > "$ctl/grandchild-$name"; wait ;;
   slow) sleep "${STANDIN_SLOW:-1}"; write_metrics ;;
   delete-self) rm -rf -- "$CKPT_LIST"; exit 1 ;;
   *) echo "unknown mode $mode" >&2; exit 9 ;;

@@ -1,0 +1,61 @@
+"""Filesystem events (SPEC §2.10): watchdog's native observer only *wakes* the loop.
+
+The tick decides what is ready; an event is just a hint that something under the SFT root
+changed. Network filesystems deliver no events for writes made on other hosts, so the service
+keeps a polling safety net in auto mode. This is the only module that imports watchdog.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class WatcherUnavailable(Exception):
+    """The native observer cannot start here (no watchdog, no inotify, too many watches...)."""
+
+
+class Watcher:
+    """Calls `on_change()` from watchdog's thread whenever anything under `root` changes."""
+
+    def __init__(self, root: Path, on_change: Callable[[], None]) -> None:
+        self.root = root
+        self.on_change = on_change
+        self._observer = None
+
+    def start(self) -> str:
+        """Start the native observer; returns its name. Raises WatcherUnavailable with the reason."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except Exception as exc:  # noqa: BLE001 - any import failure means: no events here
+            raise WatcherUnavailable(f"watchdog cannot be imported ({exc})") from exc
+
+        on_change = self.on_change
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:  # noqa: D102 - watchdog's hook
+                if event.event_type not in ("opened", "closed_no_write"):
+                    on_change()
+
+        observer = Observer()
+        try:
+            observer.schedule(_Wake(), str(self.root), recursive=True)
+            observer.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. OSError: inotify watch limit reached
+            try:
+                observer.stop()
+            except Exception:  # noqa: BLE001
+                pass
+            raise WatcherUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self._observer = observer
+        return type(observer).__name__
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None

@@ -1,0 +1,121 @@
+"""Watch service: filesystem events wake the loop, polling is the safety net, signals stop cleanly,
+and the HF Trainer callback marks checkpoints ready. Real watchdog observer, real processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from conftest import ENTRY, wait_for
+
+
+def _gone(pid: int) -> bool:
+    path = Path(f"/proc/{pid}/stat")
+    return not path.exists() or path.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _log(ws) -> str:
+    return "".join(p.read_text() for p in sorted(ws.ctl.glob("sidecar-*.out")))
+
+
+def test_events_mode_starts_the_eval_when_the_marker_appears_not_at_the_poll(ws):
+    proc = ws.start("--watch-mode", "events", "--ready-marker", ".sidecar_ready",
+                    "--poll-interval-seconds", "3600", "--checkpoint-ready-seconds", "120")
+    try:
+        wait_for(lambda: "watching" in _log(ws))
+        folder = ws.checkpoint(100, age=0)
+        time.sleep(0.5)
+        assert ws.calls() == []  # written but not marked ready: nothing starts
+        (folder / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.calls() == ["checkpoint-100"], timeout=20)
+        for step in (200, 300):
+            (ws.checkpoint(step, age=0) / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200", "checkpoint-300"], timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "InotifyObserver" in _log(ws)
+
+
+def test_poll_mode_evaluates_new_checkpoints_without_events(ws):
+    proc = ws.start("--watch-mode", "poll", "--poll-interval-seconds", "0.3")
+    try:
+        ws.checkpoint(100)
+        wait_for(lambda: ws.calls() == ["checkpoint-100"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "watching" not in _log(ws)
+
+
+def _no_watchdog(ws, tmp_path) -> dict:
+    fake = tmp_path / "no-watchdog"
+    (fake / "watchdog").mkdir(parents=True)
+    (fake / "watchdog" / "__init__.py").write_text("raise ImportError('no watchdog on this machine')\n")
+    return ws.env(PYTHONPATH=str(fake))
+
+
+def test_auto_mode_falls_back_to_polling_when_events_are_unavailable(ws, tmp_path):
+    out = open(ws.ctl / "sidecar-auto.out", "w")
+    proc = subprocess.Popen([sys.executable, str(ENTRY), *ws.args("--watch-mode", "auto", "--poll-interval-seconds",
+                                                                  "0.3")],
+                            env=_no_watchdog(ws, tmp_path), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        ws.checkpoint(100)
+        wait_for(lambda: ws.calls() == ["checkpoint-100"])
+        ws.checkpoint(200)
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    log = _log(ws)
+    assert log.count("filesystem events are unavailable (watchdog cannot be imported") == 1
+    assert "polling every 0.3 s instead" in log
+
+
+def test_events_mode_without_events_is_a_clear_start_up_error(ws, tmp_path):
+    result = subprocess.run([sys.executable, str(ENTRY), *ws.args("--watch-mode", "events")],
+                            env=_no_watchdog(ws, tmp_path), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--watch-mode events: filesystem events are unavailable" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_during_an_eval_that_ignores_it_kills_the_group_and_leaves_the_step_pending(ws):
+    ws.checkpoint(100)
+    ws.mode(100, "ignore-term")
+    proc = ws.start("--poll-interval-seconds", "3600", "--eval-kill-grace-seconds", "1")
+    wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").exists() and "100" in ws.state()["in_flight"])
+    grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    wait_for(lambda: _gone(grandchild), timeout=10)
+    state = ws.state()
+    assert state["in_flight"] == {} and state["failed_steps"] == {} and state["pending_steps"] == [100]
+    ws.mode(100, "ok")
+    result = ws.run("--once")  # the lock was released, and the step is evaluated now
+    assert result.returncode == 0, result.stderr
+    assert ws.state()["processed_steps"] == [100]
+
+
+def test_hf_callback_marks_the_saved_checkpoint_after_trainer_state(tmp_path):
+    from sidecar.hf_callback import SidecarReadyCallback
+
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint-100"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"w")
+    callback = SidecarReadyCallback()
+    args = SimpleNamespace(output_dir=str(out))
+    main = SimpleNamespace(global_step=100, is_world_process_zero=True)
+    control = object()
+    assert callback.on_save(args, main, control) is control
+    assert not (ckpt / ".sidecar_ready").exists()  # trainer_state.json not written yet: no marker
+    (ckpt / "trainer_state.json").write_text("{}")
+    callback.on_save(args, SimpleNamespace(global_step=100, is_world_process_zero=False), control)
+    assert not (ckpt / ".sidecar_ready").exists()  # other ranks never write it
+    callback.on_save(args, main, control)
+    assert json.loads((ckpt / ".sidecar_ready").read_text())["global_step"] == 100
+    assert sorted(p.name for p in ckpt.iterdir()) == [".sidecar_ready", "model.safetensors", "trainer_state.json"]
