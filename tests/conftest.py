@@ -125,6 +125,15 @@ def ws(tmp_path) -> Workspace:
     return Workspace(tmp_path)
 
 
+def process_gone(pid: int) -> bool:
+    """The process has exited (absent, or a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
     """Poll `predicate` until it returns a truthy value (tests only; real time, generous limit)."""
     deadline = time.monotonic() + timeout

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ENTRY, wait_for
+from conftest import ENTRY, wait_for, process_gone
 
 BAD_FLAGS = [
     (["--num-beams", "many"], "--num-beams: expected an integer, got 'many'"),
@@ -115,9 +115,7 @@ def test_status_shows_counts_in_flight_last_best_and_last_error(ws):
     state = ws.state()
     assert state["in_flight"] == {} and "400" not in state["failed_steps"] and 400 in state["pending_steps"]
     grandchild = int((ws.ctl / "grandchild-checkpoint-400").read_text())
-    from pathlib import Path
-    wait_for(lambda: not Path(f"/proc/{grandchild}").exists()
-             or Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z")
+    wait_for(lambda: process_gone(grandchild))
 
 
 def test_status_of_a_state_file_by_path_and_of_nothing(ws):

@@ -11,17 +11,13 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, wait_for, process_gone
 
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def _gone(pid: int) -> bool:
-    path = Path(f"/proc/{pid}/stat")
-    return not path.exists() or path.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_a_metric_named_like_a_row_field_cannot_change_the_row(ws):
@@ -79,10 +75,10 @@ def test_an_eval_that_execs_is_still_stopped_after_kill_9(ws):
     wait_for(lambda: "100" in ws.state()["in_flight"])
     proc.kill()
     proc.wait()
-    assert not _gone(orphan)
+    assert not process_gone(orphan)
     ws.mode(100, "ok")
     assert ws.run("--once").returncode == 0
-    wait_for(lambda: _gone(orphan), timeout=15)
+    wait_for(lambda: process_gone(orphan), timeout=15)
     assert ws.state()["processed_steps"] == [100]
 
 

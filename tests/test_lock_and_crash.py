@@ -1,18 +1,16 @@
 """Acceptance 7 (one sidecar per configuration) and 8 (kill -9 loses nothing, state always parses)."""
 
 import json
-import os
 import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import wait_for, process_gone
 
 
 def _lock_file(ws) -> Path:
@@ -87,8 +85,7 @@ def test_kill_9_during_an_eval_then_restart_evaluates_that_step_again_and_no_oth
     state = ws.state()
     assert state["processed_steps"] == [100, 200, 300] and state["in_flight"] == {}
     # The orphaned eval of the killed sidecar was stopped at restart.
-    wait_for(lambda: not Path(f"/proc/{grandchild}").exists()
-             or Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z")
+    wait_for(lambda: process_gone(grandchild))
 
 
 def test_state_file_parses_at_every_moment_under_repeated_kill_9(ws):

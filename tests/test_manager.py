@@ -5,9 +5,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, wait_for, process_gone
 
 MANAGER = ROOT / "eval_wandb_sidecar.sh"
 
@@ -71,14 +70,12 @@ def test_stop_kills_a_sidecar_whose_eval_ignores_sigterm_within_stop_timeout(ws,
     elapsed = time.monotonic() - t0
     assert stopped.returncode == 0 and "SIGKILL" in stopped.stdout
     assert elapsed < 2 + 5  # STOP_TIMEOUT plus slack for a slow machine, not a speed figure
-    wait_for(lambda: not Path(f"/proc/{pid}").exists()
-             or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", timeout=10)
+    wait_for(lambda: process_gone(pid), timeout=10)
     # The eval the killed sidecar left behind is stopped by the next start.
     grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
     ws.mode(100, "ok")
     assert ws.run("--once").returncode == 0
-    wait_for(lambda: not Path(f"/proc/{grandchild}").exists()
-             or Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", timeout=15)
+    wait_for(lambda: process_gone(grandchild), timeout=15)
 
 
 def test_start_with_a_bad_flag_prints_the_error_and_exits_1(ws, tmp_path):

@@ -4,9 +4,8 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
-from conftest import wait_for
+from conftest import wait_for, process_gone
 
 
 def test_once_evaluates_every_ready_checkpoint_exactly_once(ws):
@@ -163,8 +162,7 @@ def test_timeout_kills_the_whole_process_group(ws):
     entry = ws.state()["failed_steps"]["100"]
     assert "timed out after 1 s" in entry["error"]
     grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
-    wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or
-             Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z", timeout=15)
+    wait_for(lambda: process_gone(grandchild), timeout=15)
 
 
 def test_checkpoint_deleted_before_or_during_its_eval_is_vanished(ws):

@@ -6,7 +6,6 @@ reaches the network.
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys

@@ -6,15 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import ENTRY, wait_for
+from conftest import ENTRY, wait_for, process_gone
 
-
-def _gone(pid: int) -> bool:
-    path = Path(f"/proc/{pid}/stat")
-    return not path.exists() or path.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _log(ws) -> str:
@@ -91,7 +86,7 @@ def test_sigterm_during_an_eval_that_ignores_it_kills_the_group_and_leaves_the_s
     grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    wait_for(lambda: _gone(grandchild), timeout=10)
+    wait_for(lambda: process_gone(grandchild), timeout=10)
     state = ws.state()
     assert state["in_flight"] == {} and state["failed_steps"] == {} and state["pending_steps"] == [100]
     ws.mode(100, "ok")
