@@ -149,6 +149,33 @@ def cmd_sync(argv: list[str]) -> int:
     return sync_segments(state.segments, path, dry_run)
 
 
+def cmd_align(argv: list[str]) -> int:
+
+    from sidecar.config import _Parser
+
+    parser = _Parser(prog=f"{PROG} align", allow_abbrev=False,
+                     description="Align RL framework runs and upload them into one SwanLab project.")
+    parser.add_argument("--config", required=True, metavar="ALIGN.yaml")
+    parser.add_argument("--only", default="", metavar="NAME,...", help="only these frameworks")
+    parser.add_argument("--dry-run", action="store_true", help="fetch, map and check; upload nothing")
+    parser.add_argument("--refresh", action="store_true", help="fetch again even if the cache exists")
+    parser.add_argument("--swanlab-mode", choices=("online", "cloud", "local", "offline", "disabled"))
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    from sidecar.align import run_align
+    from sidecar.align_config import load_align_config
+    from sidecar.swanlab_io import make_api, upload
+    from sidecar.wandb_reporter import make_wandb_api
+
+    config = load_align_config(Path(args.config).expanduser().resolve(), dict(os.environ), Path.cwd())
+    only = {n.strip() for n in args.only.split(",") if n.strip()} or None
+    apis = {"wandb": make_wandb_api(), "swanlab": make_api(config.swanlab_api_key)}
+    run_align(config, apis, upload, only=only, dry_run=args.dry_run, refresh=args.refresh,
+              mode=args.swanlab_mode)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -157,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "sync":
             return cmd_sync(argv[1:])
         if argv and argv[0] == "align":
-            raise ConfigError("align: the SwanLab alignment mode is not built yet")
+            return cmd_align(argv[1:])
         return cmd_watch(argv)
     except SidecarError as exc:
         log.debug("error details", exc_info=True)

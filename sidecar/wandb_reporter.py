@@ -360,3 +360,12 @@ def sync_segments(segments: list[dict], state_file: Path, dry_run: bool) -> int:
     write_atomic(path, json.dumps({"synced": sorted(done | set(todo))}, indent=2))
     print(f"synced {len(todo)} segment(s)")
     return 0
+
+
+def make_wandb_api():
+    """A factory for `wandb.Api` (align mode reads runs with it; called only when needed)."""
+    def build():
+        import wandb
+
+        return wandb.Api(timeout=60)
+    return build

@@ -1,0 +1,220 @@
+"""Align mode (SPEC §6): fetch each framework's run, rename its metrics to the aligned set,
+check which aligned metrics it lacks, and upload the new steps into one SwanLab project.
+
+Frames are pandas DataFrames with an integer `step` column; all reshaping is vectorised.
+Cloud reads go through the `apis` passed in (wandb.Api / swanlab.Api in production).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .align_config import AlignConfig, Framework
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+THROUGHPUT_INPUTS = ("perf/actor_train_tok_per_s", "perf/actor_train_time", "perf/step_time")
+THROUGHPUT = "perf/throughput"
+
+
+def step_key_for(metric: str, groups: dict) -> str:
+    """The step key of a W&B metric: the first group whose prefix it has (else `_step`)."""
+    for step_key, prefixes in groups.items():
+        if any(metric.startswith(p) for p in prefixes):
+            return step_key
+    return "_step"
+
+
+def wanted_keys(fw: Framework, aligned: tuple[str, ...]) -> list[str]:
+    """Source metric names to fetch: the mapping's sources (or the aligned names), plus the
+    throughput inputs when `n_gpus` is set."""
+    keys = list(fw.mapping) if fw.mapping else []
+    keys += [m for m in aligned if m not in keys]
+    if fw.n_gpus:
+        keys += [k for k in THROUGHPUT_INPUTS if k not in keys]
+    return keys
+
+
+def _last_per_step(frame, step_col: str = "step"):
+    """One row per step: the last non-null value of every column (later rows win)."""
+    import pandas as pd
+
+    frame = frame.dropna(subset=[step_col])
+    frame = frame.assign(**{step_col: pd.to_numeric(frame[step_col], errors="coerce")}).dropna(subset=[step_col])
+    frame[step_col] = frame[step_col].astype("int64")
+    return frame.groupby(step_col, sort=True).last().reset_index()
+
+
+def fetch_wandb(fw: Framework, keys: list[str], api, workers: int = 8, progress: bool = False):
+    """One `scan_history(keys=[key, step_key])` per metric (several keys together return only the
+    rows holding all of them: wandb issue #5391), grouped by step key and outer-merged on `step`."""
+    import pandas as pd
+
+    run = api.run(fw.source)
+
+    def one(key: str):
+        step_key = step_key_for(key, fw.step_groups)
+        rows = [(r.get(step_key), r.get(key)) for r in run.scan_history(keys=[key, step_key])]
+        if progress:
+            log.info("%s: fetched %s (%d rows)", fw.name, key, len(rows))
+        return step_key, key, pd.DataFrame(rows, columns=["step", key])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(one, keys))
+    groups: dict[str, list] = {}
+    for step_key, _key, part in parts:
+        groups.setdefault(step_key, []).append(part.set_index("step"))
+    merged = None
+    order = sorted(groups, key=lambda k: (k != "train/step", k))  # the train group is the base
+    for step_key in order:
+        group = pd.concat(groups[step_key], axis=1).reset_index()
+        group = _last_per_step(group)
+        group[step_key] = group["step"]  # the group's own step key, back-filled
+        merged = group if merged is None else merged.merge(group, on="step", how="outer", suffixes=("", "_dup"))
+    if merged is None:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")})
+    merged = merged[[c for c in merged.columns if not c.endswith("_dup")]]
+    return merged.sort_values("step").reset_index(drop=True)
+
+
+def fetch_swanlab(fw: Framework, keys: list[str], api):
+    """`swanlab.Api().run(exp_id).metrics(keys, all=True)`: full resolution, not the 1,500-point sample."""
+    import pandas as pd
+
+    exp = api.run(fw.source)
+    parts = []
+    for metric in exp.metrics(keys=keys, all=True):
+        points = metric.metrics or []
+        steps = [p.get("step", p.get("index")) for p in points]
+        values = [p.get("value", p.get("data")) for p in points]
+        parts.append(pd.DataFrame({"step": steps, metric.key: values}))
+    if not parts:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")})
+    frame = pd.concat(parts, ignore_index=True)
+    return _last_per_step(frame)
+
+
+def fetch_sidecar(fw: Framework):
+    """Rows of a sidecar state file: step = checkpoint_step, metrics named as in metrics.json."""
+    import pandas as pd
+
+    from .state import read_state
+
+    state = read_state(Path(fw.source))
+    if state is None:
+        raise ConfigError(f"frameworks.{fw.name}.state_file: no state file at {fw.source}")
+    rows = [{"step": s, **{k: v for k, v in r.items() if k not in ("checkpoint_step", "checkpoint_name",
+                                                                     "metrics_path", "eval_params")}}
+            for s, r in sorted(state.rows.items())]
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"step": pd.Series(dtype="int64")})
+
+
+def read_csv(path: Path, key_path: str):
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key_path}: cannot read CSV {path} ({str(exc).splitlines()[0][:200]})") from exc
+    if "step" not in frame.columns:
+        raise ConfigError(f"{key_path}: {path} has no 'step' column (columns: {', '.join(map(str, frame.columns[:8]))})")
+    return frame
+
+
+def add_throughput(frame, n_gpus: int | None):
+    """SLIME: perf/throughput = tok_per_s * train_time / (step_time * n_gpus), where the inputs exist."""
+    if not n_gpus or not all(c in frame.columns for c in THROUGHPUT_INPUTS):
+        return frame
+    tok, train, step = (frame[c] for c in THROUGHPUT_INPUTS)
+    return frame.assign(**{THROUGHPUT: tok * train / (step * n_gpus)})
+
+
+def to_aligned(frame, fw: Framework, aligned: tuple[str, ...]):
+    """Rename to aligned names (mapping, or identity on aligned names), keep step + aligned
+    columns, one row per integer step. Returns (frame, missing aligned metrics)."""
+    frame = add_throughput(frame, fw.n_gpus)
+    rename = {s: d for s, d in (fw.mapping or {}).items() if s in frame.columns}
+    keep = {c: c for c in frame.columns if c in aligned and c not in rename.values()}
+    columns = {**keep, **rename}
+    out = frame[["step", *columns]].rename(columns=columns)
+    out = out.loc[:, ~out.columns.duplicated(keep="last")]
+    out = _last_per_step(out)
+    present = [m for m in aligned if m in out.columns and out[m].notna().any()]
+    missing = [m for m in aligned if m not in present]
+    return out[["step", *present]], missing
+
+
+@dataclass
+class FrameworkResult:
+    name: str
+    rows: int
+    steps: tuple[int, int] | None
+    present: list[str]
+    missing: list[str]
+    uploaded: int = 0
+
+
+def load_frame(fw: Framework, cfg: AlignConfig, apis: dict, refresh: bool):
+    """The fetched frame of one framework; remote sources are cached in `output_file`."""
+    remote = fw.platform in ("wandb", "swanlab")
+    if remote and fw.output_file.exists() and not refresh:
+        log.info("%s: using the cache %s (--refresh to fetch again)", fw.name, fw.output_file)
+        return read_csv(fw.output_file, f"frameworks.{fw.name}.output_file")
+    keys = wanted_keys(fw, cfg.aligned_metrics)
+    if fw.platform == "wandb":
+        frame = fetch_wandb(fw, keys, apis["wandb"](), progress=sys.stderr.isatty())
+    elif fw.platform == "swanlab":
+        frame = fetch_swanlab(fw, keys, apis["swanlab"]())
+    elif fw.platform == "sidecar":
+        frame = fetch_sidecar(fw)
+    else:
+        frame = read_csv(Path(fw.source), f"frameworks.{fw.name}.path")
+    fw.output_file.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(fw.output_file, index=False)
+    return frame
+
+
+def uploaded_state_file(fw: Framework) -> Path:
+    return Path(f"{fw.output_file}.uploaded.json")
+
+
+def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = None, dry_run: bool = False,
+              refresh: bool = False, mode: str | None = None, out=print) -> list[FrameworkResult]:
+    """Fetch, map, check and (unless dry-run) upload every enabled framework; returns a summary."""
+    from .state import write_atomic
+
+    results = []
+    frameworks = [fw for fw in cfg.frameworks if not only or fw.name in only]
+    if only and not frameworks:
+        raise ConfigError(f"--only: no enabled framework named {', '.join(sorted(only))}")
+    for fw in frameworks:
+        frame = load_frame(fw, cfg, apis, refresh)
+        aligned, missing = to_aligned(frame, fw, cfg.aligned_metrics)
+        steps = (int(aligned["step"].min()), int(aligned["step"].max())) if len(aligned) else None
+        result = FrameworkResult(fw.name, len(aligned), steps, [c for c in aligned.columns if c != "step"], missing)
+        check = (f"all {len(cfg.aligned_metrics)} aligned metrics present" if not missing
+                 else f"missing {len(missing)} of {len(cfg.aligned_metrics)}: {', '.join(missing)}")
+        span = f"steps {steps[0]}..{steps[1]}" if steps else "no steps"
+        out(f"{fw.name} ({fw.platform}): {len(aligned)} rows, {span}; {check}")
+        if not dry_run:
+            path = uploaded_state_file(fw)
+            try:
+                sent = set(json.loads(path.read_text()).get("steps", []))
+            except (OSError, ValueError):
+                sent = set()
+            new = aligned[~aligned["step"].isin(sent)]
+            if len(new):
+                uploader(fw, cfg, new, mode or cfg.mode)
+                sent |= set(int(s) for s in new["step"])
+                write_atomic(path, json.dumps({"project": cfg.project, "experiment": fw.target_exp_name,
+                                               "steps": sorted(sent)}))
+            result.uploaded = len(new)
+            out(f"{fw.name}: uploaded {len(new)} new step(s) to {cfg.project}/{fw.target_exp_name}")
+        results.append(result)
+    return results

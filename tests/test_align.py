@@ -1,0 +1,241 @@
+"""Align mode: three frameworks into one SwanLab project, read back from SwanLab's offline files.
+
+wandb.Api and swanlab.Api are replaced by small fakes serving fixed histories: no W&B or SwanLab
+cloud server can exist here. The SwanLab upload is the real SDK in offline mode.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ENTRY
+from sidecar.align import run_align
+from sidecar.align_config import parse_align_config
+from sidecar.state import State, StateStore
+from sidecar.swanlab_io import experiment_id, upload
+from swanlab_reader import run_dirs, scalars
+
+ALIGNED = ["algorithm/reward", "actor/loss", "eval/score", "perf/throughput", "HR@10"]
+
+
+class FakeWandbRun:
+    """Rows as W&B stores them: each metric in its own row with its group's step key. Like the
+    real scan_history, a multi-key scan returns only rows holding every requested key."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def scan_history(self, keys):
+        return [{k: r[k] for k in keys} for r in self.rows if all(k in r for k in keys)]
+
+
+class FakeWandbApi:
+    def __init__(self, runs):
+        self.runs = runs
+
+    def run(self, path):
+        return FakeWandbRun(self.runs[path])
+
+
+class FakeMetric:
+    def __init__(self, key, points):
+        self.key, self.metrics = key, points
+
+
+class FakeSwanlabExp:
+    def __init__(self, series):
+        self.series = series
+
+    def metrics(self, keys, all=False):
+        assert all, "full resolution must be asked for (the default samples 1,500 points)"
+        return [FakeMetric(k, [{"step": s, "value": v} for s, v in self.series[k]]) for k in keys if k in self.series]
+
+
+class FakeSwanlabApi:
+    def __init__(self, exps):
+        self.exps = exps
+
+    def run(self, path):
+        return FakeSwanlabExp(self.exps[path])
+
+
+def slime_rows(last_step):
+    rows = []
+    for s in range(1, last_step + 1):
+        rows.append({"train/step": s, "train/pg_loss": 1.0 / s})
+        rows.append({"rollout/step": s, "rollout/raw_reward": 0.1 * s})
+        rows.append({"rollout/step": s, "perf/actor_train_tok_per_s": 1000.0 + s, "perf/actor_train_time": 2.0 + s,
+                     "perf/step_time": 10.0 + s})
+        if s % 2 == 0:
+            rows.append({"eval/step": s, "eval/score": 0.5 + s / 100})
+    rows.append({"rollout/step": 1, "rollout/raw_reward": 0.111})  # a later value for step 1 wins
+    return rows
+
+
+def verl_series(last_step):
+    return {"critic/rewards/mean": [(s, 0.2 * s) for s in range(1, last_step + 1)],
+            "actor/pg_loss": [(s, 2.0 / s) for s in range(1, last_step + 1)]}
+
+
+def write_state(path: Path, steps):
+    state = State("k", "eval-k", "m-eval")
+    for s in steps:
+        state.processed.add(s)
+        state.rows[s] = {"checkpoint_step": s, "checkpoint_name": f"checkpoint-{s}", "HR@10": s / 1000,
+                         "NDCG@10": s / 2000, "metrics_path": "x"}
+    StateStore(path).save(state, time.time())
+
+
+def config_doc(tmp_path):
+    return {
+        "auth": {"swanlab_api_key": None},
+        "aligned_metrics": ALIGNED,
+        "frameworks": {
+            "verl": {"enabled": True, "platform": "swanlab", "exp_id": "me/rl/verl-run",
+                     "output_file": str(tmp_path / "data" / "verl.csv"), "target_exp_name": "verl",
+                     "mapping": {"critic/rewards/mean": "algorithm/reward", "actor/pg_loss": "actor/loss"}},
+            "slime": {"enabled": True, "platform": "wandb", "run_path": "me/rl/slime-run", "n_gpus": 4,
+                      "output_file": str(tmp_path / "data" / "slime.csv"), "target_exp_name": "slime",
+                      "mapping": {"rollout/raw_reward": "algorithm/reward", "train/pg_loss": "actor/loss",
+                                  "eval/score": "eval/score", "perf/throughput": "perf/throughput"}},
+            "sidecar": {"platform": "sidecar", "state_file": str(tmp_path / "state.json"),
+                        "output_file": str(tmp_path / "data" / "sidecar.csv"), "target_exp_name": "sidecar-eval",
+                        "mapping": None},
+            "roll": {"enabled": False, "platform": "swanlab", "exp_id": "me/rl/roll"},
+        },
+        "target": {"project": "framework-comparison", "mode": "offline", "logdir": str(tmp_path / "swanlog")},
+    }
+
+
+def apis(last_step):
+    return {"wandb": lambda: FakeWandbApi({"me/rl/slime-run": slime_rows(last_step)}),
+            "swanlab": lambda: FakeSwanlabApi({"me/rl/verl-run": verl_series(last_step)})}
+
+
+def points_by_exp(logdir: Path, cfg, name: str):
+    fw = next(f for f in cfg.frameworks if f.name == name)
+    exp = experiment_id(cfg.project, fw.name, fw.platform, fw.source)
+    dirs = run_dirs(logdir, exp)
+    return dirs, [p for d in dirs for p in scalars(d)]
+
+
+def test_three_frameworks_align_into_one_project(tmp_path):
+    write_state(tmp_path / "state.json", [100, 200])
+    cfg = parse_align_config(config_doc(tmp_path), tmp_path, {})
+    lines = []
+    results = run_align(cfg, apis(4), upload, out=lines.append)
+    assert {r.name for r in results} == {"verl", "slime", "sidecar"}  # roll is disabled
+    logdir = tmp_path / "swanlog"
+    _, verl = points_by_exp(logdir, cfg, "verl")
+    assert sorted(verl) == sorted([("algorithm/reward", s, 0.2 * s) for s in range(1, 5)]
+                                  + [("actor/loss", s, 2.0 / s) for s in range(1, 5)])
+    _, slime = points_by_exp(logdir, cfg, "slime")
+    got = {(k, s): v for k, s, v in slime}
+    for s in range(1, 5):
+        assert got[("algorithm/reward", s)] == (0.111 if s == 1 else pytest.approx(0.1 * s))
+        assert got[("actor/loss", s)] == pytest.approx(1.0 / s)
+        expected = (1000.0 + s) * (2.0 + s) / ((10.0 + s) * 4)  # SLIME throughput formula, n_gpus 4
+        assert got[("perf/throughput", s)] == pytest.approx(expected)
+    assert got[("eval/score", 2)] == pytest.approx(0.52) and ("eval/score", 1) not in got
+    assert len(slime) == len(got)  # one value per (metric, step)
+    _, side = points_by_exp(logdir, cfg, "sidecar")
+    assert sorted(side) == [("HR@10", 100, 0.1), ("HR@10", 200, 0.2)]
+    text = "\n".join(lines)
+    assert "verl (swanlab): 4 rows, steps 1..4; missing 3 of 5: eval/score, perf/throughput, HR@10" in text
+    assert "slime (wandb): 4 rows, steps 1..4; missing 1 of 5: HR@10" in text
+    assert "sidecar (sidecar): 2 rows, steps 100..200; missing 4 of 5" in text
+
+
+def test_rerun_uploads_only_new_steps_into_the_same_experiments(tmp_path):
+    write_state(tmp_path / "state.json", [100, 200])
+    cfg = parse_align_config(config_doc(tmp_path), tmp_path, {})
+    run_align(cfg, apis(4), upload, out=lambda _: None)
+    time.sleep(1.1)  # SwanLab names offline folders by the second
+    write_state(tmp_path / "state.json", [100, 200, 300])
+    run_align(cfg, apis(5), upload, refresh=True, out=lambda _: None)
+    time.sleep(1.1)
+    run_align(cfg, apis(5), upload, refresh=True, out=lambda _: None)  # nothing new: no new folder
+    logdir = tmp_path / "swanlog"
+    for name, new_step in (("verl", 5), ("slime", 5), ("sidecar", 300)):
+        dirs, points = points_by_exp(logdir, cfg, name)
+        assert len(dirs) == 2, (name, dirs)
+        assert {s for _, s, _ in scalars(dirs[1])} == {new_step}
+        assert len(points) == len({(k, s) for k, s, _ in points})  # no step sent twice
+
+
+def test_dry_run_uploads_nothing(tmp_path):
+    write_state(tmp_path / "state.json", [100])
+    cfg = parse_align_config(config_doc(tmp_path), tmp_path, {})
+    lines = []
+    run_align(cfg, apis(3), upload, dry_run=True, out=lines.append)
+    assert not (tmp_path / "swanlog").exists()
+    assert len(lines) == 3 and all("rows, steps" in line for line in lines)
+
+
+BAD = [
+    (("frameworks", "slime", "platform"), "mlflow", "frameworks.slime.platform: expected one of"),
+    (("frameworks", "slime", "mapping", "train/pg_loss"), "loss", "frameworks.slime.mapping.train/pg_loss: expected one of aligned_metrics, got 'loss'"),
+    (("frameworks", "slime", "run_path"), None, "frameworks.slime.run_path: expected a non-empty string, got None"),
+    (("target", "project"), "", "target.project: expected a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("path, value, message", BAD, ids=[".".join(b[0]) for b in BAD])
+def test_bad_config_is_one_line_naming_the_key_path_and_exit_2(tmp_path, path, value, message):
+    doc = config_doc(tmp_path)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    cfg_file = tmp_path / "align.yaml"
+    cfg_file.write_text(yaml.safe_dump(doc))
+    result = subprocess.run([sys.executable, str(ENTRY), "align", "--config", str(cfg_file)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "swanlog").exists()
+
+
+def _csv_config(tmp_path, csv_text):
+    (tmp_path / "run.csv").write_text(csv_text)
+    doc = {"aligned_metrics": ["algorithm/reward"],
+           "auth": {"swanlab_api_key": "sl-secret-key-0123456789"},
+           "frameworks": {"local": {"platform": "csv", "path": "run.csv", "output_file": "data/local.csv",
+                                    "mapping": {"reward": "algorithm/reward"}}},
+           "target": {"project": "p", "mode": "offline", "logdir": "swanlog"}}
+    (tmp_path / "align.yaml").write_text(yaml.safe_dump(doc))
+    return subprocess.run([sys.executable, str(ENTRY), "align", "--config", "align.yaml"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env={**__import__("os").environ,
+                                                                    "SWANLAB_API_KEY": "sl-env-secret-987654"})
+
+
+def test_csv_without_step_column_or_unreadable_is_exit_2(tmp_path):
+    result = _csv_config(tmp_path, "iteration,reward\n1,0.5\n")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("frameworks.local.path: " + str(tmp_path / "run.csv")
+                                                           + " has no 'step' column (columns: iteration, reward)")
+    (tmp_path / "run.csv").unlink()
+    (tmp_path / "run.csv").mkdir()
+    result = subprocess.run([sys.executable, str(ENTRY), "align", "--config", "align.yaml"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "frameworks.local.path: cannot read CSV" in result.stderr
+    assert not (tmp_path / "swanlog").exists()
+
+
+def test_csv_source_uploads_and_no_key_is_printed(tmp_path):
+    result = _csv_config(tmp_path, "step,reward\n1,0.5\n2,0.75\n2,0.8\n3.0,\n")
+    assert result.returncode == 0, result.stderr
+    assert "all 1 aligned metrics present" in result.stderr + result.stdout
+    [run] = run_dirs(tmp_path / "swanlog")
+    assert sorted(scalars(run)) == [("algorithm/reward", 1, 0.5), ("algorithm/reward", 2, 0.8)]
+    for secret in ("sl-secret-key-0123456789", "sl-env-secret-987654"):
+        assert secret not in result.stdout + result.stderr
+        for path in tmp_path.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes() or path.name == "align.yaml", path
