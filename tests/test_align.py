@@ -4,7 +4,6 @@ wandb.Api and swanlab.Api are replaced by small fakes serving fixed histories: n
 cloud server can exist here. The SwanLab upload is the real SDK in offline mode.
 """
 
-import json
 import subprocess
 import sys
 import time
