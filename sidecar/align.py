@@ -147,7 +147,10 @@ def to_aligned(frame, fw: Framework, aligned: tuple[str, ...]):
     out = _last_per_step(out)
     present = [m for m in aligned if m in out.columns and out[m].notna().any()]
     missing = [m for m in aligned if m not in present]
-    return out[["step", *present]], missing
+    out = out[["step", *present]]
+    if present:  # a step with no aligned value is not a point (and must stay sendable later)
+        out = out.dropna(how="all", subset=present)
+    return out.reset_index(drop=True), missing
 
 
 @dataclass
@@ -174,7 +177,7 @@ def load_frame(fw: Framework, cfg: AlignConfig, apis: dict, refresh: bool):
     elif fw.platform == "sidecar":
         frame = fetch_sidecar(fw)
     else:
-        frame = read_csv(Path(fw.source), f"frameworks.{fw.name}.path")
+        return read_csv(Path(fw.source), f"frameworks.{fw.name}.path")  # already a local CSV: no copy
     fw.output_file.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(fw.output_file, index=False)
     return frame
@@ -212,6 +215,7 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
             if len(new):
                 uploader(fw, cfg, new, mode or cfg.mode)
                 sent |= set(int(s) for s in new["step"])
+                path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, json.dumps({"project": cfg.project, "experiment": fw.target_exp_name,
                                                "steps": sorted(sent)}))
             result.uploaded = len(new)
