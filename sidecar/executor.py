@@ -17,6 +17,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+IDLE_SLICE = 1.0  # seconds between idle() calls while an eval runs
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -52,10 +54,11 @@ class LocalExecutor:
         self._lock = threading.RLock()  # re-entrant: cancel_all runs in a signal handler
 
     def run(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-            timeout: float = 0.0, on_start=None) -> EvalResult:
+            timeout: float = 0.0, on_start=None, idle=None) -> EvalResult:
         """Run argv to completion (or timeout, or cancel); stdout and stderr go to log_path.
 
-        `on_start(pid, start_time)` is called once the child exists (to record it as in flight).
+        `on_start(pid, start_time)` is called once the child exists (to record it as in flight);
+        `idle()` about once a second while it runs (the service records what W&B wrote meanwhile).
         """
         started = time.monotonic()
         try:
@@ -82,12 +85,22 @@ class LocalExecutor:
                 self._stop_group(proc)
             if on_start is not None:
                 on_start(proc.pid, process_start_time(proc.pid))
-            try:
-                proc.wait(timeout=timeout if timeout > 0 else None)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
-                self._stop_group(proc)
+            crash_point("eval-running")
+            deadline = started + timeout if timeout > 0 else None
+            while True:
+                slice_ = IDLE_SLICE if deadline is None else min(IDLE_SLICE, max(0.0, deadline - time.monotonic()))
+                try:
+                    proc.wait(timeout=slice_)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
+                    self._stop_group(proc)
+                    break
+                if idle is not None:
+                    idle()
             self._reap_stragglers(proc.pid)
         except BaseException:
             self._stop_group(proc)  # nothing outlives its eval, whatever went wrong here
@@ -182,3 +195,24 @@ def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = No
     except subprocess.TimeoutExpired:
         return 124, "", f"timed out after {timeout:g} s"
     return proc.returncode, proc.stdout or "", proc.stderr or ""
+
+
+# A documented debug option (README "Debugging crashes"): EVAL_SIDECAR_CRASH_AT=PHASE[:N] makes the
+# sidecar SIGKILL itself the N-th time (default 1st) it reaches PHASE, to prove that a kill -9 at
+# that moment loses nothing. Read once at import; unset, every crash_point is a no-op.
+_CRASH_AT = os.environ.get("EVAL_SIDECAR_CRASH_AT", "")
+_crash_counts: dict[str, int] = {}
+CRASH_PHASES = ("after-discovery", "eval-running", "eval-finished", "metrics-read", "state-write",
+                "state-written", "wandb-row", "table-log", "shutdown")
+
+
+def crash_point(phase: str) -> None:
+    """SIGKILL this process here if EVAL_SIDECAR_CRASH_AT names this phase (and this occurrence)."""
+    if not _CRASH_AT:
+        return
+    name, _, nth = _CRASH_AT.partition(":")
+    if name != phase:
+        return
+    _crash_counts[phase] = _crash_counts.get(phase, 0) + 1
+    if _crash_counts[phase] == (int(nth) if nth.isdigit() else 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -78,16 +78,18 @@ def build_row(ckpt: Checkpoint, metrics: dict[str, float], metrics_path: str, ev
     return row
 
 
-def record_success(state: State, row: dict, report: bool) -> None:
-    """The step is processed with this row (replacing an older row); failures and flight cleared."""
+def record_success(state: State, row: dict) -> None:
+    """The step is processed with this row (replacing an older row); failures and flight cleared.
+
+    The row is unreported until a W&B segment holds it (with W&B disabled it waits for the next
+    run that has W&B on)."""
     step = int(row["checkpoint_step"])
     state.processed.add(step)
     state.rows[step] = row
     state.failed.pop(step, None)
     state.vanished.pop(step, None)
     state.in_flight.pop(step, None)
-    if report:
-        state.unreported.add(step)
+    state.unreported.add(step)
 
 
 def record_failure(state: State, ckpt: Checkpoint, error: str, now_wall: float, policy: Policy,

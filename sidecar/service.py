@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
-from .executor import LocalExecutor, reap_orphan
+from .executor import LocalExecutor, crash_point, reap_orphan
 from .metrics import read_metrics
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
@@ -41,13 +41,12 @@ class Sidecar:
     """Evaluates every ready checkpoint of one model configuration exactly once and records it."""
 
     def __init__(self, config: Config, clock, environ: dict[str, str], executor: LocalExecutor | None = None,
-                 reporter: Reporter | None = None, report_rows: bool | None = None) -> None:
+                 reporter: Reporter | None = None) -> None:
         self.config = config
         self.clock = clock
         self.environ = dict(environ)
         self.executor = executor or LocalExecutor(grace_seconds=config.eval_kill_grace_seconds)
         self.reporter = reporter or NullReporter()
-        self.report_rows = config.reporting if report_rows is None else report_rows
         self.policy = policy_for(config)
         self.store = StateStore(config.state_file)
         self.lock = ProcessLock(config.lock_file, config.lock_mode)
@@ -100,7 +99,7 @@ class Sidecar:
             entry["interrupted"] = True
             pid = entry.get("pid")
             if pid and entry.get("host") == self.host:
-                reap_orphan(int(pid), str(entry.get("pid_start", "")))
+                reap_orphan(int(pid), str(entry.get("pid_start", "")), grace=cfg.eval_kill_grace_seconds)
             log.warning("checkpoint-%s was being evaluated when the previous sidecar stopped; it will be evaluated again",
                         step)
         if cfg.retry_failed and state.failed:
@@ -138,6 +137,7 @@ class Sidecar:
 
     def close(self) -> None:
         """Flush state, close the reporter, release the lock."""
+        crash_point("shutdown")
         try:
             if self.state is not None:
                 self._save(force=True)
@@ -237,6 +237,7 @@ class Sidecar:
         if self._root_missing:
             log.info("--sft-root %s is back", self.config.sft_root)
             self._root_missing = False
+        crash_point("after-discovery")
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
         if self._first_scan:
             self._first_scan = False
@@ -330,8 +331,10 @@ class Sidecar:
         env = {**self.environ, **cfg.eval_env(ckpt.path)}
         log.info("evaluating %s (log: %s)", ckpt.name, log_path)
         result = self.executor.run(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds,
-                                   on_start=lambda pid, start: self._mark_in_flight(ckpt, pid, start))
+                                   on_start=lambda pid, start: self._mark_in_flight(ckpt, pid, start),
+                                   idle=self._collect)
         now = self.clock.time()
+        crash_point("eval-finished")
         if result.cancelled:
             state.in_flight.pop(step, None)
             log.info("eval of %s was stopped by shutdown; it stays pending", ckpt.name)
@@ -351,6 +354,7 @@ class Sidecar:
             except MetricsError as exc:
                 error = f"eval of {ckpt.name} exited 0 but {exc}"
             else:
+                crash_point("metrics-read")
                 self._succeed(ckpt, metrics, metrics_path, evaluated=True)
                 return
         if not ckpt.path.is_dir():
@@ -381,7 +385,7 @@ class Sidecar:
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
         row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
-        record_success(self.state, row, report=self.report_rows)
+        record_success(self.state, row)
         self._ready.discard(ckpt.step)
         self._interrupted.discard(ckpt.step)
         if ckpt.step in self.policy.force_steps:
@@ -393,6 +397,8 @@ class Sidecar:
         # A finished evaluation is saved at once; reused metrics.json files are batched (a
         # backfill of 10,000 must not rewrite the state 10,000 times).
         self._save(force=evaluated)
+        if evaluated:
+            crash_point("state-written")
 
     # ----- persistence and reporting -------------------------------------------------------------
     def _save(self, force: bool = False) -> None:

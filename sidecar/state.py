@@ -15,10 +15,12 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import LockHeld, StateCorrupt, StateWriteError
+from .errors import ConfigError, LockHeld, StateCorrupt, StateWriteError
+from .executor import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,7 @@ def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point("state-write")  # the new text is on disk beside the state, not yet in place
         if keep_backup and path.exists():
             bak_tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.bak.tmp")
             try:
@@ -232,7 +235,11 @@ class StateStore:
         self.path = path
 
     def load(self) -> State | None:
-        """Read the state (None if there is none) and remove temp files a killed writer left."""
+        """Read the state (None if there is none) and remove temp files a killed writer left.
+
+        A state path that is a symlink is refused: the sidecar never reads or replaces a file
+        somewhere else through it."""
+        refuse_symlink(self.path, "state file")
         for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             try:
                 leftover.unlink()
@@ -251,13 +258,27 @@ class StateStore:
             raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
 
 
+def refuse_symlink(path: Path, what: str) -> None:
+    """ConfigError if `path` is a symlink (state and lock files are never followed)."""
+    if path.is_symlink():
+        raise ConfigError(f"refusing to use the {what} {path}: it is a symlink (to {os.readlink(path)}); "
+                          f"remove it or choose another --state-dir")
+
+
 def _holder(path: Path) -> str:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    except OSError:
-        lines = []
-    pid = lines[0].strip() if lines and lines[0].strip() else "?"
-    host = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "?"
+    """`pid P on host H` from a lock file. The holder writes it just after taking the lock, so a
+    contender that lost the race may read it empty: it reads again for up to a second."""
+    lines: list[str] = []
+    for _ in range(20):
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").split("\n")]
+        except OSError:
+            lines = []
+        if len(lines) > 1 and lines[0].isdigit() and lines[1]:
+            return f"pid {lines[0]} on host {lines[1]}"
+        time.sleep(0.05)
+    pid = lines[0] if lines and lines[0] else "?"
+    host = lines[1] if len(lines) > 1 and lines[1] else "?"
     return f"pid {pid} on host {host}"
 
 
@@ -281,8 +302,7 @@ class ProcessLock:
         import filelock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_symlink():
-            raise LockHeld(self.path, "a symlink at the lock path, which is never followed")
+        refuse_symlink(self.path, "lock file")
         if self.mode in ("auto", "flock"):
             lock = filelock.UnixFileLock(str(self.path), fallback_to_soft=False, on_acquired=self._record_owner)
             try:

@@ -66,7 +66,7 @@ def format_status(info: dict, state_file: str) -> str:
         f"run           {info['run_id']} ({info['run_name']}), W&B mode {info['wandb_mode'] or '-'}",
         (f"checkpoints   processed {info['processed']}  pending {info['pending']}  "
          f"failed {info['failed']} ({info['failed_given_up']} given up)  vanished {info['vanished']}  "
-         f"unreported {info['unreported']}"),
+         f"unreported {info['unreported']}{' (W&B disabled)' if info['wandb_mode'] == 'disabled' else ''}"),
     ]
     if info["in_flight"]:
         for entry in info["in_flight"]:

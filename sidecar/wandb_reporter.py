@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .executor import run_command
+from .executor import crash_point, run_command
 from .report import Delivery, Snapshot, metric_names, summary_from_rows, table_columns
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class WandbReporter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failures = 0
+        self._run_open = False
         self.mode = options.mode
 
     # ----- called by the service (main thread) ------------------------------------------------
@@ -125,7 +126,12 @@ class WandbReporter:
         if self._thread is None:
             return
         self._queue.put(_CLOSE)
-        limit = timeout if timeout is not None else self.options.init_timeout * 4 + 120
+        if timeout is not None:
+            limit = timeout
+        elif self._run_open:  # finishing uploads is bounded by finish_timeout
+            limit = max(60.0, 2 * self.options.init_timeout) + 30
+        else:  # at most an init attempt in progress; its rows stay unreported in state
+            limit = 10.0
         self._thread.join(limit)
         if self._thread.is_alive():
             log.warning("W&B did not finish within %.0f s; unreported rows stay in state for the next start", limit)
@@ -191,6 +197,7 @@ class WandbReporter:
             if todo and run is None and time.monotonic() >= next_attempt and not (closing and in_outage):
                 try:
                     run, segment = self._open()
+                    self._run_open = True
                     if in_outage:
                         log.info("W&B is reachable again: writing %d unreported row(s)", len(todo))
                     in_outage, self._failures = False, 0
@@ -205,6 +212,7 @@ class WandbReporter:
                 except Exception as exc:  # noqa: BLE001
                     self._teardown(run)
                     run = None
+                    self._run_open = False
                     next_attempt, in_outage = self._outage(exc, in_outage)
             if closing and run is None and todo and not in_outage and time.monotonic() >= next_attempt:
                 continue  # e.g. just switched to the offline fallback: write before finishing
@@ -225,10 +233,16 @@ class WandbReporter:
 
         for step in sorted(todo):
             run.log(history_row(todo[step]))
+        crash_point("wandb-row")
         columns, data = table_data(snapshot.rows)
         # A new Table each time: W&B silently writes a stale file for a mutated, re-logged one.
         run.log({"eval/checkpoint_table": wandb.Table(columns=columns, data=data)})
-        run.summary.update(summary_from_rows(snapshot.rows, self.options.summary_metrics))
+        crash_point("table-log")
+        summary = summary_from_rows(snapshot.rows, self.options.summary_metrics)
+        # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
+        # the last step, so the eval/* summary is set from the last step's row.
+        summary.update(history_row(snapshot.rows[max(snapshot.rows)]))
+        run.summary.update(summary)
 
     def _open(self):
         import wandb
@@ -238,11 +252,14 @@ class WandbReporter:
             self._check_reachable()
         if os.environ.get("WANDB_MODE") == "":
             os.environ.pop("WANDB_MODE")  # wandb rejects an empty value
+        # wandb's error reporting probes the server for ~10 s at exit when it is unreachable
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         settings = wandb.Settings(
             console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
             x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
             disable_git=True, x_save_requirements=False,
             finish_timeout=max(60.0, 2 * opts.init_timeout),  # an outage must not hang the exit
+            finish_timeout_raises=True,  # ...and a finish that gave up uploading must not look clean
         )
         run = wandb.init(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
                          resume=opts.resume, job_type=opts.job_type, mode=self.mode, config=opts.config,
@@ -326,6 +343,19 @@ def read_segment(folder: Path) -> dict[int, list[dict]]:
     return held
 
 
+def _writer_alive(segment: dict) -> bool:
+    """Whether the process that opened a segment still runs (on another host: assume it does)."""
+    if segment.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(segment.get("pid", 0)), 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return int(segment.get("pid", 0)) > 0
+
+
 def synced_file(state_file: Path) -> Path:
     return Path(f"{state_file}.synced.json")
 
@@ -337,10 +367,20 @@ def sync_segments(segments: list[dict], state_file: Path, dry_run: bool) -> int:
         done = set(json.loads(path.read_text()).get("synced", []))
     except (OSError, ValueError):
         done = set()
-    # offline segments, and online ones whose process died or could not finish uploading
-    todo = [s["dir"] for s in sorted(segments, key=lambda s: s.get("started", "")) if s.get("dir")
-            and (s.get("mode") == "offline" or (s.get("mode") == "online" and s.get("reconciled")))
-            and s["dir"] not in done]
+    # offline segments, and online ones whose process died or could not finish uploading; never a
+    # folder a live sidecar still writes (it would be marked synced with rows still to come)
+    todo, busy = [], []
+    for seg in sorted(segments, key=lambda s: s.get("started", "")):
+        if not seg.get("dir") or seg["dir"] in done:
+            continue
+        if seg.get("mode") != "offline" and seg.get("closed") and not seg.get("reconciled"):
+            continue  # a cleanly finished online run: already uploaded
+        if not seg.get("closed") and _writer_alive(seg):
+            busy.append(seg)
+            continue
+        todo.append(seg["dir"])
+    for seg in busy:
+        print(f"skipping {seg['dir']}: still being written by pid {seg.get('pid')}; sync it after that sidecar stops")
     if not todo:
         print("nothing to sync: every offline segment of this run is already synced")
         return 0

@@ -74,7 +74,7 @@ def test_stop_kills_a_sidecar_whose_eval_ignores_sigterm_within_stop_timeout(ws,
     # The eval the killed sidecar left behind is stopped by the next start.
     grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
     ws.mode(100, "ok")
-    assert ws.run("--once").returncode == 0
+    assert ws.run("--once", "--eval-kill-grace-seconds", "1").returncode == 0
     wait_for(lambda: process_gone(grandchild), timeout=15)
 
 

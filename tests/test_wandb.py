@@ -6,6 +6,7 @@ reaches the network.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,6 +102,24 @@ def test_a_lower_step_after_a_higher_one_is_kept(ws, isolated_env):
     [table] = tables(second)
     assert [r[0] for r in table["data"]] == [100, 200, 300]
     assert table["data"][0][COLUMNS.index("HR@10")] == rows[0]["eval/HR@10"]
+
+
+def test_a_lower_step_after_a_higher_one_in_one_run_is_kept(ws, isolated_env):
+    """Within one process (one segment), a checkpoint that arrives late is not dropped: no `step=`."""
+    backfilled(ws, 300)
+    proc = start_offline(ws, "--poll-interval-seconds", "0.3")
+    try:
+        wait_for(lambda: any(300 in s["steps"] for s in ws.state()["wandb_segments"]), timeout=60)
+        backfilled(ws, 100)
+        wait_for(lambda: any(100 in s["steps"] for s in ws.state()["wandb_segments"]), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    [seg] = segments(isolated_env / "wandb_dir")
+    assert [r["checkpoint_step"] for r in eval_rows(seg)] == [300, 100]
+    summ = summary(seg)["summary"]
+    assert summ["last_step"] == 300 and summ["checkpoint_step"] == 300  # not the row logged last
+    assert summ["eval/HR@10"] == metrics_for(300)["HR@10"]
 
 
 def test_restarts_write_segments_whose_union_holds_every_row_once(ws, isolated_env):
@@ -224,9 +243,18 @@ def test_missing_api_key_without_a_terminal_is_reported_once_clearly(ws, isolate
 
 def test_api_key_never_appears_in_logs_state_or_output(ws, isolated_env):
     backfilled(ws, 100)
-    env = online_env(ws)
-    key = env["WANDB_API_KEY"]
-    result = run_offline(ws, "--once", "--wandb-mode", "online", "--wandb-init-timeout", "5", env=env)
+    listener = socket.socket()  # accepts connections and never answers: wandb.init really runs
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        env = online_env(ws)
+        env["WANDB_BASE_URL"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        key = env["WANDB_API_KEY"]
+        result = run_offline(ws, "--once", "--wandb-mode", "online", "--wandb-init-timeout", "3", env=env)
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr
+    assert "could not be written" in result.stderr  # the attempt reached wandb and failed
     status = ws.status("--json")
     assert key not in result.stdout + result.stderr + status.stdout + status.stderr
     for folder in (ws.repo, isolated_env):
