@@ -86,6 +86,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("order", "choice", "oldest-first", choices=ORDERS),
     Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
     Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
+    Flag("gpu-slots", "str", None, help='run up to one eval per slot at once, e.g. "0,1;2,3" (default: one slot, --cuda-list)'),
+    Flag("pin-checkpoints", "bool", False, help="hard-link each ready checkpoint into STATE_DIR/pins so rotation cannot delete it"),
     Flag("watch-mode", "choice", "auto", choices=("auto", "events", "poll"),
          help="events: filesystem events wake the loop; poll: scan every poll interval; auto: both"),
     Flag("eval-kill-grace-seconds", "float", 10.0, minimum=0, maximum=3600,
@@ -147,6 +149,8 @@ class Config:
     order: str
     lock_mode: str
     log_dir: Path
+    gpu_slots: tuple[str, ...]
+    pin_checkpoints: bool
     watch_mode: str
     eval_kill_grace_seconds: float
     wandb_init_timeout: float
@@ -269,6 +273,29 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
     return value
 
 
+def parse_gpu_slots(spec: str | None, cuda_list: str) -> tuple[str, ...]:
+    """`"0,1;2,3"` -> `("0 1", "2 3")` (each slot's CUDA_LIST, ids joined by spaces).
+
+    No spec: one slot, `--cuda-list` as given. Rejects an empty slot, a non-integer id and an id
+    in two slots."""
+    if spec is None:
+        return (cuda_list,)
+    slots: list[str] = []
+    seen: set[int] = set()
+    for i, part in enumerate(spec.split(";")):
+        ids = [x for x in part.replace(",", " ").split() if x]
+        if not ids:
+            raise ConfigError(f"--gpu-slots: slot {i + 1} is empty in {spec!r}")
+        for x in ids:
+            if not (x.isascii() and x.isdigit()):
+                raise ConfigError(f"--gpu-slots: {x!r} is not a GPU id (a non-negative integer) in {spec!r}")
+            if int(x) in seen:
+                raise ConfigError(f"--gpu-slots: GPU {x} is in two slots in {spec!r}")
+            seen.add(int(x))
+        slots.append(" ".join(ids))
+    return tuple(slots)
+
+
 def _load_yaml(path: Path) -> dict:
     import yaml
 
@@ -324,6 +351,7 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
             values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
         else:
             values[dest] = flag.default
+    values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
     metrics = tuple(m.strip() for m in str(values["summary_metrics"]).split(",") if m.strip())
     if not metrics:
         raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {values['summary_metrics']!r}")

@@ -7,15 +7,16 @@ This is the one place where the pieces are wired together; follow a checkpoint f
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
-from .executor import LocalExecutor, crash_point, reap_orphan
+from .executor import EvalResult, LocalExecutor, crash_point, reap_orphan
 from .metrics import read_metrics
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
@@ -35,6 +36,14 @@ def policy_for(config: Config) -> Policy:
     return Policy(order=config.order, max_per_tick=config.max_pending_per_cycle,
                   max_attempts=config.max_attempts, backoff_seconds=config.retry_backoff_seconds,
                   force_steps=config.force_eval_steps)
+
+
+@dataclass
+class _Running:
+    ckpt: Checkpoint
+    slot: int
+    thread: threading.Thread
+    log_path: Path
 
 
 class Sidecar:
@@ -64,6 +73,8 @@ class Sidecar:
         self._save_failing = False
         self._submitted: frozenset = frozenset()
         self._first_scan = True
+        self._running: dict[int, _Running] = {}  # step -> eval in a worker thread
+        self._events: queue.Queue = queue.Queue()  # worker -> main thread: started / finished
         self.host = socket.gethostname()
 
     # ----- life cycle -------------------------------------------------------------------------
@@ -140,6 +151,7 @@ class Sidecar:
         crash_point("shutdown")
         try:
             if self.state is not None:
+                self._finish_running()
                 self._save(force=True)
                 self._report()
         finally:
@@ -153,13 +165,17 @@ class Sidecar:
 
     # ----- loops ------------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Tick until nothing ready is left (or a stop is requested); returns evaluations recorded."""
+        """Tick until nothing ready is left and no eval runs (or a stop is requested); returns
+        how many checkpoints got an outcome."""
         total = 0
         while not self.stop_event.is_set():
             done = self.tick()
             total += done
-            if done == 0:
+            if not self._running and done == 0:
                 break
+            if self._running and done == 0:
+                self.wake.wait()  # an eval finishing (or a signal) wakes us
+                self.wake.clear()
         return total
 
     def run_forever(self, watcher: Watcher | None = None) -> None:
@@ -227,13 +243,15 @@ class Sidecar:
         """One pass; returns how many checkpoints got an outcome recorded (success, failure, vanished)."""
         state = self.state
         assert state is not None, "start() first"
+        done = self._drain()
         try:
             found = self.discoverer.scan()
         except RootMissing as exc:
             if not self._root_missing:
                 log.warning("--sft-root is missing or unreadable (%s); waiting for it to come back", exc)
                 self._root_missing = True
-            return 0
+            self._save(force=self._dirty)
+            return done
         if self._root_missing:
             log.info("--sft-root %s is back", self.config.sft_root)
             self._root_missing = False
@@ -245,16 +263,18 @@ class Sidecar:
             if absent:
                 log.warning("--force-eval-steps: no checkpoint folder for step(s) %s; nothing to re-evaluate there",
                             ", ".join(map(str, absent)))
-        done = self._settle_vanished(found, now_wall)
+        done += self._settle_vanished(found, now_wall)
         if found and state.last_seen_step != found[-1].step:
             state.last_seen_step = found[-1].step
             self._dirty = True
-        ready = self._ready_checkpoints(found, now_mono, now_wall)
+        ready = [c for c in self._ready_checkpoints(found, now_mono, now_wall) if c.step not in self._running]
         for ckpt in plan(ready, state, now_wall, self.policy):
             if self.stop_event.is_set():
                 break
-            self._evaluate(ckpt)
-            done += 1
+            slot = self._free_slot()
+            if slot is None:
+                break  # every slot busy: the next finished eval wakes the loop
+            done += self._dispatch(ckpt, slot)
         self._save(force=self._dirty)
         self._report()
         return done
@@ -264,7 +284,8 @@ class Sidecar:
         state = self.state
         present = {c.step for c in found}
         watched = set(state.pending) | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)}
-        gone = sorted(s for s in watched if s not in present and s not in state.processed and s not in state.vanished)
+        gone = sorted(s for s in watched if s not in present and s not in state.processed and s not in state.vanished
+                      and s not in self._running)
         for step in gone:
             name = state.failed.get(step, {}).get("checkpoint", f"checkpoint-{step}")
             log.warning("%s was deleted before it was evaluated; recorded as vanished", name)
@@ -308,7 +329,13 @@ class Sidecar:
     def metrics_path(self, ckpt: Checkpoint) -> Path:
         return self.config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"
 
-    def _evaluate(self, ckpt: Checkpoint) -> None:
+    def _free_slot(self) -> int | None:
+        busy = {r.slot for r in self._running.values()}
+        return next((i for i in range(len(self.config.gpu_slots)) if i not in busy), None)
+
+    def _dispatch(self, ckpt: Checkpoint, slot: int) -> int:
+        """Record at once what needs no eval (reused metrics.json, a vanished folder); otherwise
+        start the eval on `slot` in a worker thread. Returns how many outcomes were recorded."""
         cfg, state, step = self.config, self.state, ckpt.step
         metrics_path = self.metrics_path(ckpt)
         rerun = cfg.force_eval or step in self.policy.force_steps or step in self._interrupted
@@ -320,24 +347,73 @@ class Sidecar:
                     log.info("%s; running the eval script for %s", exc, ckpt.name)
             else:
                 self._succeed(ckpt, metrics, metrics_path, evaluated=False)
-                return
+                return 1
         if not ckpt.path.is_dir():
             log.warning("%s was deleted before its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
             self._dirty = True
-            return
+            return 1
         log_path = cfg.log_dir / cfg.identity.safe_model / f"{ckpt.name}.log"
         argv = ["bash", str(cfg.eval_script), str(cfg.sft_root)]
-        env = {**self.environ, **cfg.eval_env(ckpt.path)}
-        log.info("evaluating %s (log: %s)", ckpt.name, log_path)
-        result = self.executor.run(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds,
-                                   on_start=lambda pid, start: self._mark_in_flight(ckpt, pid, start),
-                                   idle=self._collect)
+        cuda = cfg.gpu_slots[slot]
+        env = {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}
+        log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
+        worker = threading.Thread(target=self._run_eval, args=(ckpt, argv, env, log_path, metrics_path),
+                                  name=f"eval-{step}", daemon=True)
+        self._running[step] = _Running(ckpt, slot, worker, log_path)
+        worker.start()
+        return 0
+
+    def _run_eval(self, ckpt: Checkpoint, argv, env, log_path: Path, metrics_path: Path) -> None:
+        """Worker thread: run the eval and read its metrics; the main thread records the outcome."""
+        def started(pid: int, pid_start: str) -> None:
+            self._events.put(("started", ckpt.step, pid, pid_start))
+            self.wake.set()
+
+        try:
+            result = self.executor.run(argv, self.config.repo_root, env, log_path, self.config.eval_timeout_seconds,
+                                       on_start=started)
+            crash_point("eval-finished")
+            metrics: dict | MetricsError | None = None
+            if result.returncode == 0 and not result.cancelled and not result.timed_out:
+                try:
+                    metrics = read_metrics(metrics_path, REREAD_DELAY_SECONDS, self.clock.sleep)
+                    crash_point("metrics-read")
+                except MetricsError as exc:
+                    metrics = exc
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread as a failed start
+            result, metrics = EvalResult(None, 0.0, start_error=f"{type(exc).__name__}: {exc}"), None
+        self._events.put(("finished", ckpt.step, result, metrics))
+        self.wake.set()
+
+    def _drain(self) -> int:
+        """Apply what the eval workers reported: in-flight records and outcomes (main thread only)."""
+        done = 0
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return done
+            kind, step = event[0], event[1]
+            running = self._running.get(step)
+            if running is None:
+                continue
+            if kind == "started":
+                self._mark_in_flight(running.ckpt, event[2], event[3], running.slot)
+            else:
+                running.thread.join()
+                del self._running[step]
+                self._record(running, event[2], event[3])
+                done += 1
+
+    def _record(self, running: "_Running", result: EvalResult, metrics) -> None:
+        cfg, state, ckpt, log_path = self.config, self.state, running.ckpt, running.log_path
+        step = ckpt.step
         now = self.clock.time()
-        crash_point("eval-finished")
         if result.cancelled:
             state.in_flight.pop(step, None)
             log.info("eval of %s was stopped by shutdown; it stays pending", ckpt.name)
+            self._dirty = True
             self._save(force=True)
             return
         if result.start_error:
@@ -348,15 +424,11 @@ class Sidecar:
             how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
                    else f"exited {result.returncode}")
             error = f"eval of {ckpt.name} {how} after {result.duration:.1f} s"
+        elif isinstance(metrics, MetricsError):
+            error = f"eval of {ckpt.name} exited 0 but {metrics}"
         else:
-            try:
-                metrics = read_metrics(metrics_path, REREAD_DELAY_SECONDS, self.clock.sleep)
-            except MetricsError as exc:
-                error = f"eval of {ckpt.name} exited 0 but {exc}"
-            else:
-                crash_point("metrics-read")
-                self._succeed(ckpt, metrics, metrics_path, evaluated=True)
-                return
+            self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
+            return
         if not ckpt.path.is_dir():
             log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted during its eval", now)
@@ -371,11 +443,17 @@ class Sidecar:
         self._dirty = True
         self._save(force=True)
 
-    def _mark_in_flight(self, ckpt: Checkpoint, pid: int, pid_start: str) -> None:
+    def _finish_running(self) -> None:
+        """At shutdown: wait for the (cancelled) evals to end and record them as pending."""
+        for running in list(self._running.values()):
+            running.thread.join()
+        self._drain()
+
+    def _mark_in_flight(self, ckpt: Checkpoint, pid: int, pid_start: str, slot: int) -> None:
         now = self.clock.time()
         self.state.in_flight[ckpt.step] = {
             "checkpoint": ckpt.name, "started": utc_iso(now), "started_at": now, "pid": pid,
-            "pid_start": pid_start, "host": self.host,
+            "pid_start": pid_start, "host": self.host, "gpus": self.config.gpu_slots[slot],
         }
         self._dirty = True
         self._save(force=True)

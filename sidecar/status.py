@@ -17,7 +17,7 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         started = entry.get("started_at")
         in_flight.append({
             "step": step, "checkpoint": entry.get("checkpoint"), "pid": entry.get("pid"),
-            "host": entry.get("host"), "interrupted": bool(entry.get("interrupted")),
+            "host": entry.get("host"), "interrupted": bool(entry.get("interrupted")), "gpus": entry.get("gpus"),
             "elapsed_seconds": round(now_wall - float(started), 1) if started is not None else None,
         })
     last_error = None
@@ -75,7 +75,8 @@ def format_status(info: dict, state_file: str) -> str:
                              f"it will be evaluated again")
             else:
                 elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
-                lines.append(f"in flight     {entry['checkpoint']} for {elapsed} (pid {entry['pid']} on {entry['host']})")
+                gpus = f" on GPUs {entry['gpus']}" if entry.get("gpus") else ""
+                lines.append(f"in flight     {entry['checkpoint']}{gpus} for {elapsed} (pid {entry['pid']} on {entry['host']})")
     else:
         lines.append("in flight     none")
     if info["last_step"] is None:

@@ -8,6 +8,7 @@ ctl="${STANDIN_CONTROL:?}"
 name="$(basename -- "$CKPT_LIST")"
 parent="$(basename -- "$(dirname -- "$CKPT_LIST")")"
 echo "$name" >> "$ctl/calls.log"
+printf '%s %s\n' "$(date +%s.%N)" "${CUDA_LIST:-}" >> "$ctl/starts-$name"
 "$STANDIN_PY" -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], "w"))' "$ctl/env-$name.json"
 mode=ok
 [[ -f "$ctl/$name.mode" ]] && mode="$(cat -- "$ctl/$name.mode")"
@@ -16,6 +17,7 @@ mkdir -p -- "$out"
 calls="$(grep -c -x -- "$name" "$ctl/calls.log")"
 step="${name#checkpoint-}"
 write_metrics() {
+  date +%s.%N >> "$ctl/ends-$name"
   "$STANDIN_PY" - "$out/metrics.json" "$step" "$calls" <<'PY'
 import json, sys
 path, step, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -27,6 +29,7 @@ PY
 case "$mode" in
   ok) write_metrics ;;
   fail) echo "stand-in: failing on purpose" >&2; exit 3 ;;
+  slow-fail) sleep "${STANDIN_SLOW:-1}"; date +%s.%N >> "$ctl/ends-$name"; exit 3 ;;
   fail-once) if [[ "$calls" -le 1 ]]; then exit 4; fi; write_metrics ;;
   no-metrics) rm -f -- "$out/metrics.json"; exit 0 ;;
   invalid-json) printf '{"HR@10": 0.1,' > "$out/metrics.json" ;;

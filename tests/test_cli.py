@@ -100,7 +100,7 @@ def test_status_shows_counts_in_flight_last_best_and_last_error(ws):
         wait_for(lambda: "400" in ws.state()["in_flight"])
         text = ws.status().stdout
         assert "processed 2" in text and "failed 1 (1 given up)" in text
-        assert "in flight     checkpoint-400 for" in text
+        assert "in flight     checkpoint-400 on GPUs 0 for" in text
         assert "last step     200  HR@10 0.0030" in text
         assert "best HR@10    0.0030 at step 200" in text and "best NDCG@10  0.0015 at step 200" in text
         assert "last error    checkpoint-300" in text and "exited 3" in text

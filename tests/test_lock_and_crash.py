@@ -72,7 +72,7 @@ def test_kill_9_during_an_eval_then_restart_evaluates_that_step_again_and_no_oth
     wait_for(lambda: (ws.ctl / "started-checkpoint-200").exists())
     grandchild = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-200").read_text().strip()
                               if (ws.ctl / "grandchild-checkpoint-200").exists() else ""))
-    in_flight = ws.state()["in_flight"]
+    in_flight = wait_for(lambda: ws.state()["in_flight"])
     assert list(in_flight) == ["200"] and in_flight["200"]["checkpoint"] == "checkpoint-200"
     proc.kill()
     proc.wait()
