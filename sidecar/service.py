@@ -18,6 +18,7 @@ from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
 from .executor import EvalResult, LocalExecutor, crash_point, reap_orphan
 from .metrics import read_metrics
+from .pins import Pins
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
@@ -74,6 +75,7 @@ class Sidecar:
         self._submitted: frozenset = frozenset()
         self._first_scan = True
         self._running: dict[int, _Running] = {}  # step -> eval in a worker thread
+        self.pins = Pins(config.state_dir, config.sft_root.name) if config.pin_checkpoints else None
         self._events: queue.Queue = queue.Queue()  # worker -> main thread: started / finished
         self.host = socket.gethostname()
 
@@ -119,6 +121,14 @@ class Sidecar:
             # The original tool reported its rows as it went: never log them a second time.
             state.segments.append({"dir": "", "mode": "original tool", "closed": True, "steps": sorted(state.rows)})
         self.state = state
+        if self.pins is not None:
+            state.pins_dir = str(self.pins.root)
+            self.pins.clean_temp()
+            for pinned in self.pins.existing():
+                if pinned.step in state.processed and pinned.step not in self.policy.force_steps:
+                    self.pins.unpin(pinned.name)  # its step is done: a leftover of a crash
+                else:
+                    self._ready.add(pinned.step)  # a pin is complete by construction
         if self.reporter.enabled:
             self._reconcile_segments()
         self.reporter.bind(state.run_id, state.run_name, on_delivery=self.wake.set)
@@ -255,6 +265,9 @@ class Sidecar:
         if self._root_missing:
             log.info("--sft-root %s is back", self.config.sft_root)
             self._root_missing = False
+        if self.pins is not None:  # a pinned checkpoint lives on after rotation deleted the original
+            names = {c.step for c in found}
+            found = sorted(found + [p for p in self.pins.existing() if p.step not in names])
         crash_point("after-discovery")
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
         if self._first_scan:
@@ -319,7 +332,7 @@ class Sidecar:
                     continue
                 log.debug("%s is ready (%s)", ckpt.name, reason)
                 self._ready.add(step)
-            ready.append(ckpt)
+            ready.append(self._pinned(ckpt))
         if pending != state.pending:
             state.pending = pending
             self._dirty = True
@@ -328,6 +341,22 @@ class Sidecar:
     # ----- evaluate and record ---------------------------------------------------------------
     def metrics_path(self, ckpt: Checkpoint) -> Path:
         return self.config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"
+
+    def _pinned(self, ckpt: Checkpoint) -> Checkpoint:
+        """With --pin-checkpoints, the pin of a ready checkpoint (made now if needed), else itself."""
+        if self.pins is None or ckpt.parent == self.pins.root:
+            return ckpt
+        try:
+            return self.pins.pin(ckpt)
+        except OSError as exc:
+            if not ckpt.path.is_dir():
+                return ckpt  # deleted while pinning: the normal vanished path records it
+            log.warning("could not pin %s (%s); evaluating it in place", ckpt.name, exc.strerror or exc)
+            return ckpt
+
+    def _unpin(self, name: str) -> None:
+        if self.pins is not None:
+            self.pins.unpin(name)
 
     def _free_slot(self) -> int | None:
         busy = {r.slot for r in self._running.values()}
@@ -435,6 +464,7 @@ class Sidecar:
         else:
             record = record_failure(state, ckpt, f"{error}; see {log_path}", now, self.policy)
             if record.get("given_up"):
+                self._unpin(ckpt.name)
                 log.error("%s; giving up after %d attempts (see %s)", error, record["attempts"], log_path)
             else:
                 log.warning("%s; attempt %d of %d, retry in %.0f s (see %s)", error, record["attempts"],
@@ -459,6 +489,7 @@ class Sidecar:
         self._save(force=True)
 
     def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool) -> None:
+        self._unpin(ckpt.name)
         clashing = [k for k in metrics if k in RESERVED]
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))

@@ -28,7 +28,7 @@ VERSION = 2
 _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
-    "unreported_steps", "pending_steps", "eval_params", "wandb_segments",
+    "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir",
 }
 
 
@@ -72,6 +72,7 @@ class State:
         self.last_update_time: str | None = None
         self.eval_params: dict | None = None
         self.segments: list[dict] = []  # W&B run segments: {dir, mode, started, pid, host, steps, closed}
+        self.pins_dir: str | None = None  # where --pin-checkpoints keeps this model's pins
         self.extra: dict = {}
         self.upgraded_from: int | None = None
 
@@ -106,6 +107,7 @@ class State:
         state.last_seen_step = None if last_seen is None else int(last_seen)
         state.last_update_time = data.get("last_update_time")
         state.eval_params = data.get("eval_params")
+        state.pins_dir = data.get("pins_dir") if isinstance(data.get("pins_dir"), str) else None
         if state.eval_params is not None and not isinstance(state.eval_params, dict):
             raise ValueError("eval_params must be an object")
         segments = data.get("wandb_segments", []) or []
@@ -138,6 +140,8 @@ class State:
             "eval_params": self.eval_params,
             "wandb_segments": self.segments,
         }
+        if self.pins_dir:
+            data["pins_dir"] = self.pins_dir
         data.update(self.extra)
         return data
 

@@ -49,10 +49,22 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         "last_update_time": state.last_update_time,
         "last_error": last_error,
         "vanished_steps": sorted(state.vanished),
+        "pins": _pins(state.pins_dir),
         "wandb_segments": [{"dir": s.get("dir"), "mode": s.get("mode"), "started": s.get("started"),
                             "rows": len(set(s.get("steps", []))), "closed": bool(s.get("closed"))}
                            for s in state.segments if s.get("dir")],
     }
+
+
+def _pins(pins_dir: str | None) -> dict | None:
+    if not pins_dir:
+        return None
+    from pathlib import Path
+
+    from .pins import pin_disk_use
+
+    count, own = pin_disk_use(Path(pins_dir))
+    return {"dir": pins_dir, "count": count, "bytes_held_only_by_pins": own}
 
 
 def _num(value) -> str:
@@ -93,6 +105,10 @@ def format_status(info: dict, state_file: str) -> str:
         shown = ", ".join(str(s) for s in info["vanished_steps"][:10])
         more = " ..." if len(info["vanished_steps"]) > 10 else ""
         lines.append(f"vanished      steps {shown}{more}")
+    if info.get("pins"):
+        pins = info["pins"]
+        lines.append(f"pins          {pins['count']} in {pins['dir']} "
+                     f"({pins['bytes_held_only_by_pins'] / 2**20:.1f} MB held only by pins)")
     segments = info["wandb_segments"]
     if segments:
         last = segments[-1]
