@@ -77,7 +77,7 @@ def test_kill_9_during_an_eval_then_restart_evaluates_that_step_again_and_no_oth
     proc.kill()
     proc.wait()
     status = ws.status()
-    assert "checkpoint-200: interrupted" in status.stdout or "checkpoint-200 for" in status.stdout
+    assert "in flight     checkpoint-200 on GPUs 0 for" in status.stdout
     ws.mode(200, "ok")
     result = ws.run("--once")
     assert result.returncode == 0, result.stderr
