@@ -69,7 +69,8 @@ def fetch_wandb(fw: Framework, keys: list[str], api, workers: int = 8, progress:
         parts = list(pool.map(one, keys))
     groups: dict[str, list] = {}
     for step_key, _key, part in parts:
-        groups.setdefault(step_key, []).append(part.set_index("step"))
+        # one row per step first: a metric logged twice at a step would break the column join
+        groups.setdefault(step_key, []).append(_last_per_step(part).set_index("step"))
     merged = None
     order = sorted(groups, key=lambda k: (k != "train/step", k))  # the train group is the base
     for step_key in order:
@@ -88,16 +89,21 @@ def fetch_swanlab(fw: Framework, keys: list[str], api):
     import pandas as pd
 
     exp = api.run(fw.source)
+    result = exp.metrics(keys=keys, all=True)
+    # swanlab 0.10 returns {"list": [{"key", "metrics": [{"step", "value", ...}]}, ...], ...}
+    items = result.get("list", []) if isinstance(result, dict) else list(result)
     parts = []
-    for metric in exp.metrics(keys=keys, all=True):
-        points = metric.metrics or []
+    for item in items:
+        key = item.get("key") if isinstance(item, dict) else getattr(item, "key", None)
+        points = (item.get("metrics") if isinstance(item, dict) else getattr(item, "metrics", None)) or []
+        if not key:
+            continue
         steps = [p.get("step", p.get("index")) for p in points]
         values = [p.get("value", p.get("data")) for p in points]
-        parts.append(pd.DataFrame({"step": steps, metric.key: values}))
+        parts.append(_last_per_step(pd.DataFrame({"step": steps, key: values})).set_index("step"))
     if not parts:
         return pd.DataFrame({"step": pd.Series(dtype="int64")})
-    frame = pd.concat(parts, ignore_index=True)
-    return _last_per_step(frame)
+    return pd.concat(parts, axis=1).reset_index().sort_values("step").reset_index(drop=True)
 
 
 def fetch_sidecar(fw: Framework):
@@ -144,6 +150,12 @@ def to_aligned(frame, fw: Framework, aligned: tuple[str, ...]):
     columns = {**keep, **rename}
     out = frame[["step", *columns]].rename(columns=columns)
     out = out.loc[:, ~out.columns.duplicated(keep="last")]
+    import pandas as pd
+
+    for col in out.columns[1:]:  # a non-number cell is a missing value, never a crash in the upload
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    numbers = out.columns[1:]
+    out[numbers] = out[numbers].where(out[numbers].abs() != float("inf"))
     out = _last_per_step(out)
     present = [m for m in aligned if m in out.columns and out[m].notna().any()]
     missing = [m for m in aligned if m not in present]
@@ -187,38 +199,67 @@ def uploaded_state_file(fw: Framework) -> Path:
     return Path(f"{fw.output_file}.uploaded.json")
 
 
+def _sent_points(path: Path, key: str) -> set[tuple[int, str]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    return {(int(s), str(m)) for s, m in data.get("targets", {}).get(key, [])}
+
+
+def new_points(frame, sent: set[tuple[int, str]]):
+    """The frame reduced to values not sent yet: (step, metric) pairs already sent become NaN,
+    and rows left with nothing are dropped."""
+    if not sent or not len(frame):
+        return frame
+    out = frame.copy()
+    for col in out.columns[1:]:
+        done = {s for s, m in sent if m == col}
+        if done:
+            out.loc[out["step"].isin(done), col] = float("nan")
+    return out.dropna(how="all", subset=list(out.columns[1:])).reset_index(drop=True)
+
+
 def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = None, dry_run: bool = False,
               refresh: bool = False, mode: str | None = None, out=print) -> list[FrameworkResult]:
-    """Fetch, map, check and (unless dry-run) upload every enabled framework; returns a summary."""
+    """Fetch, map and check every enabled framework, then (unless dry-run) upload the points not
+    sent yet. Nothing is uploaded unless every framework loaded: a bad source fails first."""
     from .state import write_atomic
+    from .swanlab_io import experiment_id
 
-    results = []
     frameworks = [fw for fw in cfg.frameworks if not only or fw.name in only]
     if only and not frameworks:
         raise ConfigError(f"--only: no enabled framework named {', '.join(sorted(only))}")
+    prepared = []
     for fw in frameworks:
-        frame = load_frame(fw, cfg, apis, refresh)
-        aligned, missing = to_aligned(frame, fw, cfg.aligned_metrics)
+        aligned, missing = to_aligned(load_frame(fw, cfg, apis, refresh), fw, cfg.aligned_metrics)
+        prepared.append((fw, aligned, missing))
+    mode = mode or cfg.mode
+    results = []
+    for fw, aligned, missing in prepared:
         steps = (int(aligned["step"].min()), int(aligned["step"].max())) if len(aligned) else None
         result = FrameworkResult(fw.name, len(aligned), steps, [c for c in aligned.columns if c != "step"], missing)
         check = (f"all {len(cfg.aligned_metrics)} aligned metrics present" if not missing
                  else f"missing {len(missing)} of {len(cfg.aligned_metrics)}: {', '.join(missing)}")
         span = f"steps {steps[0]}..{steps[1]}" if steps else "no steps"
         out(f"{fw.name} ({fw.platform}): {len(aligned)} rows, {span}; {check}")
-        if not dry_run:
+        if not dry_run and mode != "disabled":
             path = uploaded_state_file(fw)
-            try:
-                sent = set(json.loads(path.read_text()).get("steps", []))
-            except (OSError, ValueError):
-                sent = set()
-            new = aligned[~aligned["step"].isin(sent)]
+            key = f"{cfg.project}/{experiment_id(cfg.project, fw.name, fw.platform, fw.source)}/{mode}"
+            sent = _sent_points(path, key)
+            new = new_points(aligned, sent)
             if len(new):
-                uploader(fw, cfg, new, mode or cfg.mode)
-                sent |= set(int(s) for s in new["step"])
+                uploader(fw, cfg, new, mode)
+                for col in new.columns[1:]:
+                    sent |= {(int(s), col) for s in new.loc[new[col].notna(), "step"]}
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    data = {}
+                data.setdefault("targets", {})[key] = sorted([s, m] for s, m in sent)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, json.dumps({"project": cfg.project, "experiment": fw.target_exp_name,
-                                               "steps": sorted(sent)}))
+                write_atomic(path, json.dumps(data))
             result.uploaded = len(new)
-            out(f"{fw.name}: uploaded {len(new)} new step(s) to {cfg.project}/{fw.target_exp_name}")
+            out(f"{fw.name}: uploaded {len(new)} step(s) with new values to {cfg.project}/{fw.target_exp_name}")
         results.append(result)
     return results

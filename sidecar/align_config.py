@@ -79,7 +79,7 @@ def parse_align_config(data, base: Path, environ: dict[str, str]) -> AlignConfig
           "aligned_metrics", aligned, "expected a non-empty list of metric names")
     aligned_set = set(aligned)
     auth = data.get("auth") or {}
-    _need(isinstance(auth, dict), "auth", auth, "expected a mapping")
+    _need(isinstance(auth, dict), "auth", "(not shown)", "expected a mapping")  # never echo a secret
     key = auth.get("swanlab_api_key") or environ.get("SWANLAB_API_KEY") or None
     if key is not None and (not isinstance(key, str) or key.startswith("YOUR_")):
         key = None
@@ -88,7 +88,7 @@ def parse_align_config(data, base: Path, environ: dict[str, str]) -> AlignConfig
     project = _str(target, "project", "target")
     workspace = _str(target, "workspace", "target", required=False)
     mode = target.get("mode", "offline")
-    _need(mode in MODES, "target.mode", mode, f"expected one of {', '.join(MODES)}")
+    _need(isinstance(mode, str) and mode in MODES, "target.mode", mode, f"expected one of {', '.join(MODES)}")
     logdir = _str(target, "logdir", "target", required=False)
     global_groups = _step_groups(data.get("step_groups"), "step_groups")
     frameworks_raw = data.get("frameworks")
@@ -101,7 +101,7 @@ def parse_align_config(data, base: Path, environ: dict[str, str]) -> AlignConfig
         enabled = fw.get("enabled", True)
         _need(isinstance(enabled, bool), f"{path}.enabled", enabled, "expected true or false")
         platform = fw.get("platform")
-        _need(platform in PLATFORMS, f"{path}.platform", platform, f"expected one of {', '.join(PLATFORMS)}")
+        _need(isinstance(platform, str) and platform in PLATFORMS, f"{path}.platform", platform, f"expected one of {', '.join(PLATFORMS)}")
         source = _str(fw, PLATFORMS[platform], path)
         if platform == "swanlab":
             _need(len(source.split("/")) == 3, f"{path}.exp_id", source, "expected user/project/run_id")

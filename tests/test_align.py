@@ -41,18 +41,16 @@ class FakeWandbApi:
         return FakeWandbRun(self.runs[path])
 
 
-class FakeMetric:
-    def __init__(self, key, points):
-        self.key, self.metrics = key, points
-
-
 class FakeSwanlabExp:
     def __init__(self, series):
         self.series = series
 
     def metrics(self, keys, all=False):
+        """The shape swanlab 0.10.3's Experiment.metrics returns: a dict with a "list" of metrics."""
         assert all, "full resolution must be asked for (the default samples 1,500 points)"
-        return [FakeMetric(k, [{"step": s, "value": v} for s, v in self.series[k]]) for k in keys if k in self.series]
+        return {"keys": keys, "list": [{"key": k, "type": "SCALAR",
+                                        "metrics": [{"step": s, "value": v, "timestamp": 0} for s, v in self.series[k]]}
+                                       for k in keys if k in self.series]}
 
 
 class FakeSwanlabApi:
@@ -73,6 +71,7 @@ def slime_rows(last_step):
         if s % 2 == 0:
             rows.append({"eval/step": s, "eval/score": 0.5 + s / 100})
     rows.append({"rollout/step": 1, "rollout/raw_reward": 0.111})  # a later value for step 1 wins
+    rows.append({"rollout/step": 1, "rollout/raw_reward": None})  # ...and a later null does not erase it
     return rows
 
 
@@ -238,3 +237,25 @@ def test_csv_source_uploads_and_no_key_is_printed(tmp_path):
         for path in tmp_path.rglob("*"):
             if path.is_file():
                 assert secret.encode() not in path.read_bytes() or path.name == "align.yaml", path
+
+
+def test_points_not_steps_are_remembered_and_a_bad_source_uploads_nothing(tmp_path):
+    (tmp_path / "a.csv").write_text("step,reward,loss\n1,0.5,\n2,0.6,bad\n")
+    doc = {"aligned_metrics": ["algorithm/reward", "actor/loss"],
+           "frameworks": {"a": {"platform": "csv", "path": "a.csv", "output_file": "data/a.csv",
+                                "mapping": {"reward": "algorithm/reward", "loss": "actor/loss"}},
+                          "b": {"platform": "csv", "path": "missing.csv", "output_file": "data/b.csv"}},
+           "target": {"project": "p", "mode": "offline", "logdir": "swanlog"}}
+    cfg = parse_align_config(doc, tmp_path, {})
+    with pytest.raises(Exception, match="frameworks.b.path: cannot read CSV"):
+        run_align(cfg, {}, upload, out=lambda _: None)
+    assert not (tmp_path / "swanlog").exists()  # a bad source fails before anything is uploaded
+    doc["frameworks"].pop("b")
+    cfg = parse_align_config(doc, tmp_path, {})
+    run_align(cfg, {}, upload, out=lambda _: None)  # 'bad' is a missing value, not a crash
+    time.sleep(1.1)
+    (tmp_path / "a.csv").write_text("step,reward,loss\n1,0.5,2.0\n2,0.6,1.5\n")  # values filled in later
+    run_align(cfg, {}, upload, out=lambda _: None)
+    first, second = run_dirs(tmp_path / "swanlog")
+    assert sorted(scalars(first)) == [("algorithm/reward", 1, 0.5), ("algorithm/reward", 2, 0.6)]
+    assert sorted(scalars(second)) == [("actor/loss", 1, 2.0), ("actor/loss", 2, 1.5)]
