@@ -63,10 +63,13 @@ proc_state() {
   echo "running $pid"
 }
 
-saved_args() {  # the flags the instance was started with, for `status`
-  saved=()
+saved_args() {  # the folder and flags the instance was started with, for `status`
+  saved=(); saved_cwd="$PWD"
   if [[ -f "$args_file" ]]; then
-    while IFS= read -r -d '' a; do saved+=("$a"); done < "$args_file"
+    local first=1
+    while IFS= read -r -d '' a; do
+      if [[ $first == 1 ]]; then saved_cwd="$a"; first=0; else saved+=("$a"); fi
+    done < "$args_file"
   fi
 }
 
@@ -74,6 +77,9 @@ case "$command" in
   start)
     require_sidecar
     mkdir -p -- "$MANAGER_DIR"
+    # One start at a time per instance: concurrent starts must not lose track of the sidecar.
+    exec 9>>"$MANAGER_DIR/$safe.start.lock"
+    flock 9
     read -r state pid why <<<"$(proc_state)" || true
     if [[ "$state" == running ]]; then
       echo "$me: instance '$INSTANCE' is already running (pid $pid); log: $log_file"
@@ -83,16 +89,16 @@ case "$command" in
       echo "$me: removing stale pid file $pid_file (pid $pid: $why)"
       rm -f -- "$pid_file"
     fi
-    printf '%s\0' ${forward[@]+"${forward[@]}"} > "$args_file"
+    printf '%s\0' "$PWD" ${forward[@]+"${forward[@]}"} > "$args_file"
     echo "===== $(date '+%Y-%m-%d %H:%M:%S') start: $SIDECAR_PY ${forward[*]+${forward[*]}}" >> "$log_file"
-    setsid nohup "$PYTHON_BIN" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} >> "$log_file" 2>&1 < /dev/null &
+    setsid nohup "$PYTHON_BIN" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} >> "$log_file" 2>&1 < /dev/null 9>&- &
     pid=$!
     echo "$pid" > "$pid_file"
     sleep "$START_CHECK_SECONDS"
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "$me: instance '$INSTANCE' exited at once; last lines of $log_file:" >&2
       tail -n 5 -- "$log_file" >&2
-      rm -f -- "$pid_file"
+      [[ "$(head -n 1 -- "$pid_file" 2>/dev/null)" == "$pid" ]] && rm -f -- "$pid_file"
       exit 1
     fi
     echo "$me: started instance '$INSTANCE' (pid $pid); log: $log_file"
@@ -126,7 +132,9 @@ case "$command" in
     esac
     saved_args
     if [[ ${#saved[@]} -gt 0 || ${#forward[@]} -gt 0 ]] && [[ -f "$SIDECAR_PY" ]]; then
-      "$PYTHON_BIN" "$SIDECAR_PY" status ${saved[@]+"${saved[@]}"} ${forward[@]+"${forward[@]}"} || true
+      # relative flags mean what they meant where the instance was started
+      (cd -- "$saved_cwd" 2>/dev/null || true
+       "$PYTHON_BIN" "$SIDECAR_PY" status ${saved[@]+"${saved[@]}"} ${forward[@]+"${forward[@]}"}) || true
     fi
     exit "$code"
     ;;

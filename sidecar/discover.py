@@ -44,6 +44,7 @@ class Discoverer:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._warned: set[str] = set()
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the root at the last scan
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -55,6 +56,8 @@ class Discoverer:
             return [Checkpoint(step, root.name, root.parent)]
         by_step: dict[int, str] = {}
         try:
+            st = os.stat(root)
+            self.identity = (st.st_dev, st.st_ino)
             with os.scandir(root) as entries:
                 for entry in entries:
                     name = entry.name

@@ -35,11 +35,19 @@ def write_ready_marker(checkpoint: Path, step: int | None = None, marker: str = 
         log.warning("not marking %s ready: trainer_state.json is missing", checkpoint)
         return False
     tmp = checkpoint / f".{marker}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"global_step": step, "time": time.time()}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, checkpoint / marker)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"global_step": step, "time": time.time()}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, checkpoint / marker)
+    except OSError as exc:  # never break the training run over a marker
+        log.warning("could not mark %s ready (%s); the sidecar will fall back to its quiet period", checkpoint, exc)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False
     return True
 
 

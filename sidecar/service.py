@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 EVENT_MIN_GAP = 0.2  # seconds between two ticks woken by filesystem events
 SAVE_BATCH_SECONDS = 1.0  # reused metrics (backfill) are saved at most this often, and at tick end
-REREAD_DELAY_SECONDS = 2.0  # a half-written metrics.json is read again after this delay
+REREAD_DELAY_SECONDS = 2.0
+IN_FLIGHT_SAVE_WAIT = 10.0  # seconds an eval worker waits for its in-flight record to be saved  # a half-written metrics.json is read again after this delay
 
 
 def policy_for(config: Config) -> Policy:
@@ -219,9 +220,10 @@ class Sidecar:
         poll_deadline = self.clock.monotonic() + poll
         while not self.stop_event.is_set():
             started = self.clock.monotonic()
-            was_missing = self._root_missing
+            was_missing, watched = self._root_missing, self.discoverer.identity
             done = self.tick()
-            if watcher is not None and was_missing and not self._root_missing:
+            replaced = watched is not None and self.discoverer.identity not in (None, watched)
+            if watcher is not None and ((was_missing and not self._root_missing) or replaced):
                 watcher.stop()  # the root was replaced: watch the new folder
                 try:
                     watcher.start()
@@ -396,8 +398,12 @@ class Sidecar:
     def _run_eval(self, ckpt: Checkpoint, argv, env, log_path: Path, metrics_path: Path) -> None:
         """Worker thread: run the eval and read its metrics; the main thread records the outcome."""
         def started(pid: int, pid_start: str) -> None:
-            self._events.put(("started", ckpt.step, pid, pid_start))
+            # Wait until the main thread has saved the in-flight record: a kill -9 from here on
+            # leaves a state that names this eval, so the next start stops it (bounded wait).
+            recorded = threading.Event()
+            self._events.put(("started", ckpt.step, pid, pid_start, recorded))
             self.wake.set()
+            recorded.wait(IN_FLIGHT_SAVE_WAIT)
 
         try:
             result = self.executor.run(argv, self.config.repo_root, env, log_path, self.config.eval_timeout_seconds,
@@ -425,11 +431,13 @@ class Sidecar:
                 return done
             kind, step = event[0], event[1]
             running = self._running.get(step)
-            if running is None:
-                continue
             if kind == "started":
-                self._mark_in_flight(running.ckpt, event[2], event[3], running.slot)
-            else:
+                try:
+                    if running is not None:
+                        self._mark_in_flight(running.ckpt, event[2], event[3], running.slot)
+                finally:
+                    event[4].set()
+            elif running is not None:
                 running.thread.join()
                 del self._running[step]
                 self._record(running, event[2], event[3])
@@ -475,9 +483,11 @@ class Sidecar:
 
     def _finish_running(self) -> None:
         """At shutdown: wait for the (cancelled) evals to end and record them as pending."""
-        for running in list(self._running.values()):
-            running.thread.join()
-        self._drain()
+        while self._running:
+            self._drain()  # also acknowledges `started` events the workers wait for
+            if self._running:
+                self.wake.wait(0.1)
+                self.wake.clear()
 
     def _mark_in_flight(self, ckpt: Checkpoint, pid: int, pid_start: str, slot: int) -> None:
         now = self.clock.time()

@@ -98,6 +98,8 @@ class WandbReporter:
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._run_open = False
+        self._opening = False
+        self._in_outage = False
         self.mode = options.mode
 
     # ----- called by the service (main thread) ------------------------------------------------
@@ -128,10 +130,10 @@ class WandbReporter:
         self._queue.put(_CLOSE)
         if timeout is not None:
             limit = timeout
-        elif self._run_open:  # finishing uploads is bounded by finish_timeout
-            limit = max(60.0, 2 * self.options.init_timeout) + 30
-        else:  # at most an init attempt in progress; its rows stay unreported in state
+        elif self._in_outage and not self._opening:  # rows stay unreported in state for the next start
             limit = 10.0
+        else:  # an init attempt (wandb adds ~10 s to its timeout), then finishing uploads
+            limit = self.options.init_timeout + 20 + max(60.0, 2 * self.options.init_timeout)
         self._thread.join(limit)
         if self._thread.is_alive():
             log.warning("W&B did not finish within %.0f s; unreported rows stay in state for the next start", limit)
@@ -196,6 +198,7 @@ class WandbReporter:
             todo = {s: r for s, r in (latest.pending.items() if latest else ()) if logged.get(s) is not r}
             if todo and run is None and time.monotonic() >= next_attempt and not (closing and in_outage):
                 try:
+                    self._opening = True
                     run, segment = self._open()
                     self._run_open = True
                     if in_outage:
@@ -204,6 +207,8 @@ class WandbReporter:
                     self._deliver(Delivery(dict(segment)))
                 except Exception as exc:  # noqa: BLE001 - any failure of the SDK is an outage
                     next_attempt, in_outage = self._outage(exc, in_outage)
+                finally:
+                    self._opening = False
             if todo and run is not None:
                 try:
                     self._write(run, todo, latest)
@@ -214,6 +219,7 @@ class WandbReporter:
                     run = None
                     self._run_open = False
                     next_attempt, in_outage = self._outage(exc, in_outage)
+            self._in_outage = in_outage
             if closing and run is None and todo and not in_outage and time.monotonic() >= next_attempt:
                 continue  # e.g. just switched to the offline fallback: write before finishing
             if closing:

@@ -103,3 +103,27 @@ def test_tail_follows_the_log(ws, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
+
+
+def test_concurrent_starts_leave_one_tracked_sidecar_and_status_works_from_elsewhere(ws, tmp_path):
+    ws.checkpoint(100)
+    start_dir = tmp_path / "start here"
+    start_dir.mkdir()
+    environ = ws.env(PYTHON_BIN=sys.executable, MANAGER_DIR=str(tmp_path / "manager dir"))
+    # relative paths: status must resolve them where the instance was started
+    args = [a.replace(str(ws.repo), "../" + ws.repo.name) if isinstance(a, str) else a
+            for a in ws.args("--poll-interval-seconds", "0.3")]
+    starts = [subprocess.Popen(["bash", str(MANAGER), "start", "--instance", "q", *args], cwd=start_dir, env=environ,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in starts]
+    try:
+        assert sum("started instance" in o for o, _ in outs) == 1, outs
+        status = subprocess.run(["bash", str(MANAGER), "status", "--instance", "q"], cwd="/", env=environ,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "is running" in status.stdout
+        wait_for(lambda: ws.calls() == ["checkpoint-100"])
+        status = subprocess.run(["bash", str(MANAGER), "status", "--instance", "q"], cwd="/", env=environ,
+                                capture_output=True, text=True, timeout=60)
+        assert "processed 1" in status.stdout, status.stdout + status.stderr
+    finally:
+        subprocess.run(["bash", str(MANAGER), "stop", "--instance", "q"], env=environ, capture_output=True, timeout=120)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import ENTRY, wait_for  # noqa: E402
 from wandb_reader import eval_rows, segments  # noqa: E402
 
-PHASES = ["after-discovery", "eval-running", "eval-finished", "metrics-read", "state-write:3", "state-write:5",
+PHASES = ["after-discovery", "eval-running:2", "eval-finished:2", "metrics-read", "state-write:3", "state-write:5",
           "state-written", "wandb-row", "table-log", "shutdown"]
 
 
@@ -44,8 +44,10 @@ def stand_in_processes(ws) -> list[int]:
 def test_kill_9_at_each_phase_loses_nothing(ws, isolated_env, phase):
     for step in (100, 200, 300):
         ws.checkpoint(step)
-    ws.mode(200, "slow")  # long enough that an eval is running when the kill comes
-    env = ws.env(EVAL_SIDECAR_CRASH_AT=phase, STANDIN_SLOW="2")
+    ws.mode(200, "slow")  # the 2nd eval is slow: an `eval-running:2` kill leaves it running, orphaned
+    # killed while checkpoint-200's eval runs, that eval must be stopped by the restart (it would
+    # outlive the check below on its own)
+    env = ws.env(EVAL_SIDECAR_CRASH_AT=phase, STANDIN_SLOW="60" if phase.startswith("eval-running") else "2")
     first = sidecar(ws, "--once", env=env)
     assert first.returncode == -9, f"the crash point {phase} was not reached: {first.stderr[-600:]}"
     second = sidecar(ws, "--once", env=ws.env(STANDIN_SLOW="0"))
