@@ -46,7 +46,8 @@ def _last_per_step(frame, step_col: str = "step"):
     import pandas as pd
 
     frame = frame.dropna(subset=[step_col])
-    frame = frame.assign(**{step_col: pd.to_numeric(frame[step_col], errors="coerce")}).dropna(subset=[step_col])
+    steps = pd.to_numeric(frame[step_col], errors="coerce")
+    frame = frame.assign(**{step_col: steps})[steps.abs() < 2**62]  # drops NaN and infinite steps too
     frame[step_col] = frame[step_col].astype("int64")
     return frame.groupby(step_col, sort=True).last().reset_index()
 

@@ -114,3 +114,21 @@ def test_hf_callback_marks_the_saved_checkpoint_after_trainer_state(tmp_path):
     callback.on_save(args, main, control)
     assert json.loads((ckpt / ".sidecar_ready").read_text())["global_step"] == 100
     assert sorted(p.name for p in ckpt.iterdir()) == [".sidecar_ready", "model.safetensors", "trainer_state.json"]
+
+
+def test_events_mode_keeps_watching_when_the_root_folder_is_replaced(ws):
+    proc = ws.start("--watch-mode", "events", "--ready-marker", ".sidecar_ready", "--poll-interval-seconds", "3600")
+    try:
+        wait_for(lambda: "watching" in _log(ws))
+        (ws.checkpoint(100, age=0) / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.calls() == ["checkpoint-100"], timeout=20)
+        fresh = ws.sft.with_name("fresh output")
+        fresh.mkdir()
+        ws.sft.rename(ws.sft.with_name("old output"))  # a training restart swaps its output folder
+        fresh.rename(ws.sft)
+        time.sleep(0.5)
+        (ws.checkpoint(200, age=0) / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"], timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
