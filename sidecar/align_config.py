@@ -139,14 +139,6 @@ def _resolve(raw: str, base: Path) -> Path:
 
 
 def load_align_config(path: Path, environ: dict[str, str], base: Path) -> AlignConfig:
-    import yaml
+    from .config import read_yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return parse_align_config(data, base, environ)
+    return parse_align_config(read_yaml(path), base, environ)

@@ -296,7 +296,8 @@ def parse_gpu_slots(spec: str | None, cuda_list: str) -> tuple[str, ...]:
     return tuple(slots)
 
 
-def _load_yaml(path: Path) -> dict:
+def read_yaml(path: Path):
+    """The YAML document in `path`; ConfigError (one line, naming the file) if unreadable or invalid."""
     import yaml
 
     try:
@@ -304,9 +305,13 @@ def _load_yaml(path: Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def _load_yaml(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
