@@ -55,6 +55,7 @@ class Workspace:
         (self.data / "id2sid.json").write_text("{}")
         self.state_dir = self.repo / "state" / "wandb_eval_sidecar"
         self.log_dir = self.repo / "log" / "eval_sidecar"
+        self.procs: list[subprocess.Popen] = []  # killed at teardown if a test failed midway
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint(self, step: int, age: float = 3600.0, marker: bool = True) -> Path:
@@ -104,8 +105,10 @@ class Workspace:
     def start(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
         """Start the sidecar in the background (output to a file)."""
         out = open(self.ctl / f"sidecar-{time.monotonic_ns()}.out", "w")
-        return subprocess.Popen([sys.executable, str(ENTRY), *self.args(*extra)], env=env or self.env(),
+        proc = subprocess.Popen([sys.executable, str(ENTRY), *self.args(*extra)], env=env or self.env(),
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        return proc
 
     def status(self, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(ENTRY), "status", *self.args(*extra)], env=self.env(),
@@ -121,8 +124,13 @@ class Workspace:
 
 
 @pytest.fixture
-def ws(tmp_path) -> Workspace:
-    return Workspace(tmp_path)
+def ws(tmp_path):
+    workspace = Workspace(tmp_path)
+    yield workspace
+    for proc in workspace.procs:  # a test that failed midway must not leave a sidecar running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def process_gone(pid: int) -> bool:
