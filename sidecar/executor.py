@@ -17,7 +17,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-IDLE_SLICE = 1.0  # seconds between idle() calls while an eval runs
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,10 @@ class LocalExecutor:
         self._lock = threading.RLock()  # re-entrant: cancel_all runs in a signal handler
 
     def run(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-            timeout: float = 0.0, on_start=None, idle=None) -> EvalResult:
+            timeout: float = 0.0, on_start=None) -> EvalResult:
         """Run argv to completion (or timeout, or cancel); stdout and stderr go to log_path.
 
-        `on_start(pid, start_time)` is called once the child exists (to record it as in flight);
-        `idle()` about once a second while it runs (the service records what W&B wrote meanwhile).
+        `on_start(pid, start_time)` is called once the child exists (to record it as in flight).
         """
         started = time.monotonic()
         try:
@@ -86,21 +84,12 @@ class LocalExecutor:
             if on_start is not None:
                 on_start(proc.pid, process_start_time(proc.pid))
             crash_point("eval-running")
-            deadline = started + timeout if timeout > 0 else None
-            while True:
-                slice_ = IDLE_SLICE if deadline is None else min(IDLE_SLICE, max(0.0, deadline - time.monotonic()))
-                try:
-                    proc.wait(timeout=slice_)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if deadline is not None and time.monotonic() >= deadline:
-                    timed_out = True
-                    log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
-                    self._stop_group(proc)
-                    break
-                if idle is not None:
-                    idle()
+            try:
+                proc.wait(timeout=timeout if timeout > 0 else None)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
+                self._stop_group(proc)
             self._reap_stragglers(proc.pid)
         except BaseException:
             self._stop_group(proc)  # nothing outlives its eval, whatever went wrong here
