@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .identity import Identity, derive_identity
+from .slurm import reserved_option
 
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_RESUMES = ("allow", "must", "never", "auto")
@@ -22,6 +25,8 @@ ORDERS = ("oldest-first", "newest-first")
 LOCK_MODES = ("auto", "flock", "soft")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DO_SAMPLE = ("true", "false", "1", "0", "yes", "no")
+EXECUTORS = ("local", "slurm")
+OPTION_VALUED = ("--slurm-args",)  # flags whose value is a list of options
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,11 @@ FLAGS: tuple[Flag, ...] = (
          help="offline: write an offline segment when the online run cannot start"),
     Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
     Flag("summary-metrics", "str", "HR@10,NDCG@10", help="metrics with best/last summary keys"),
+    Flag("executor", "choice", "local", choices=EXECUTORS, help="local: evals run here; slurm: each eval is a Slurm job"),
+    Flag("slurm-args", "str", "", help='sbatch options for each eval job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00"'),
+    Flag("max-parallel", "int", 1, minimum=1, maximum=10000, help="Slurm jobs in flight at once (--executor slurm)"),
+    Flag("slurm-cancel-on-exit", "bool", False, help="cancel this sidecar's Slurm jobs when it stops (default: leave them, re-attach on restart)"),
+    Flag("slurm-poll-seconds", "float", 10.0, minimum=0.1, maximum=3600, help="seconds between two questions to Slurm about a job"),
 )
 _BY_DEST = {f.dest: f for f in FLAGS}
 
@@ -157,6 +167,11 @@ class Config:
     wandb_fallback: str
     wandb_system_stats: bool
     summary_metrics: tuple[str, ...]
+    executor: str
+    slurm_args: tuple[str, ...]
+    max_parallel: int
+    slurm_cancel_on_exit: bool
+    slurm_poll_seconds: float
     identity: Identity = field(compare=False)
     config_file: Path | None = None
 
@@ -205,6 +220,21 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(message)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """`--slurm-args --partition=gpu` works as written: a value that is itself an option is
+        glued to its flag, which argparse would otherwise take for a flag of its own."""
+        argv = list(args) if args is not None else []
+        glued: list[str] = []
+        i = 0
+        while i < len(argv):
+            if argv[i] in OPTION_VALUED and i + 1 < len(argv):
+                glued.append(f"{argv[i]}={argv[i + 1]}")
+                i += 2
+            else:
+                glued.append(argv[i])
+                i += 1
+        return super().parse_args(glued, namespace)
 
 
 def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, dict], ...] = ()) -> argparse.ArgumentParser:
@@ -296,6 +326,30 @@ def parse_gpu_slots(spec: str | None, cuda_list: str) -> tuple[str, ...]:
     return tuple(slots)
 
 
+def _check_executor(values: dict) -> None:
+    """Slurm chooses the GPUs of its jobs; local evals are bounded by their GPU slots."""
+    if values["executor"] == "slurm" and values["gpu_slots"] is not None:
+        raise ConfigError(f"--gpu-slots {values['gpu_slots']!r}: GPU slots do not apply to --executor slurm "
+                          f"(Slurm chooses the GPUs); bound the jobs with --max-parallel")
+    if values["executor"] == "local" and values["max_parallel"] != 1:
+        raise ConfigError(f"--max-parallel {values['max_parallel']}: applies to --executor slurm; local evals run "
+                          f"one per GPU slot (--gpu-slots)")
+
+
+def parse_slurm_args(text: str | None) -> tuple[str, ...]:
+    """`"--partition=gpu --gres=gpu:1"` -> separate sbatch arguments (split like a shell would,
+    but never run through one). Options the sidecar sets itself are refused."""
+    try:
+        args = tuple(shlex.split(text or ""))
+    except ValueError as exc:
+        raise ConfigError(f"--slurm-args: cannot split {text!r} ({exc})") from None
+    taken = reserved_option(args)
+    if taken:
+        raise ConfigError(f"--slurm-args: {taken} is set by the sidecar (job name, log file, folder, environment); "
+                          f"remove it from {text!r}")
+    return args
+
+
 def read_yaml(path: Path):
     """The YAML document in `path`; ConfigError (one line, naming the file) if unreadable or invalid."""
     import yaml
@@ -356,7 +410,9 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
             values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
         else:
             values[dest] = flag.default
+    _check_executor(values)
     values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
+    values["slurm_args"] = parse_slurm_args(values["slurm_args"])
     metrics = tuple(m.strip() for m in str(values["summary_metrics"]).split(",") if m.strip())
     if not metrics:
         raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {values['summary_metrics']!r}")
@@ -397,6 +453,10 @@ def _check_paths(config: Config) -> None:
         raise ConfigError(f"--test-data-path: not a file: {config.test_data_path}")
     if not config.index_path.is_file():
         raise ConfigError(f"--index-path: not a file: {config.index_path}")
+    if config.executor == "slurm":
+        missing = [b for b in ("sbatch", "scontrol", "scancel", "squeue") if shutil.which(b) is None]
+        if missing:
+            raise ConfigError(f"--executor slurm: {', '.join(missing)} not found on PATH")
     for flag, folder in (("--state-dir", config.state_dir), ("--log-dir", config.log_dir)):
         existing = folder
         while not existing.exists():

@@ -20,12 +20,30 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class EvalJob:
+    """One evaluation to run: `bash <eval-script> <sft-root>` with its environment and log file."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    log_path: Path
+    timeout: float = 0.0  # seconds of running time before it is stopped (0 = never)
+    name: str = ""  # a Slurm job name
+    tag: str = ""  # names this sidecar's job for this step (a Slurm job comment)
+    attach: str = ""  # a Slurm job id submitted by an earlier sidecar: track it, submit nothing
+
+
+@dataclass(frozen=True)
 class EvalResult:
     returncode: int | None  # None when the process could not be started
     duration: float
     timed_out: bool = False
     cancelled: bool = False
     start_error: str = ""
+    error: str = ""  # the executor's own account of a failure (e.g. "slurm job 12 FAILED exit 3")
+    consume_attempt: bool = True  # False: the failure was not the eval's (preemption, node failure)
+    detached: bool = False  # left running on purpose at shutdown (a Slurm job); it stays in flight
+    unknown_outcome: bool = False  # the job left no record; its metrics.json decides
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -52,12 +70,14 @@ class LocalExecutor:
         self._cancelled = threading.Event()
         self._lock = threading.RLock()  # re-entrant: cancel_all runs in a signal handler
 
-    def run(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-            timeout: float = 0.0, on_start=None) -> EvalResult:
-        """Run argv to completion (or timeout, or cancel); stdout and stderr go to log_path.
+    def run(self, job: EvalJob, on_start=None, on_update=None) -> EvalResult:
+        """Run the job to completion (or timeout, or cancel); stdout and stderr go to its log file.
 
-        `on_start(pid, start_time)` is called once the child exists (to record it as in flight).
+        `on_start(info)` is called once the child exists, with what names it for good (pid and
+        start time) to record it as in flight. (`on_update` is for executors whose jobs change
+        state while they wait; a local child has none.)
         """
+        argv, cwd, env, log_path, timeout = job.argv, job.cwd, job.env, job.log_path, job.timeout
         started = time.monotonic()
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +102,7 @@ class LocalExecutor:
             if self._cancelled.is_set():
                 self._stop_group(proc)
             if on_start is not None:
-                on_start(proc.pid, process_start_time(proc.pid))
+                on_start({"pid": proc.pid, "pid_start": process_start_time(proc.pid)})
             crash_point("eval-running")
             try:
                 proc.wait(timeout=timeout if timeout > 0 else None)
@@ -192,7 +212,7 @@ def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = No
 _CRASH_AT = os.environ.get("EVAL_SIDECAR_CRASH_AT", "")
 _crash_counts: dict[str, int] = {}
 CRASH_PHASES = ("after-discovery", "eval-running", "eval-finished", "metrics-read", "state-write",
-                "state-written", "wandb-row", "table-log", "shutdown")
+                "state-written", "wandb-row", "table-log", "shutdown", "slurm-submitted")
 
 
 def crash_point(phase: str) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
-from .executor import EvalResult, LocalExecutor, crash_point, reap_orphan
+from .executor import EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
 from .metrics import read_metrics
 from .pins import Pins
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
 from .report import NullReporter, Reporter, Snapshot
+from .slurm import SlurmExecutor
 from .state import ProcessLock, State, StateStore, utc_iso
 from .watcher import Watcher, WatcherUnavailable
 
@@ -43,20 +44,29 @@ def policy_for(config: Config) -> Policy:
 @dataclass
 class _Running:
     ckpt: Checkpoint
-    slot: int
+    slot: int | None  # the GPU slot of a local eval; None for a Slurm job
     thread: threading.Thread
     log_path: Path
+
+
+def make_executor(config: Config, environ: dict[str, str]):
+    if config.executor == "slurm":
+        return SlurmExecutor(config.slurm_args, poll_seconds=config.slurm_poll_seconds,
+                             grace_seconds=config.eval_kill_grace_seconds, cancel_on_exit=config.slurm_cancel_on_exit,
+                             environ=environ, script_dir=config.state_dir)
+    return LocalExecutor(grace_seconds=config.eval_kill_grace_seconds)
 
 
 class Sidecar:
     """Evaluates every ready checkpoint of one model configuration exactly once and records it."""
 
-    def __init__(self, config: Config, clock, environ: dict[str, str], executor: LocalExecutor | None = None,
+    def __init__(self, config: Config, clock, environ: dict[str, str], executor=None,
                  reporter: Reporter | None = None) -> None:
         self.config = config
         self.clock = clock
         self.environ = dict(environ)
-        self.executor = executor or LocalExecutor(grace_seconds=config.eval_kill_grace_seconds)
+        self.executor = executor or make_executor(config, self.environ)
+        self._slurm = self.executor if isinstance(self.executor, SlurmExecutor) else None
         self.reporter = reporter or NullReporter()
         self.policy = policy_for(config)
         self.store = StateStore(config.state_file)
@@ -76,6 +86,7 @@ class Sidecar:
         self._submitted: frozenset = frozenset()
         self._first_scan = True
         self._running: dict[int, _Running] = {}  # step -> eval in a worker thread
+        self._reattach: dict[int, dict] = {}  # Slurm jobs a previous sidecar left in flight
         self.pins = Pins(config.state_dir, config.sft_root.name) if config.pin_checkpoints else None
         self._events: queue.Queue = queue.Queue()  # worker -> main thread: started / finished
         self.host = socket.gethostname()
@@ -109,6 +120,10 @@ class Sidecar:
                         changed)
         state.eval_params = params
         for step, entry in state.in_flight.items():
+            entry.pop("interrupted", None)
+            if entry.get("job_id"):
+                self._reattach[step] = entry  # a Slurm job outlives its sidecar: track it again
+                continue
             self._interrupted.add(step)
             entry["interrupted"] = True
             pid = entry.get("pid")
@@ -155,6 +170,8 @@ class Sidecar:
         """Signal-safe: stop the loop, terminate running evals (their steps stay pending)."""
         self.stop_event.set()
         self.executor.cancel_all()
+        if self._slurm is not None and self._slurm is not self.executor:
+            self._slurm.cancel_all()
         self.wake.set()
 
     def close(self) -> None:
@@ -256,6 +273,8 @@ class Sidecar:
         state = self.state
         assert state is not None, "start() first"
         done = self._drain()
+        if self._reattach:
+            self._start_reattached()
         try:
             found = self.discoverer.scan()
         except RootMissing as exc:
@@ -361,8 +380,41 @@ class Sidecar:
             self.pins.unpin(name)
 
     def _free_slot(self) -> int | None:
+        """A free GPU slot for a local eval, or 0 while Slurm jobs in flight are below --max-parallel;
+        None when everything is busy."""
+        if self._slurm is self.executor:
+            return 0 if len(self._running) < self.config.max_parallel else None
         busy = {r.slot for r in self._running.values()}
         return next((i for i in range(len(self.config.gpu_slots)) if i not in busy), None)
+
+    def _slurm_executor(self) -> SlurmExecutor:
+        """The Slurm executor; a local sidecar gets one to track jobs a Slurm sidecar left behind."""
+        if self._slurm is None:
+            cfg = self.config
+            self._slurm = SlurmExecutor(cfg.slurm_args, poll_seconds=cfg.slurm_poll_seconds,
+                                        grace_seconds=cfg.eval_kill_grace_seconds,
+                                        cancel_on_exit=cfg.slurm_cancel_on_exit, environ=self.environ,
+                                        script_dir=cfg.state_dir)
+        return self._slurm
+
+    def _job_fields(self, ckpt: Checkpoint) -> tuple[str, str]:
+        """The Slurm job name and the comment that ties a job to this configuration and step."""
+        return (f"sidecar-{self.config.identity.safe_model}-{ckpt.step}",
+                f"eval-sidecar:{self.config.identity.key}:{ckpt.step}")
+
+    def _start_reattached(self) -> None:
+        """Track the Slurm jobs a previous sidecar submitted instead of submitting them again."""
+        cfg = self.config
+        for step, entry in sorted(self._reattach.items()):
+            name = str(entry.get("checkpoint") or f"checkpoint-{step}")
+            path = Path(entry["path"]) if entry.get("path") else cfg.sft_root / name
+            ckpt = Checkpoint(step, name, path.parent)
+            log_path = cfg.log_dir / cfg.identity.safe_model / f"{name}.log"
+            job_name, tag = self._job_fields(ckpt)
+            job = EvalJob([], cfg.repo_root, {}, log_path, cfg.eval_timeout_seconds, job_name, tag,
+                          attach=str(entry["job_id"]))
+            self._start_worker(ckpt, job, None, self._slurm_executor())
+        self._reattach.clear()
 
     def _dispatch(self, ckpt: Checkpoint, slot: int) -> int:
         """Record at once what needs no eval (reused metrics.json, a vanished folder); otherwise
@@ -388,26 +440,41 @@ class Sidecar:
         argv = ["bash", str(cfg.eval_script), str(cfg.sft_root)]
         cuda = cfg.gpu_slots[slot]
         env = {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}
-        log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
-        worker = threading.Thread(target=self._run_eval, args=(ckpt, argv, env, log_path, metrics_path),
-                                  name=f"eval-{step}", daemon=True)
-        self._running[step] = _Running(ckpt, slot, worker, log_path)
-        worker.start()
+        job_name, tag = self._job_fields(ckpt)
+        job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds, job_name, tag)
+        if self._slurm is self.executor:
+            log.info("evaluating %s as a Slurm job (log: %s)", ckpt.name, log_path)
+            self._start_worker(ckpt, job, None, self.executor)
+        else:
+            log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
+            self._start_worker(ckpt, job, slot, self.executor)
         return 0
 
-    def _run_eval(self, ckpt: Checkpoint, argv, env, log_path: Path, metrics_path: Path) -> None:
+    def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor) -> None:
+        worker = threading.Thread(target=self._run_eval, args=(ckpt, job, executor), name=f"eval-{ckpt.step}",
+                                  daemon=True)
+        self._running[ckpt.step] = _Running(ckpt, slot, worker, job.log_path)
+        worker.start()
+
+    def _run_eval(self, ckpt: Checkpoint, job: EvalJob, executor) -> None:
         """Worker thread: run the eval and read its metrics; the main thread records the outcome."""
-        def started(pid: int, pid_start: str) -> None:
+        metrics_path = self.metrics_path(ckpt)
+
+        def started(info: dict) -> None:
             # Wait until the main thread has saved the in-flight record: a kill -9 from here on
-            # leaves a state that names this eval, so the next start stops it (bounded wait).
+            # leaves a state that names this eval (pid or Slurm job), so the next start stops
+            # it or re-attaches to it (bounded wait).
             recorded = threading.Event()
-            self._events.put(("started", ckpt.step, pid, pid_start, recorded))
+            self._events.put(("started", ckpt.step, info, recorded))
             self.wake.set()
             recorded.wait(IN_FLIGHT_SAVE_WAIT)
 
+        def updated(info: dict) -> None:
+            self._events.put(("update", ckpt.step, info))
+            self.wake.set()
+
         try:
-            result = self.executor.run(argv, self.config.repo_root, env, log_path, self.config.eval_timeout_seconds,
-                                       on_start=started)
+            result = executor.run(job, on_start=started, on_update=updated)
             crash_point("eval-finished")
             metrics: dict | MetricsError | None = None
             if result.returncode == 0 and not result.cancelled and not result.timed_out:
@@ -434,9 +501,15 @@ class Sidecar:
             if kind == "started":
                 try:
                     if running is not None:
-                        self._mark_in_flight(running.ckpt, event[2], event[3], running.slot)
+                        self._mark_in_flight(running.ckpt, event[2], running.slot)
                 finally:
-                    event[4].set()
+                    event[3].set()
+            elif kind == "update":
+                entry = self.state.in_flight.get(step)
+                if entry is not None and running is not None:
+                    entry.update(event[2])
+                    self._dirty = True
+                    self._save(force=True)
             elif running is not None:
                 running.thread.join()
                 del self._running[step]
@@ -447,16 +520,28 @@ class Sidecar:
         cfg, state, ckpt, log_path = self.config, self.state, running.ckpt, running.log_path
         step = ckpt.step
         now = self.clock.time()
+        if result.detached:
+            log.info("%s: %s; a restarted sidecar re-attaches to it", ckpt.name, result.error)
+            self._save(force=True)
+            return
         if result.cancelled:
             state.in_flight.pop(step, None)
             log.info("eval of %s was stopped by shutdown; it stays pending", ckpt.name)
             self._dirty = True
             self._save(force=True)
             return
-        if result.start_error:
+        if result.unknown_outcome:
+            if not isinstance(metrics, dict):
+                error = f"eval of {ckpt.name}: {result.error}, and {metrics}"
+            else:
+                self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
+                return
+        elif result.start_error:
             error = f"eval of {ckpt.name} could not start: {result.start_error}"
         elif result.timed_out:
             error = f"eval of {ckpt.name} timed out after {cfg.eval_timeout_seconds:g} s"
+        elif result.error:
+            error = f"eval of {ckpt.name}: {result.error} after {result.duration:.1f} s"
         elif result.returncode != 0:
             how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
                    else f"exited {result.returncode}")
@@ -470,8 +555,12 @@ class Sidecar:
             log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted during its eval", now)
         else:
-            record = record_failure(state, ckpt, f"{error}; see {log_path}", now, self.policy)
-            if record.get("given_up"):
+            record = record_failure(state, ckpt, f"{error}; see {log_path}", now, self.policy,
+                                    consume_attempt=result.consume_attempt)
+            if not result.consume_attempt:
+                record["retry_after"] = now  # not the eval's fault (preemption, node failure): again at once
+                log.warning("%s; not counted as an attempt, submitting it again (see %s)", error, log_path)
+            elif record.get("given_up"):
                 self._unpin(ckpt.name)
                 log.error("%s; giving up after %d attempts (see %s)", error, record["attempts"], log_path)
             else:
@@ -489,12 +578,18 @@ class Sidecar:
                 self.wake.wait(0.1)
                 self.wake.clear()
 
-    def _mark_in_flight(self, ckpt: Checkpoint, pid: int, pid_start: str, slot: int) -> None:
+    def _mark_in_flight(self, ckpt: Checkpoint, info: dict, slot: int | None) -> None:
+        """Record what names the running eval (pid and start time, or Slurm job id) before it goes on."""
         now = self.clock.time()
-        self.state.in_flight[ckpt.step] = {
-            "checkpoint": ckpt.name, "started": utc_iso(now), "started_at": now, "pid": pid,
-            "pid_start": pid_start, "host": self.host, "gpus": self.config.gpu_slots[slot],
-        }
+        entry = {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now), "started_at": now,
+                 "host": self.host}
+        previous = self.state.in_flight.get(ckpt.step) or {}
+        if info.get("job_id") and previous.get("job_id") == info["job_id"]:
+            entry = {**previous, **{k: v for k, v in entry.items() if k not in ("started", "started_at")}}
+        entry.update(info)
+        if slot is not None:
+            entry["gpus"] = self.config.gpu_slots[slot]
+        self.state.in_flight[ckpt.step] = entry
         self._dirty = True
         self._save(force=True)
 

@@ -18,6 +18,7 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         in_flight.append({
             "step": step, "checkpoint": entry.get("checkpoint"), "pid": entry.get("pid"),
             "host": entry.get("host"), "interrupted": bool(entry.get("interrupted")), "gpus": entry.get("gpus"),
+            "slurm_job_id": entry.get("job_id"), "slurm_state": entry.get("slurm_state"), "node": entry.get("node"),
             "elapsed_seconds": round(now_wall - float(started), 1) if started is not None else None,
         })
     last_error = None
@@ -82,7 +83,12 @@ def format_status(info: dict, state_file: str) -> str:
     ]
     if info["in_flight"]:
         for entry in info["in_flight"]:
-            if entry["interrupted"]:
+            if entry.get("slurm_job_id"):
+                elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
+                node = f" on {entry['node']}" if entry.get("node") else ""
+                lines.append(f"in flight     {entry['checkpoint']}: slurm job {entry['slurm_job_id']} "
+                             f"{entry['slurm_state'] or '?'}{node} (as last seen), submitted {elapsed} ago")
+            elif entry["interrupted"]:
                 lines.append(f"in flight     {entry['checkpoint']}: interrupted when the sidecar stopped; "
                              f"it will be evaluated again")
             else:

@@ -30,6 +30,7 @@ case "$mode" in
   ok) write_metrics ;;
   fail) echo "stand-in: failing on purpose" >&2; exit 3 ;;
   slow-fail) sleep "${STANDIN_SLOW:-1}"; date +%s.%N >> "$ctl/ends-$name"; exit 3 ;;
+  slow-once) if [[ "$calls" -le 1 ]]; then echo started > "$ctl/started-$name"; sleep 600; fi; write_metrics ;;
   fail-once) if [[ "$calls" -le 1 ]]; then exit 4; fi; write_metrics ;;
   no-metrics) rm -f -- "$out/metrics.json"; exit 0 ;;
   invalid-json) printf '{"HR@10": 0.1,' > "$out/metrics.json" ;;

@@ -1,0 +1,263 @@
+"""--executor slurm against a real single-node Slurm (tests/local_slurm.py).
+
+The cluster is started once per session in a temp folder (its own slurm.conf, ports and munge
+key) and stopped by pid. The sidecar runs as a real subprocess; the stand-in eval script runs as
+a real Slurm batch job and records the environment it got.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ENTRY, wait_for
+from local_slurm import LocalSlurm, missing_binaries
+
+POLL = ("--slurm-poll-seconds", "0.3")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"Slurm is not installed here (missing {', '.join(missing)}); .ci/run installs it with apt-get")
+    cluster = LocalSlurm().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    """The running cluster, with SLURM_CONF set for the sidecar; jobs a test left are cancelled."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    before = {j["id"] for j in slurm_cluster.jobs()}
+    slurm_cluster.seen = before
+    yield slurm_cluster
+    subprocess.run(["scancel", "--state=PENDING"], env=slurm_cluster.env, capture_output=True)
+    subprocess.run(["scancel", "--state=RUNNING"], env=slurm_cluster.env, capture_output=True)
+
+
+def new_jobs(cluster: LocalSlurm) -> list[dict]:
+    """Jobs submitted since the test began."""
+    return [j for j in cluster.jobs() if j["id"] not in cluster.seen]
+
+
+def overlap(ws, names: list[str]) -> int:
+    """The most evals that were running at one moment, from the stand-in's start/end stamps."""
+    points = []
+    for name in names:
+        start = float((ws.ctl / f"starts-{name}").read_text().split()[0])
+        end = float((ws.ctl / f"ends-{name}").read_text().split()[0])
+        points += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, delta in sorted(points, key=lambda p: (p[0], p[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_three_checkpoints_run_as_jobs_at_most_two_at_once(ws, slurm):
+    for step in (100, 200, 300):
+        ws.checkpoint(step)
+        ws.mode(step, "slow")
+    env = ws.env(STANDIN_SLOW="2")
+    out = ws.run("--once", "--executor", "slurm", "--max-parallel", "2", *POLL, env=env)
+    assert out.returncode == 0, out.stderr
+    jobs = new_jobs(slurm)
+    assert len(jobs) == 3 and all(j["state"] == "COMPLETED" for j in jobs), (jobs, out.stderr)
+    assert sorted(j["name"].rsplit("-", 1)[1] for j in jobs) == ["100", "200", "300"]
+    assert all(j["name"].startswith("sidecar-") for j in jobs)
+    names = [f"checkpoint-{s}" for s in (100, 200, 300)]
+    assert overlap(ws, names) == 2  # Slurm had 8 CPUs free: the bound is --max-parallel
+    state = ws.state()
+    assert state["processed_steps"] == [100, 200, 300]
+    assert not state["in_flight"] and not state["failed_steps"]
+    for step, name in zip((100, 200, 300), names):
+        log_file = next(ws.log_dir.glob(f"*/{name}.log"))
+        text = log_file.read_text()
+        assert "sidecar submits to Slurm" in text and "runs: bash " in text, text
+        seen = json.loads((ws.ctl / f"env-{name}.json").read_text())
+        assert seen["CKPT_LIST"] == str(ws.sft / name)
+        assert seen["CUDA_LIST"] == "0" and seen["CATEGORY"] == "Industrial_and_Scientific"
+        assert seen["TEST_DATA_PATH"] == str(ws.data / "sft" / "test.json")
+        assert seen["SLURM_JOB_ID"] in {j["id"] for j in jobs}  # it really ran as a Slurm job
+        assert seen["SLURM_JOB_NAME"].endswith(f"-{step}")
+
+
+def test_a_failed_job_is_a_failure_with_state_exit_code_and_log_and_is_retried(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "fail")  # exits 3
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "2", "--retry-backoff-seconds", "0")
+    assert out.returncode == 0, out.stderr
+    jobs = new_jobs(slurm)
+    assert [j["state"] for j in jobs] == ["FAILED", "FAILED"]
+    failure = ws.state()["failed_steps"]["100"]
+    assert failure["attempts"] == 2 and failure["given_up"]
+    log_file = next(ws.log_dir.glob("*/checkpoint-100.log"))
+    assert f"slurm job {jobs[-1]['id']} FAILED exit 3" in failure["error"]
+    assert str(log_file) in failure["error"]
+    assert "stand-in: failing on purpose" in log_file.read_text()
+    status = ws.status()
+    assert f"slurm job {jobs[-1]['id']} FAILED exit 3" in status.stdout
+
+
+def test_sigterm_leaves_the_job_running_and_a_restart_reattaches_without_submitting_again(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    env = ws.env(STANDIN_SLOW="6")
+    proc = ws.start("--executor", "slurm", *POLL, "--poll-interval-seconds", "0.5", env=env)
+    entry = wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING"
+                     and ws.state()["in_flight"]["100"], timeout=60)
+    job = entry["job_id"]
+    shown = ws.status()
+    assert f"slurm job {job} RUNNING" in shown.stdout, shown.stdout
+    assert json.loads(ws.status("--json").stdout)["in_flight"][0]["slurm_job_id"] == job
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert slurm.job_state(job) == "RUNNING"  # left running by default
+    assert ws.state()["in_flight"]["100"]["job_id"] == job
+
+    out = ws.run("--once", "--executor", "slurm", *POLL, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "re-attaching to slurm job" in out.stderr
+    assert [j["id"] for j in new_jobs(slurm)] == [job]  # no second submission
+    state = ws.state()
+    assert state["processed_steps"] == [100] and not state["in_flight"]
+    assert ws.calls() == ["checkpoint-100"]
+
+
+def test_a_sidecar_killed_right_after_sbatch_adopts_the_job_instead_of_submitting_again(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    env = ws.env(STANDIN_SLOW="3", EVAL_SIDECAR_CRASH_AT="slurm-submitted")
+    out = ws.run("--once", "--executor", "slurm", *POLL, env=env)
+    assert out.returncode == -signal.SIGKILL
+    assert len(new_jobs(slurm)) == 1
+    out = ws.run("--once", "--executor", "slurm", *POLL, env=ws.env(STANDIN_SLOW="3"))
+    assert out.returncode == 0, out.stderr
+    assert "instead of submitting again" in out.stderr
+    assert len(new_jobs(slurm)) == 1
+    assert ws.state()["processed_steps"] == [100]
+    assert ws.calls() == ["checkpoint-100"]
+
+
+def test_cancel_on_exit_cancels_the_job_and_the_step_stays_pending(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    proc = ws.start("--executor", "slurm", *POLL, "--slurm-cancel-on-exit", "--poll-interval-seconds", "0.5",
+                    env=ws.env(STANDIN_SLOW="120"))
+    entry = wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING"
+                     and ws.state()["in_flight"]["100"], timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert slurm.job_state(entry["job_id"]) == "CANCELLED"
+    state = ws.state()
+    assert state["pending_steps"] == [100]
+    assert not state["in_flight"] and not state["failed_steps"] and not state["processed_steps"]
+
+
+def test_a_partition_that_does_not_exist_is_a_failure_and_the_loop_goes_on(ws, slurm):
+    ws.checkpoint(100)
+    ws.checkpoint(200)
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--slurm-args", "--partition=nope --time=5",
+                 "--max-attempts", "1")
+    assert out.returncode == 0, out.stderr
+    failed = ws.state()["failed_steps"]
+    assert sorted(failed) == ["100", "200"]  # both tried: one failure does not stop the loop
+    for record in failed.values():
+        assert "slurm submission failed" in record["error"] and "invalid partition specified: nope" in record["error"]
+    assert new_jobs(slurm) == []
+
+
+def test_eval_timeout_cancels_the_job_and_counts_as_a_failure(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--eval-timeout-seconds", "2", "--max-attempts", "1",
+                 env=ws.env(STANDIN_SLOW="120"))
+    assert out.returncode == 0, out.stderr
+    assert [j["state"] for j in new_jobs(slurm)] == ["CANCELLED"]
+    assert "timed out after 2 s" in ws.state()["failed_steps"]["100"]["error"]
+
+
+def test_a_node_failure_does_not_use_up_an_attempt(ws, slurm):
+    ws.checkpoint(100)
+    ws.mode(100, "slow-once")  # the first run hangs until its node fails; the second succeeds
+    proc = ws.start("--once", "--executor", "slurm", *POLL, "--slurm-args", "--no-requeue --time=10",
+                    "--max-attempts", "1")
+    wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING", timeout=60)
+    try:
+        slurm.scontrol("update", f"nodename={slurm.node}", "state=down", "reason=sidecar-test")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        slurm.scontrol("update", f"nodename={slurm.node}", "state=resume")
+        wait_for(slurm.node_idle, timeout=30)
+    jobs = new_jobs(slurm)
+    assert [j["state"] for j in jobs] == ["NODE_FAIL", "COMPLETED"]
+    state = ws.state()
+    assert state["processed_steps"] == [100]  # --max-attempts 1, and still evaluated
+    output = (ws.ctl / next(p.name for p in ws.ctl.glob("sidecar-*.out"))).read_text()
+    assert f"slurm job {jobs[0]['id']} NODE_FAIL" in output and "not counted as an attempt" in output
+
+
+def test_a_job_slurm_no_longer_knows_is_settled_by_its_metrics(ws, slurm):
+    """A sidecar down for longer than MinJobAge finds its job forgotten (an id that never existed
+    here stands for it): no accounting record, so a valid metrics.json decides."""
+    for step in (100, 200):
+        ws.checkpoint(step)
+    ws.run("--once")  # create the state file
+    path = ws.state_files()[0]
+    state = json.loads(path.read_text())
+    state["processed_steps"], state["table_rows"] = [], []
+    state["in_flight"] = {str(s): {"checkpoint": f"checkpoint-{s}", "job_id": str(900000 + s), "slurm_state": "RUNNING",
+                                   "started_at": 0} for s in (100, 200)}
+    path.write_text(json.dumps(state))
+    ws.results(200).unlink()  # step 200's job left nothing
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1")
+    assert out.returncode == 0, out.stderr
+    state = ws.state()
+    assert state["processed_steps"] == [100]
+    assert "slurm job 900200 is no longer known to Slurm" in state["failed_steps"]["200"]["error"]
+    assert new_jobs(slurm) == []
+
+
+def test_finished_jobs_are_found_in_the_job_completion_record(slurm):
+    """sacct reads finished jobs (here from jobcomp/filetxt, as without a database)."""
+    from sidecar.slurm import SlurmExecutor
+
+    out = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 5"], env=slurm.env,
+                         capture_output=True, text=True, check=True)
+    job = out.stdout.strip()
+    wait_for(lambda: slurm.job_state(job) == "FAILED", timeout=30)
+    info = wait_for(lambda: SlurmExecutor(environ=slurm.env).lookup_finished(job), timeout=30)
+    assert (info.state, info.exit_code) == ("FAILED", 5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--gpu-slots", "0;1"), "GPU slots do not apply to --executor slurm"),
+    (("--slurm-args", "--output=/tmp/x"), "--slurm-args: --output is set by the sidecar"),
+    (("--slurm-args", "-J name"), "--slurm-args: -J is set by the sidecar"),
+    (("--slurm-args", "--partition='gpu"), "--slurm-args: cannot split"),
+    (("--max-parallel", "0"), "--max-parallel: must be at least 1"),
+])
+def test_bad_slurm_flags_exit_2_with_one_line(ws, args, message):
+    out = ws.run("--once", "--executor", "slurm", *args)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not ws.state_dir.exists()
+
+
+def test_max_parallel_without_slurm_is_refused(ws):
+    out = ws.run("--once", "--max-parallel", "2")
+    assert out.returncode == 2 and "--max-parallel 2: applies to --executor slurm" in out.stderr
+
+
+def test_slurm_without_sbatch_on_path_is_refused(ws, tmp_path):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env = ws.env(PATH=str(empty))
+    out = subprocess.run([sys.executable, str(ENTRY), *ws.args("--once", "--executor", "slurm")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--executor slurm: sbatch" in out.stderr and "not found on PATH" in out.stderr
