@@ -49,11 +49,15 @@ class _Running:
     log_path: Path
 
 
+def slurm_executor(config: Config, environ: dict[str, str]) -> SlurmExecutor:
+    return SlurmExecutor(config.slurm_args, poll_seconds=config.slurm_poll_seconds,
+                         grace_seconds=config.eval_kill_grace_seconds, cancel_on_exit=config.slurm_cancel_on_exit,
+                         environ=environ, script_dir=config.state_dir)
+
+
 def make_executor(config: Config, environ: dict[str, str]):
     if config.executor == "slurm":
-        return SlurmExecutor(config.slurm_args, poll_seconds=config.slurm_poll_seconds,
-                             grace_seconds=config.eval_kill_grace_seconds, cancel_on_exit=config.slurm_cancel_on_exit,
-                             environ=environ, script_dir=config.state_dir)
+        return slurm_executor(config, environ)
     return LocalExecutor(grace_seconds=config.eval_kill_grace_seconds)
 
 
@@ -390,11 +394,7 @@ class Sidecar:
     def _slurm_executor(self) -> SlurmExecutor:
         """The Slurm executor; a local sidecar gets one to track jobs a Slurm sidecar left behind."""
         if self._slurm is None:
-            cfg = self.config
-            self._slurm = SlurmExecutor(cfg.slurm_args, poll_seconds=cfg.slurm_poll_seconds,
-                                        grace_seconds=cfg.eval_kill_grace_seconds,
-                                        cancel_on_exit=cfg.slurm_cancel_on_exit, environ=self.environ,
-                                        script_dir=cfg.state_dir)
+            self._slurm = slurm_executor(self.config, self.environ)
         return self._slurm
 
     def _job_fields(self, ckpt: Checkpoint) -> tuple[str, str]:
