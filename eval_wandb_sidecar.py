@@ -87,7 +87,9 @@ def cmd_watch(argv: list[str]) -> int:
         else:
             from sidecar.watcher import Watcher
 
-            sidecar.run_forever(Watcher(config.sft_root, sidecar.wake.set) if config.watch_mode != "poll" else None)
+            markers = (config.ready_marker,) if config.ready_marker else ()
+            watcher = Watcher(config.sft_root, sidecar.notify, markers) if config.watch_mode != "poll" else None
+            sidecar.run_forever(watcher)
     finally:
         sidecar.close()
     return EXIT_OK

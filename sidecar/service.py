@@ -80,6 +80,7 @@ class Sidecar:
         self.state: State | None = None
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
         self._ready: set[int] = set()  # steps found ready (never re-walked)
         self._interrupted: set[int] = set()  # in flight when a previous sidecar died: re-run
         self._quiet_deadlines: list[float] = []
@@ -170,9 +171,16 @@ class Sidecar:
                      len(missing - state.unreported))
         state.unreported |= missing
 
+    def notify(self, urgent: bool = False) -> None:
+        """Something under the root changed (from the watcher's thread); `urgent`: a ready marker."""
+        if urgent:
+            self._prompt.set()
+        self.wake.set()
+
     def request_stop(self) -> None:
         """Signal-safe: stop the loop, terminate running evals (their steps stay pending)."""
         self.stop_event.set()
+        self._prompt.set()
         self.executor.cancel_all()
         if self._slurm is not None and self._slurm is not self.executor:
             self._slurm.cancel_all()
@@ -266,10 +274,12 @@ class Sidecar:
             self.wake.wait(timeout)
             self.wake.clear()
             # A burst of events (a trainer writing a big file) wakes the loop at most every
-            # EVENT_MIN_GAP seconds: each tick re-lists the root.
+            # EVENT_MIN_GAP seconds: each tick re-lists the root. A ready marker appearing, an
+            # eval starting or finishing, or a stop cuts the wait short.
             gap = EVENT_MIN_GAP - (self.clock.monotonic() - started)
             if gap > 0:
-                self.stop_event.wait(gap)
+                self._prompt.wait(gap)
+            self._prompt.clear()
 
     # ----- one tick -----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -466,6 +476,7 @@ class Sidecar:
             # it or re-attaches to it (bounded wait).
             recorded = threading.Event()
             self._events.put(("started", ckpt.step, info, recorded))
+            self._prompt.set()
             self.wake.set()
             recorded.wait(IN_FLIGHT_SAVE_WAIT)
 
@@ -486,6 +497,7 @@ class Sidecar:
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread as a failed start
             result, metrics = EvalResult(None, 0.0, start_error=f"{type(exc).__name__}: {exc}"), None
         self._events.put(("finished", ckpt.step, result, metrics))
+        self._prompt.set()
         self.wake.set()
 
     def _drain(self) -> int:

@@ -8,6 +8,7 @@ keeps a polling safety net in auto mode. This is the only module that imports wa
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +20,13 @@ class WatcherUnavailable(Exception):
 
 
 class Watcher:
-    """Calls `on_change()` from watchdog's thread whenever anything under `root` changes."""
+    """Calls `on_change(urgent)` from watchdog's thread whenever anything under `root` changes;
+    `urgent` is True when the file changed is named in `urgent_names` (a ready marker)."""
 
-    def __init__(self, root: Path, on_change: Callable[[], None]) -> None:
+    def __init__(self, root: Path, on_change: Callable[[bool], None], urgent_names: tuple[str, ...] = ()) -> None:
         self.root = root
         self.on_change = on_change
+        self.urgent_names = frozenset(urgent_names)
         self._observer = None
 
     def start(self) -> str:
@@ -34,12 +37,13 @@ class Watcher:
         except Exception as exc:  # noqa: BLE001 - any import failure means: no events here
             raise WatcherUnavailable(f"watchdog cannot be imported ({exc})") from exc
 
-        on_change = self.on_change
+        on_change, urgent_names = self.on_change, self.urgent_names
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # noqa: D102 - watchdog's hook
                 if event.event_type not in ("opened", "closed_no_write"):
-                    on_change()
+                    paths = (event.src_path, getattr(event, "dest_path", "") or "")
+                    on_change(any(os.path.basename(os.fsdecode(p)) in urgent_names for p in paths if p))
 
         observer = Observer()
         try:
