@@ -45,6 +45,8 @@ class Discoverer:
         self.root = root
         self._warned: set[str] = set()
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the root at the last scan
+        self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
+        self._last: list[Checkpoint] = []  # ... and what they parsed to
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -54,30 +56,38 @@ class Discoverer:
             if not root.is_dir():
                 raise RootMissing(str(root))
             return [Checkpoint(step, root.name, root.parent)]
-        by_step: dict[int, str] = {}
+        names: set[str] = set()
         try:
             st = os.stat(root)
             self.identity = (st.st_dev, st.st_ino)
             with os.scandir(root) as entries:
                 for entry in entries:
                     name = entry.name
-                    digits = name[11:]
-                    if name[:11] != "checkpoint-" or not digits.isdigit() or not digits.isascii():
+                    if not name.startswith("checkpoint-"):
                         continue
                     try:
-                        if not entry.is_dir(follow_symlinks=False) and not (
-                                entry.is_symlink() and self._symlink_inside(entry)):
-                            continue
+                        if entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and self._symlink_inside(entry)):
+                            names.add(name)
                     except OSError:
                         continue
-                    step = int(digits)
-                    other = by_step.get(step)
-                    if other is not None:
-                        name = self._duplicate(step, other, name)
-                    by_step[step] = name
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise RootMissing(f"{root}: {exc.strerror or exc}") from exc
-        return [Checkpoint(step, by_step[step], root) for step in sorted(by_step)]
+        if names != self._last_names:  # parse and sort only when the folder list changed
+            self._last_names = names
+            self._last = self._checkpoints(names)
+        return list(self._last)
+
+    def _checkpoints(self, names: set[str]) -> list[Checkpoint]:
+        by_step: dict[int, str] = {}
+        for name in names:
+            step = parse_step(name)
+            if step is None:
+                continue
+            other = by_step.get(step)
+            if other is not None:
+                name = self._duplicate(step, other, name)
+            by_step[step] = name
+        return [Checkpoint(step, by_step[step], self.root) for step in sorted(by_step)]
 
     def _duplicate(self, step: int, first: str, second: str) -> str:
         """`checkpoint-5` and `checkpoint-05` name one step: keep the first by name, warn once."""
