@@ -68,8 +68,15 @@ def cmd_watch(argv: list[str]) -> int:
     setup_logging(config.log_level)
     sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=make_reporter(config))
 
+    if config.executor == "slurm" and not config.slurm_cancel_on_exit:
+        stopping = "Slurm jobs in flight are left running; the next start re-attaches to them"
+    elif config.executor == "slurm":
+        stopping = "Slurm jobs in flight are cancelled and their checkpoints stay pending"
+    else:
+        stopping = "a running eval is stopped and stays pending"
+
     def on_signal(signum, _frame):
-        log.info("received %s; stopping (a running eval is stopped and stays pending)", signal.Signals(signum).name)
+        log.info("received %s; stopping (%s)", signal.Signals(signum).name, stopping)
         sidecar.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .identity import Identity, derive_identity
-from .slurm import reserved_option
+from .slurm import check_sbatch_args
 
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_RESUMES = ("allow", "must", "never", "auto")
@@ -103,7 +103,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
     Flag("summary-metrics", "str", "HR@10,NDCG@10", help="metrics with best/last summary keys"),
     Flag("executor", "choice", "local", choices=EXECUTORS, help="local: evals run here; slurm: each eval is a Slurm job"),
-    Flag("slurm-args", "str", "", help='sbatch options for each eval job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00"'),
+    Flag("slurm-args", "args", "", help='sbatch options for each eval job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00"'),
     Flag("max-parallel", "int", 1, minimum=1, maximum=10000, help="Slurm jobs in flight at once (--executor slurm)"),
     Flag("slurm-cancel-on-exit", "bool", False, help="cancel this sidecar's Slurm jobs when it stops (default: leave them, re-attach on restart)"),
     Flag("slurm-poll-seconds", "float", 10.0, minimum=0.1, maximum=3600, help="seconds between two questions to Slurm about a job"),
@@ -282,6 +282,10 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
             if text.lower() not in canon:
                 raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(flag.choices)}")
             value = text if flag.dest == "do_sample" else canon[text.lower()]
+        elif flag.kind == "args" and isinstance(raw, (list, tuple)):  # a YAML list: one item per argument
+            if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in raw):
+                raise ConfigError(f"{where}: list items must be strings, got {raw!r}")
+            value = tuple(str(x) for x in raw)
         elif flag.kind == "steps":
             value = frozenset(int(p) for p in text.replace(" ", ",").split(",") if p.strip())
             if any(v < 0 for v in value):
@@ -336,17 +340,20 @@ def _check_executor(values: dict) -> None:
                           f"one per GPU slot (--gpu-slots)")
 
 
-def parse_slurm_args(text: str | None) -> tuple[str, ...]:
+def parse_slurm_args(text: str | tuple[str, ...] | None) -> tuple[str, ...]:
     """`"--partition=gpu --gres=gpu:1"` -> separate sbatch arguments (split like a shell would,
-    but never run through one). Options the sidecar sets itself are refused."""
-    try:
-        args = tuple(shlex.split(text or ""))
-    except ValueError as exc:
-        raise ConfigError(f"--slurm-args: cannot split {text!r} ({exc})") from None
-    taken = reserved_option(args)
-    if taken:
-        raise ConfigError(f"--slurm-args: {taken} is set by the sidecar (job name, log file, folder, environment); "
-                          f"remove it from {text!r}")
+    but never run through one; a YAML list is taken item by item). Options the sidecar sets
+    itself, and words sbatch would take for the batch script, are refused."""
+    if isinstance(text, tuple):
+        args = text
+    else:
+        try:
+            args = tuple(shlex.split(text or ""))
+        except ValueError as exc:
+            raise ConfigError(f"--slurm-args: cannot split {text!r} ({exc})") from None
+    problem = check_sbatch_args(args)
+    if problem:
+        raise ConfigError(f"--slurm-args: {problem}; in {text!r}")
     return args
 
 

@@ -29,8 +29,9 @@ class EvalJob:
     log_path: Path
     timeout: float = 0.0  # seconds of running time before it is stopped (0 = never)
     name: str = ""  # a Slurm job name
-    tag: str = ""  # names this sidecar's job for this step (a Slurm job comment)
+    tag: str = ""  # names this attempt's Slurm job for good (its comment; saved in state before sbatch)
     attach: str = ""  # a Slurm job id submitted by an earlier sidecar: track it, submit nothing
+    adopt: bool = False  # an earlier sidecar died around sbatch: find its job by `tag`, submit nothing
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class EvalResult:
     consume_attempt: bool = True  # False: the failure was not the eval's (preemption, node failure)
     detached: bool = False  # left running on purpose at shutdown (a Slurm job); it stays in flight
     unknown_outcome: bool = False  # the job left no record; its metrics.json decides
+    not_submitted: bool = False  # `adopt` found no job: the earlier sidecar died before sbatch
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

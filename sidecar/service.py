@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
+import shutil
 import socket
 import threading
 from dataclasses import dataclass, replace
@@ -47,6 +49,7 @@ class _Running:
     slot: int | None  # the GPU slot of a local eval; None for a Slurm job
     thread: threading.Thread
     log_path: Path
+    metrics_before: int | None = None  # metrics.json's mtime (ns) before a Slurm job; None: absent
 
 
 def slurm_executor(config: Config, environ: dict[str, str]) -> SlurmExecutor:
@@ -126,7 +129,7 @@ class Sidecar:
         state.eval_params = params
         for step, entry in state.in_flight.items():
             entry.pop("interrupted", None)
-            if entry.get("job_id"):
+            if entry.get("job_id") or entry.get("slurm_tag"):
                 self._reattach[step] = entry  # a Slurm job outlives its sidecar: track it again
                 continue
             self._interrupted.add(step)
@@ -141,6 +144,13 @@ class Sidecar:
         if state.upgraded_from == 1 and state.rows and not state.segments:
             # The original tool reported its rows as it went: never log them a second time.
             state.segments.append({"dir": "", "mode": "original tool", "closed": True, "steps": sorted(state.rows)})
+        if self._reattach and self._slurm is None:
+            missing = [b for b in ("scontrol", "squeue", "scancel") if shutil.which(b) is None]
+            if missing:
+                self.lock.release()
+                jobs = ", ".join(f"checkpoint-{s}" for s in sorted(self._reattach))
+                raise ConfigError(f"the state file has Slurm jobs in flight ({jobs}) but {', '.join(missing)} "
+                                  f"is not on PATH here; start this sidecar where Slurm's commands work")
         self.state = state
         if self.pins is not None:
             state.pins_dir = str(self.pins.root)
@@ -405,25 +415,35 @@ class Sidecar:
         """The Slurm executor; a local sidecar gets one to track jobs a Slurm sidecar left behind."""
         if self._slurm is None:
             self._slurm = slurm_executor(self.config, self.environ)
+            if self.stop_event.is_set():
+                self._slurm.cancel_all()
         return self._slurm
 
-    def _job_fields(self, ckpt: Checkpoint) -> tuple[str, str]:
-        """The Slurm job name and the comment that ties a job to this configuration and step."""
-        return (f"sidecar-{self.config.identity.safe_model}-{ckpt.step}",
-                f"eval-sidecar:{self.config.identity.key}:{ckpt.step}")
+    def _job_name(self, ckpt: Checkpoint) -> str:
+        return f"sidecar-{self.config.identity.safe_model}-{ckpt.step}"
+
+    def _metrics_mtime(self, ckpt: Checkpoint) -> int | None:
+        try:
+            return self.metrics_path(ckpt).stat().st_mtime_ns
+        except OSError:
+            return None
 
     def _start_reattached(self) -> None:
         """Track the Slurm jobs a previous sidecar submitted instead of submitting them again."""
         cfg = self.config
+        if self.stop_event.is_set():
+            return  # they stay in flight in the state file for the next start
         for step, entry in sorted(self._reattach.items()):
             name = str(entry.get("checkpoint") or f"checkpoint-{step}")
             path = Path(entry["path"]) if entry.get("path") else cfg.sft_root / name
             ckpt = Checkpoint(step, name, path.parent)
             log_path = cfg.log_dir / cfg.identity.safe_model / f"{name}.log"
-            job_name, tag = self._job_fields(ckpt)
-            job = EvalJob([], cfg.repo_root, {}, log_path, cfg.eval_timeout_seconds, job_name, tag,
-                          attach=str(entry["job_id"]))
-            self._start_worker(ckpt, job, None, self._slurm_executor())
+            job_id = str(entry.get("job_id") or "")
+            job = EvalJob([], cfg.repo_root, {}, log_path, cfg.eval_timeout_seconds, self._job_name(ckpt),
+                          str(entry.get("slurm_tag") or ""), attach=job_id, adopt=not job_id)
+            before = entry.get("metrics_before")
+            self._start_worker(ckpt, job, None, self._slurm_executor(),
+                               metrics_before=int(before) if isinstance(before, int) else None)
         self._reattach.clear()
 
     def _dispatch(self, ckpt: Checkpoint, slot: int) -> int:
@@ -450,20 +470,31 @@ class Sidecar:
         argv = ["bash", str(cfg.eval_script), str(cfg.sft_root)]
         cuda = cfg.gpu_slots[slot]
         env = {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}
-        job_name, tag = self._job_fields(ckpt)
-        job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds, job_name, tag)
         if self._slurm is self.executor:
+            # The attempt's random tag (the job's comment) and the state of metrics.json are saved
+            # before sbatch: whatever happens next, a restart finds this job and judges its result.
+            tag = f"eval-sidecar:{cfg.identity.key}:{step}:{secrets.token_hex(6)}"
+            job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds, self._job_name(ckpt), tag)
+            before = self._metrics_mtime(ckpt)
+            now = self.clock.time()
+            state.in_flight[step] = {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now),
+                                     "started_at": now, "host": self.host, "slurm_tag": tag,
+                                     "slurm_state": "SUBMITTING", "metrics_before": before}
+            self._dirty = True
+            self._save(force=True)
             log.info("evaluating %s as a Slurm job (log: %s)", ckpt.name, log_path)
-            self._start_worker(ckpt, job, None, self.executor)
+            self._start_worker(ckpt, job, None, self.executor, metrics_before=before)
         else:
             log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
+            job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds)
             self._start_worker(ckpt, job, slot, self.executor)
         return 0
 
-    def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor) -> None:
+    def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor,
+                      metrics_before: int | None = None) -> None:
         worker = threading.Thread(target=self._run_eval, args=(ckpt, job, executor), name=f"eval-{ckpt.step}",
                                   daemon=True)
-        self._running[ckpt.step] = _Running(ckpt, slot, worker, job.log_path)
+        self._running[ckpt.step] = _Running(ckpt, slot, worker, job.log_path, metrics_before)
         worker.start()
 
     def _run_eval(self, ckpt: Checkpoint, job: EvalJob, executor) -> None:
@@ -542,12 +573,21 @@ class Sidecar:
             self._dirty = True
             self._save(force=True)
             return
+        if result.not_submitted:
+            state.in_flight.pop(step, None)
+            log.info("%s: the previous sidecar stopped before its Slurm job was submitted; it is evaluated again",
+                     ckpt.name)
+            self._dirty = True
+            self._save(force=True)
+            return
         if result.unknown_outcome:
-            if not isinstance(metrics, dict):
-                error = f"eval of {ckpt.name}: {result.error}, and {metrics}"
-            else:
+            written = self._metrics_mtime(ckpt)
+            fresh = written is not None and (running.metrics_before is None or written > running.metrics_before)
+            if isinstance(metrics, dict) and fresh:
                 self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
                 return
+            reason = metrics if not isinstance(metrics, dict) else "its metrics.json is older than the job"
+            error = f"eval of {ckpt.name}: {result.error}, and {reason}"
         elif result.start_error:
             error = f"eval of {ckpt.name} could not start: {result.start_error}"
         elif result.timed_out:
@@ -569,9 +609,9 @@ class Sidecar:
         else:
             record = record_failure(state, ckpt, f"{error}; see {log_path}", now, self.policy,
                                     consume_attempt=result.consume_attempt)
-            if not result.consume_attempt:
-                record["retry_after"] = now  # not the eval's fault (preemption, node failure): again at once
-                log.warning("%s; not counted as an attempt, submitting it again (see %s)", error, log_path)
+            if not result.consume_attempt:  # Slurm's doing (preemption, node failure, controller down)
+                log.warning("%s; not counted as an attempt, retry in %.0f s (see %s)", error,
+                            record["retry_after"] - now, log_path)
             elif record.get("given_up"):
                 self._unpin(ckpt.name)
                 log.error("%s; giving up after %d attempts (see %s)", error, record["attempts"], log_path)
@@ -596,8 +636,8 @@ class Sidecar:
         entry = {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now), "started_at": now,
                  "host": self.host}
         previous = self.state.in_flight.get(ckpt.step) or {}
-        if info.get("job_id") and previous.get("job_id") == info["job_id"]:
-            entry = {**previous, **{k: v for k, v in entry.items() if k not in ("started", "started_at")}}
+        if previous.get("slurm_tag"):  # this attempt's record, made before sbatch: keep what it says
+            entry = {**previous, "host": self.host}
         entry.update(info)
         if slot is not None:
             entry["gpus"] = self.config.gpu_slots[slot]

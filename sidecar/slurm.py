@@ -28,10 +28,15 @@ ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDE
                     "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "POWER_UP_NODE"})
 # Final states that say nothing about the eval itself: they do not use up an attempt.
 NOT_THE_EVALS_FAULT = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
-# Options the sidecar sets itself; --slurm-args must not change them.
+# Options the sidecar sets itself, or that would break tracking (several jobs, a blocking sbatch,
+# nothing submitted); --slurm-args must not hold them, nor any abbreviation sbatch would accept.
 RESERVED_LONG = ("--parsable", "--job-name", "--output", "--error", "--open-mode", "--chdir", "--export", "--comment",
-                 "--wrap", "--array")
-RESERVED_SHORT = ("-J", "-o", "-e", "-D", "-a")
+                 "--wrap", "--array", "--wait", "--test-only")
+RESERVED_SHORT = ("-J", "-o", "-e", "-D", "-a", "-W")
+# sbatch failures that say nothing about the eval: backed off, but no attempt is used up.
+TRANSIENT_SUBMIT = ("unable to contact slurm controller", "socket timed out", "zero bytes were transmitted",
+                    "communication connection failure", "backup controller in standby", "slurmctld is busy",
+                    "temporarily unavailable", "try again")
 WRAPPER = """#!/bin/bash
 # Written by eval sidecar: the Slurm job runs the eval script with bash, as a local eval does.
 echo "slurm job ${SLURM_JOB_ID:-?} on $(hostname) runs: bash $*"
@@ -45,22 +50,48 @@ class JobInfo(NamedTuple):
     signal: int
     reason: str = ""
     node: str = ""
+    runtime: float = 0.0  # seconds this run of the job has been running (reset by a requeue)
+    comment: str | None = None  # None: not reported (sacct)
 
 
 class ControllerUnreachable(Exception):
     pass
 
 
-def reserved_option(args: tuple[str, ...]) -> str | None:
-    """The first option in `args` that the sidecar sets itself, if any."""
+def check_sbatch_args(args: tuple[str, ...]) -> str | None:
+    """Why `args` cannot be passed to sbatch (None if they can): an option the sidecar sets itself
+    (or an abbreviation of one, which sbatch accepts), or a word that is no option's value (sbatch
+    would take it for the batch script)."""
+    value_may_follow = False
     for arg in args:
-        if arg.startswith("--"):
+        if arg.startswith("--") and len(arg) > 2:
             name = arg.split("=", 1)[0]
-            if name in RESERVED_LONG:
-                return name
-        elif arg[:2] in RESERVED_SHORT:
-            return arg[:2]
+            taken = next((r for r in RESERVED_LONG if r.startswith(name) and len(name) > 3), None)
+            if taken:
+                return f"{name} is set by the sidecar ({taken}: job name, log file, folder, environment, one job per eval)"
+            value_may_follow = "=" not in arg
+        elif arg.startswith("-") and len(arg) > 1:
+            if arg[:2] in RESERVED_SHORT:
+                return f"{arg[:2]} is set by the sidecar (job name, log file, folder, environment, one job per eval)"
+            value_may_follow = len(arg) == 2
+        elif value_may_follow:
+            value_may_follow = False
+        else:
+            return f"{arg!r} is not an option (sbatch would take it for the batch script)"
     return None
+
+
+def _seconds(text: str) -> float:
+    """Slurm's `[D-]HH:MM:SS` (or MM:SS) as seconds; 0 if unparsable."""
+    days, _, clock = text.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        total = 0
+        for part in parts:
+            total = total * 60 + part
+        return total + (int(days) * 86400 if days else 0)
+    except ValueError:
+        return 0.0
 
 
 def _exit_code(text: str) -> tuple[int | None, int]:
@@ -78,7 +109,9 @@ def parse_scontrol(text: str) -> JobInfo | None:
         return None
     code, sig = _exit_code(fields.get("ExitCode", ""))
     node = fields.get("BatchHost") or fields.get("NodeList", "")
-    return JobInfo(fields["JobState"], code, sig, fields.get("Reason", ""), "" if node == "(null)" else node)
+    comment = fields.get("Comment", "")
+    return JobInfo(fields["JobState"], code, sig, fields.get("Reason", ""), "" if node == "(null)" else node,
+                   _seconds(fields.get("RunTime", "")), "" if comment == "(null)" else comment)
 
 
 def parse_sacct(text: str) -> JobInfo | None:
@@ -140,18 +173,25 @@ class SlurmExecutor:
         if job.attach:
             job_id = job.attach
             log.info("re-attaching to slurm job %s (%s)", job_id, job.name)
+        elif job.adopt:
+            try:
+                found = self._find_by_tag(job)
+            except ControllerUnreachable as exc:
+                return EvalResult(None, time.monotonic() - started, detached=True,
+                                  error=f"the Slurm job of {job.name} could not be looked up ({exc})")
+            if found is None:
+                return EvalResult(None, time.monotonic() - started, not_submitted=True)
+            job_id, state = found
+            log.warning("the previous sidecar stopped right after submitting slurm job %s (%s, %s); tracking it "
+                        "instead of submitting again", job_id, job.name, state)
         else:
-            adopted = self._find_active(job)
-            if adopted is not None:
-                job_id, state = adopted
-                log.warning("slurm job %s (%s) is already %s for this checkpoint; tracking it instead of submitting "
-                            "again", job_id, job.name, state)
-            else:
-                job_id, error = self._submit(job)
-                if error:
-                    return EvalResult(None, time.monotonic() - started, start_error=error)
-                log.info("submitted slurm job %s (%s)", job_id, job.name)
-                crash_point("slurm-submitted")  # before the job id is saved: the restart must adopt the job
+            if self._stopping.is_set():
+                return EvalResult(None, time.monotonic() - started, cancelled=True)  # nothing submitted yet
+            job_id, error, transient = self._submit(job)
+            if error:
+                return EvalResult(None, time.monotonic() - started, start_error=error, consume_attempt=not transient)
+            log.info("submitted slurm job %s (%s)", job_id, job.name)
+            crash_point("slurm-submitted")  # before the job id is saved: a restart finds the job by its tag
         if on_start is not None:
             on_start({"job_id": job_id, "slurm_state": state})
         return self._track(job, job_id, state, on_update, started)
@@ -177,12 +217,12 @@ class SlurmExecutor:
             raise OSError(f"cannot write the Slurm job script {path}: {exc.strerror or exc}") from exc
         return path
 
-    def _submit(self, job: EvalJob) -> tuple[str, str]:
-        """(job id, "") or ("", one-line error)."""
+    def _submit(self, job: EvalJob) -> tuple[str, str, bool]:
+        """(job id, "", False) or ("", one-line error, whether the failure is Slurm's, not the job's)."""
         try:
             script = self._wrapper()
         except OSError as exc:
-            return "", str(exc)
+            return "", str(exc), False
         log_file = str(job.log_path).replace("%", "%%")  # Slurm expands %j etc. in file names
         # The injected variables travel in sbatch's own environment with --export=ALL: a value
         # holding a comma could not be passed inside --export=ALL,NAME=value.
@@ -191,23 +231,30 @@ class SlurmExecutor:
                 f"--comment={job.tag}", str(script), *job.argv[1:]]
         rc, out, err = run_command(argv, COMMAND_TIMEOUT, env=job.env)
         if rc != 0:
-            return "", f"slurm submission failed (sbatch exit {rc}): {_one_line(err)}"
+            message = _one_line(err)
+            transient = rc == 124 or any(t in message.lower() for t in TRANSIENT_SUBMIT)
+            return "", f"slurm submission failed (sbatch exit {rc}): {message}", transient
         job_id = out.strip().split(";")[0]
         if not re.fullmatch(r"\d+", job_id):
-            return "", f"slurm submission failed: sbatch printed no job id ({out.strip()[:200]!r})"
-        return job_id, ""
+            return "", f"slurm submission failed: sbatch printed no job id ({out.strip()[:200]!r})", False
+        return job_id, "", False
 
-    def _find_active(self, job: EvalJob) -> tuple[str, str] | None:
-        """This step's job left in the queue by a sidecar killed before it saved the job id."""
-        rc, out, _ = run_command(["squeue", "-h", "-t", "all", "-n", job.name, "-o", "%i|%T|%k"], COMMAND_TIMEOUT,
-                                 env=self.environ)
-        if rc != 0:
-            return None
-        for line in out.splitlines():
-            parts = line.strip().split("|", 2)
-            if len(parts) == 3 and parts[2] == job.tag and parts[1] in ACTIVE:
-                return parts[0], parts[1]
-        return None
+    def _find_by_tag(self, job: EvalJob) -> tuple[str, str] | None:
+        """The job an earlier sidecar submitted for this attempt (it died before saving the id):
+        matched by name and by the comment holding the attempt's random tag, in any state; None if
+        there is none. Raises ControllerUnreachable if the sidecar stops before Slurm answered."""
+        while True:
+            rc, out, err = run_command(["squeue", "-h", "-t", "all", "-n", job.name, "-o", "%i|%T|%k"],
+                                       COMMAND_TIMEOUT, env=self.environ)
+            if rc == 0:
+                for line in out.splitlines():
+                    parts = line.strip().split("|", 2)
+                    if len(parts) == 3 and parts[2] == job.tag:
+                        return parts[0], parts[1]
+                return None
+            log.warning("cannot ask Slurm for the job of %s (%s); will ask again", job.name, _one_line(err))
+            if self._stopping.wait(self.poll):
+                raise ControllerUnreachable(_one_line(err))
 
     # ----- tracking ----------------------------------------------------------------------------
     def query(self, job_id: str) -> JobInfo | None:
@@ -237,7 +284,6 @@ class SlurmExecutor:
             log.warning("scancel %s failed: %s", job_id, _one_line(err))
 
     def _track(self, job: EvalJob, job_id: str, state: str, on_update, started: float) -> EvalResult:
-        running_since: float | None = None
         timed_out = cancelling = False
         cancel_deadline = 0.0
         unreachable = ""
@@ -254,6 +300,10 @@ class SlurmExecutor:
                     log.info("Slurm answers again about job %s", job_id)
                     unreachable = ""
             elapsed = time.monotonic() - started
+            if info is not None and job.tag and info.comment is not None and info.comment != job.tag:
+                log.warning("slurm job %s is not the job of %s (its comment is %r); it is left alone", job_id,
+                            job.name, info.comment)
+                return self._gone(job_id, elapsed, cancelling, accounting=False)
             if info is None:
                 return self._gone(job_id, elapsed, cancelling)
             if info.state != state:
@@ -264,10 +314,9 @@ class SlurmExecutor:
                     on_update({"slurm_state": state, **({"node": info.node} if info.node else {})})
             if state not in ACTIVE:
                 return self._outcome(job_id, info, elapsed, timed_out, cancelling)
-            if state == "RUNNING" and running_since is None:
-                running_since = time.monotonic()
-            if (job.timeout > 0 and running_since is not None and not timed_out
-                    and time.monotonic() - running_since > job.timeout):
+            if job.timeout > 0 and state == "RUNNING" and not timed_out and info.runtime > job.timeout:
+                # Slurm's own RunTime: a requeued job starts again from 0, and a restart of the
+                # sidecar does not reset it.
                 log.warning("slurm job %s ran longer than %g s; cancelling it", job_id, job.timeout)
                 self._cancel(job_id)
                 timed_out = True
@@ -298,8 +347,9 @@ class SlurmExecutor:
         return EvalResult(info.exit_code if info.exit_code is not None else -1, elapsed, error=describe(job_id, info),
                           consume_attempt=info.state not in NOT_THE_EVALS_FAULT)
 
-    def _gone(self, job_id: str, elapsed: float, cancelling: bool) -> EvalResult:
-        info = self.lookup_finished(job_id)
+    def _gone(self, job_id: str, elapsed: float, cancelling: bool, accounting: bool = True) -> EvalResult:
+        """The controller does not know the job (any more): accounting, else its metrics.json decide."""
+        info = self.lookup_finished(job_id) if accounting else None
         if info is not None:
             return self._outcome(job_id, info, elapsed, False, cancelling)
         if cancelling:

@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ENTRY, wait_for
@@ -129,19 +130,52 @@ def test_sigterm_leaves_the_job_running_and_a_restart_reattaches_without_submitt
     assert ws.calls() == ["checkpoint-100"]
 
 
-def test_a_sidecar_killed_right_after_sbatch_adopts_the_job_instead_of_submitting_again(ws, slurm):
+@pytest.mark.parametrize("mode, outcome", [("slow", "running"), ("fail", "failed")])
+def test_a_sidecar_killed_right_after_sbatch_finds_its_job_instead_of_submitting_again(ws, slurm, mode, outcome):
+    """kill -9 between sbatch and saving the job id: the restart finds the job by the attempt's
+    tag, whether it still runs or already ended (a job that failed meanwhile is that attempt's
+    failure, not a reason to submit again)."""
     ws.checkpoint(100)
-    ws.mode(100, "slow")
+    ws.mode(100, mode)
     env = ws.env(STANDIN_SLOW="3", EVAL_SIDECAR_CRASH_AT="slurm-submitted")
-    out = ws.run("--once", "--executor", "slurm", *POLL, env=env)
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1", env=env)
     assert out.returncode == -signal.SIGKILL
-    assert len(new_jobs(slurm)) == 1
-    out = ws.run("--once", "--executor", "slurm", *POLL, env=ws.env(STANDIN_SLOW="3"))
+    [job] = new_jobs(slurm)
+    assert ws.state()["in_flight"]["100"]["slurm_state"] == "SUBMITTING"  # saved before sbatch ran
+    if outcome == "failed":
+        wait_for(lambda: slurm.job_state(job["id"]) == "FAILED", timeout=30)
+    else:
+        assert slurm.job_state(job["id"]) in ("PENDING", "RUNNING")
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1", env=ws.env(STANDIN_SLOW="3"))
     assert out.returncode == 0, out.stderr
     assert "instead of submitting again" in out.stderr
-    assert len(new_jobs(slurm)) == 1
-    assert ws.state()["processed_steps"] == [100]
+    assert [j["id"] for j in new_jobs(slurm)] == [job["id"]]
     assert ws.calls() == ["checkpoint-100"]
+    state = ws.state()
+    if outcome == "failed":
+        assert f"slurm job {job['id']} FAILED exit 3" in state["failed_steps"]["100"]["error"]
+    else:
+        assert state["processed_steps"] == [100]
+    assert not state["in_flight"]
+
+
+def test_eval_timeout_counts_slurm_running_time_not_time_in_the_queue(ws, slurm):
+    """A requeued job waits in PENDING again: that wait is not running time."""
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    proc = ws.start("--executor", "slurm", *POLL, "--eval-timeout-seconds", "4", "--poll-interval-seconds", "0.5",
+                    env=ws.env(STANDIN_SLOW="120"))
+    entry = wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING"
+                     and ws.state()["in_flight"]["100"], timeout=60)
+    time.sleep(1)
+    slurm.scontrol("requeue", entry["job_id"])
+    wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "PENDING", timeout=30)
+    time.sleep(6)  # longer than the timeout, all of it in the queue (Slurm delays a requeued job)
+    assert slurm.job_state(entry["job_id"]) == "PENDING"
+    state = ws.state()
+    assert not state["failed_steps"] and state["in_flight"]["100"]["job_id"] == entry["job_id"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
 
 
 def test_cancel_on_exit_cancels_the_job_and_the_step_stays_pending(ws, slurm):
@@ -186,7 +220,7 @@ def test_a_node_failure_does_not_use_up_an_attempt(ws, slurm):
     ws.checkpoint(100)
     ws.mode(100, "slow-once")  # the first run hangs until its node fails; the second succeeds
     proc = ws.start("--once", "--executor", "slurm", *POLL, "--slurm-args", "--no-requeue --time=10",
-                    "--max-attempts", "1")
+                    "--max-attempts", "1", "--retry-backoff-seconds", "0")
     wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING", timeout=60)
     try:
         slurm.scontrol("update", f"nodename={slurm.node}", "state=down", "reason=sidecar-test")
@@ -205,14 +239,16 @@ def test_a_node_failure_does_not_use_up_an_attempt(ws, slurm):
 def test_a_job_slurm_no_longer_knows_is_settled_by_its_metrics(ws, slurm):
     """A sidecar down for longer than MinJobAge finds its job forgotten (an id that never existed
     here stands for it): no accounting record, so a valid metrics.json decides."""
-    for step in (100, 200):
+    for step in (100, 200, 300):
         ws.checkpoint(step)
     ws.run("--once")  # create the state file
     path = ws.state_files()[0]
     state = json.loads(path.read_text())
     state["processed_steps"], state["table_rows"] = [], []
     state["in_flight"] = {str(s): {"checkpoint": f"checkpoint-{s}", "job_id": str(900000 + s), "slurm_state": "RUNNING",
-                                   "started_at": 0} for s in (100, 200)}
+                                   "started_at": 0, "metrics_before": None} for s in (100, 200, 300)}
+    # step 300's metrics.json was there before its job was submitted, and the job never rewrote it
+    state["in_flight"]["300"]["metrics_before"] = ws.results(300).stat().st_mtime_ns
     path.write_text(json.dumps(state))
     ws.results(200).unlink()  # step 200's job left nothing
     out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1")
@@ -220,7 +256,46 @@ def test_a_job_slurm_no_longer_knows_is_settled_by_its_metrics(ws, slurm):
     state = ws.state()
     assert state["processed_steps"] == [100]
     assert "slurm job 900200 is no longer known to Slurm" in state["failed_steps"]["200"]["error"]
+    assert "its metrics.json is older than the job" in state["failed_steps"]["300"]["error"]
     assert new_jobs(slurm) == []
+
+
+def test_a_job_id_now_naming_someone_elses_job_is_left_alone(ws, slurm):
+    """Job ids are reused (a controller whose saved state was wiped): the comment tells."""
+    out = subprocess.run(["sbatch", "--parsable", "-J", "someone-elses-training", "-o", "/dev/null", "--wrap",
+                          "sleep 120"], env=slurm.env, capture_output=True, text=True, check=True)
+    foreign = out.stdout.strip()
+    wait_for(lambda: slurm.job_state(foreign) == "RUNNING", timeout=30)
+    ws.checkpoint(100)
+    ws.run("--once")
+    ws.results(100).unlink()
+    path = ws.state_files()[0]
+    state = json.loads(path.read_text())
+    state["processed_steps"], state["table_rows"] = [], []
+    state["in_flight"] = {"100": {"checkpoint": "checkpoint-100", "job_id": foreign, "slurm_state": "RUNNING",
+                                  "slurm_tag": "eval-sidecar:x:100:0123456789ab", "started_at": 0}}
+    path.write_text(json.dumps(state))
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1", "--slurm-cancel-on-exit",
+                 "--eval-timeout-seconds", "1")
+    assert out.returncode == 0, out.stderr
+    assert f"slurm job {foreign} is not the job of" in out.stderr
+    assert slurm.job_state(foreign) == "RUNNING"  # neither cancelled nor timed out by us
+    assert "is no longer known to Slurm" in ws.state()["failed_steps"]["100"]["error"]
+
+
+def test_an_unreachable_controller_at_submission_does_not_use_up_attempts(ws, slurm, tmp_path):
+    conf = tmp_path / "slurm.conf"
+    text = slurm.conf.read_text()
+    port = next(line for line in text.splitlines() if line.startswith("SlurmctldPort="))
+    conf.write_text(text.replace(port, "SlurmctldPort=9"))  # nothing listens there
+    ws.checkpoint(100)
+    out = ws.run("--once", "--executor", "slurm", *POLL, "--max-attempts", "1", env=ws.env(SLURM_CONF=str(conf)),
+                 timeout=300)
+    assert out.returncode == 0, out.stderr
+    failure = ws.state()["failed_steps"]["100"]
+    assert "Unable to contact slurm controller" in failure["error"]
+    assert failure["attempts"] == 0 and not failure.get("given_up")  # retried after the backoff
+    assert failure["retry_after"] > time.time() + 200
 
 
 def test_finished_jobs_are_found_in_the_job_completion_record(slurm):
@@ -240,6 +315,10 @@ def test_finished_jobs_are_found_in_the_job_completion_record(slurm):
     (("--slurm-args", "--output=/tmp/x"), "--slurm-args: --output is set by the sidecar"),
     (("--slurm-args", "-J name"), "--slurm-args: -J is set by the sidecar"),
     (("--slurm-args", "--partition='gpu"), "--slurm-args: cannot split"),
+    (("--slurm-args", "--arr=0-2"), "--slurm-args: --arr is set by the sidecar (--array"),
+    (("--slurm-args", "--wait --time=5"), "--slurm-args: --wait is set by the sidecar"),
+    (("--slurm-args", "-W"), "--slurm-args: -W is set by the sidecar"),
+    (("--slurm-args", "--exclusive gpu --time=5 extra"), "--slurm-args: 'extra' is not an option"),
     (("--max-parallel", "0"), "--max-parallel: must be at least 1"),
 ])
 def test_bad_slurm_flags_exit_2_with_one_line(ws, args, message):
@@ -261,3 +340,33 @@ def test_slurm_without_sbatch_on_path_is_refused(ws, tmp_path):
     out = subprocess.run([sys.executable, str(ENTRY), *ws.args("--once", "--executor", "slurm")], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--executor slurm: sbatch" in out.stderr and "not found on PATH" in out.stderr
+
+
+def test_slurm_args_from_a_yaml_list_and_options_with_separate_values(ws, slurm):
+    ws.checkpoint(100)
+    config = ws.ctl / "sidecar.yaml"
+    config.write_text("executor: slurm\nslurm-poll-seconds: 0.3\nslurm-args: [--partition=debug, -t, '5']\n")
+    out = ws.run("--once", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert ws.state()["processed_steps"] == [100]
+    [job] = new_jobs(slurm)
+    shown = slurm.scontrol("show", "job", "-o", job["id"]).stdout
+    assert "Partition=debug" in shown and "TimeLimit=00:05:00" in shown
+
+
+def test_a_local_sidecar_without_slurm_commands_refuses_to_drop_jobs_in_flight(ws, tmp_path):
+    ws.checkpoint(100)
+    ws.run("--once")
+    path = ws.state_files()[0]
+    state = json.loads(path.read_text())
+    state["in_flight"] = {"100": {"checkpoint": "checkpoint-100", "job_id": "4711", "slurm_state": "RUNNING"}}
+    path.write_text(json.dumps(state))
+    before = path.read_bytes()
+    empty = tmp_path / "no-slurm-bin"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, str(ENTRY), *ws.args("--once")], env=ws.env(PATH=str(empty)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Slurm jobs in flight (checkpoint-100)" in out.stderr and "not on PATH" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert path.read_bytes() == before  # nothing lost, nothing rewritten
