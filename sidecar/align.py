@@ -200,24 +200,53 @@ def uploaded_state_file(fw: Framework) -> Path:
     return Path(f"{fw.output_file}.uploaded.json")
 
 
-def _sent_points(path: Path, key: str) -> set[tuple[int, str]]:
+def _sent_points(path: Path, key: str) -> dict:
+    """metric -> sorted steps (a numpy array) already sent to this target. The record keeps each
+    metric's steps as [first, last] runs of consecutive steps: 100,000 steps x 30 metrics is a few
+    hundred bytes, not millions of pairs. (The first format, a list of [step, metric] pairs, is
+    still read.)"""
+    import numpy as np
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return set()
-    return {(int(s), str(m)) for s, m in data.get("targets", {}).get(key, [])}
+        entry = json.loads(path.read_text()).get("targets", {}).get(key)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if isinstance(entry, list):
+        by_metric: dict[str, list[int]] = {}
+        for step, metric in entry:
+            by_metric.setdefault(str(metric), []).append(int(step))
+        return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
+    if not isinstance(entry, dict):
+        return {}
+    return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
+            for m, runs in entry.items() if runs}
 
 
-def new_points(frame, sent: set[tuple[int, str]]):
+def _runs(steps) -> list[list[int]]:
+    """Sorted unique steps -> [[first, last], ...] runs of consecutive steps."""
+    import numpy as np
+
+    if not len(steps):
+        return []
+    breaks = np.flatnonzero(np.diff(steps) != 1)
+    firsts = np.concatenate(([steps[0]], steps[breaks + 1]))
+    lasts = np.concatenate((steps[breaks], [steps[-1]]))
+    return [[int(a), int(b)] for a, b in zip(firsts, lasts)]
+
+
+def new_points(frame, sent: dict):
     """The frame reduced to values not sent yet: (step, metric) pairs already sent become NaN,
     and rows left with nothing are dropped."""
+    import numpy as np
+
     if not sent or not len(frame):
         return frame
     out = frame.copy()
+    steps = out["step"].to_numpy()
     for col in out.columns[1:]:
-        done = {s for s, m in sent if m == col}
-        if done:
-            out.loc[out["step"].isin(done), col] = float("nan")
+        done = sent.get(col)
+        if done is not None and len(done):
+            out.loc[np.isin(steps, done), col] = float("nan")
     return out.dropna(how="all", subset=list(out.columns[1:])).reset_index(drop=True)
 
 
@@ -225,6 +254,8 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
               refresh: bool = False, mode: str | None = None, out=print) -> list[FrameworkResult]:
     """Fetch, map and check every enabled framework, then (unless dry-run) upload the points not
     sent yet. Nothing is uploaded unless every framework loaded: a bad source fails first."""
+    import numpy as np
+
     from .state import write_atomic
     from .swanlab_io import experiment_id
 
@@ -252,12 +283,13 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
             if len(new):
                 uploader(fw, cfg, new, mode)
                 for col in new.columns[1:]:
-                    sent |= {(int(s), col) for s in new.loc[new[col].notna(), "step"]}
+                    added = new.loc[new[col].notna(), "step"].to_numpy(dtype="int64")
+                    sent[col] = np.union1d(sent[col], added) if col in sent else np.unique(added)
                 try:
                     data = json.loads(path.read_text())
                 except (OSError, ValueError):
                     data = {}
-                data.setdefault("targets", {})[key] = sorted([s, m] for s, m in sent)
+                data.setdefault("targets", {})[key] = {m: _runs(v) for m, v in sorted(sent.items())}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, json.dumps(data))
             result.uploaded = len(new)

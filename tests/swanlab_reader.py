@@ -21,7 +21,8 @@ def scalars(run_dir: Path) -> list[tuple[str, int, float]]:
         d = MessageToDict(record)
         if "scalar" in d:
             s = d["scalar"]
-            out.append((s["key"], int(s["step"]), float(s["value"].get("number", float("nan")))))
+            # protobuf leaves out default values: step 0 has no "step" field
+            out.append((s["key"], int(s.get("step", 0)), float(s["value"].get("number", float("nan")))))
     reader.close()
     return out
 

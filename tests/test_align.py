@@ -4,6 +4,7 @@ wandb.Api and swanlab.Api are replaced by small fakes serving fixed histories: n
 cloud server can exist here. The SwanLab upload is the real SDK in offline mode.
 """
 
+import json
 import subprocess
 import sys
 import time
@@ -259,3 +260,45 @@ def test_points_not_steps_are_remembered_and_a_bad_source_uploads_nothing(tmp_pa
     first, second = run_dirs(tmp_path / "swanlog")
     assert sorted(scalars(first)) == [("algorithm/reward", 1, 0.5), ("algorithm/reward", 2, 0.6)]
     assert sorted(scalars(second)) == [("actor/loss", 1, 2.0), ("actor/loss", 2, 1.5)]
+
+
+def _numbers_csv_config(tmp_path, steps: int):
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": np.arange(steps), **{f"m{i}": np.arange(steps) * (i + 1.0) for i in range(3)}})
+    frame.loc[500:599, "m2"] = float("nan")  # m2 was not logged for steps 500..599 (yet)
+    frame.to_csv(tmp_path / "run.csv", index=False)
+    doc = {"aligned_metrics": ["a/m0", "a/m1", "a/m2"],
+           "frameworks": {"csvrun": {"platform": "csv", "path": str(tmp_path / "run.csv"),
+                                     "output_file": str(tmp_path / "cache.csv"),
+                                     "mapping": {f"m{i}": f"a/m{i}" for i in range(3)}}},
+           "target": {"project": "p", "mode": "offline", "logdir": str(tmp_path / "swanlog")}}
+    return frame, parse_align_config(doc, tmp_path, {})
+
+
+def test_upload_record_keeps_runs_of_steps_and_a_value_filled_in_later_is_sent_once(tmp_path):
+    frame, cfg = _numbers_csv_config(tmp_path, 1000)
+    run_align(cfg, {}, upload, out=lambda _: None)
+    record = json.loads((tmp_path / "cache.csv.uploaded.json").read_text())
+    [target] = record["targets"].values()
+    assert target == {"a/m0": [[0, 999]], "a/m1": [[0, 999]], "a/m2": [[0, 499], [600, 999]]}
+    time.sleep(1.1)  # SwanLab names offline folders by the second
+    frame.loc[500:599, "m2"] = 7.0  # filled in later
+    frame.to_csv(tmp_path / "run.csv", index=False)
+    run_align(cfg, {}, upload, out=lambda _: None)
+    dirs, _ = points_by_exp(tmp_path / "swanlog", cfg, "csvrun")
+    assert len(dirs) == 2
+    assert sorted(scalars(dirs[1])) == [("a/m2", s, 7.0) for s in range(500, 600)]
+
+
+def test_upload_record_of_the_first_format_is_read(tmp_path):
+    """The record used to be a list of [step, metric] pairs: those points are not sent again."""
+    _, cfg = _numbers_csv_config(tmp_path, 20)
+    fw = cfg.frameworks[0]
+    key = f"{cfg.project}/{experiment_id(cfg.project, fw.name, fw.platform, fw.source)}/offline"
+    pairs = [[s, f"a/m{i}"] for s in range(15) for i in range(3)]
+    (tmp_path / "cache.csv.uploaded.json").write_text(json.dumps({"targets": {key: pairs}}))
+    run_align(cfg, {}, upload, out=lambda _: None)
+    _, points = points_by_exp(tmp_path / "swanlog", cfg, "csvrun")
+    assert sorted({s for _, s, _ in points}) == [15, 16, 17, 18, 19]
