@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,7 @@ class Discoverer:
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the root at the last scan
         self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
         self._last: list[Checkpoint] = []  # ... and what they parsed to
+        self._symlinks: set[str] = set()  # names that were symlinks (checked at every scan)
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -56,22 +58,30 @@ class Discoverer:
             if not root.is_dir():
                 raise RootMissing(str(root))
             return [Checkpoint(step, root.name, root.parent)]
-        names: set[str] = set()
         try:
             st = os.stat(root)
-            self.identity = (st.st_dev, st.st_ino)
-            with os.scandir(root) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if not name.startswith("checkpoint-"):
-                        continue
-                    try:
-                        if entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and self._symlink_inside(entry)):
-                            names.add(name)
-                    except OSError:
-                        continue
+            listed = os.listdir(root)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise RootMissing(f"{root}: {exc.strerror or exc}") from exc
+        if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: check every entry again
+            self.identity = (st.st_dev, st.st_ino)
+            self._last_names, self._symlinks = None, set()
+        # A folder listed last time is still a folder: only new names (and symlinks, whose target
+        # may move) are looked at, so a scan over 10,000 processed checkpoints is one listdir.
+        candidates = {name for name in listed if name.startswith("checkpoint-")}
+        names = (candidates & (self._last_names or set())) - self._symlinks
+        for name in candidates - names:
+            path = os.path.join(root, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                names.add(name)
+            elif stat.S_ISLNK(mode):
+                self._symlinks.add(name)
+                if self._symlink_inside(path, name):
+                    names.add(name)
         if names != self._last_names:  # parse and sort only when the folder list changed
             self._last_names = names
             self._last = self._checkpoints(names)
@@ -97,14 +107,11 @@ class Discoverer:
             log.warning("%s and %s both name step %d; using %s", first, second, step, keep)
         return keep
 
-    def _symlink_inside(self, entry: os.DirEntry) -> bool:
-        target = Path(os.path.realpath(entry.path))
+    def _symlink_inside(self, path: str, name: str) -> bool:
+        target = Path(os.path.realpath(path))
         real_root = Path(os.path.realpath(self.root))
         inside = target != real_root and real_root in target.parents and target.is_dir()
-        if not inside and entry.name not in self._warned:
-            self._warned.add(entry.name)
-            log.warning(
-                "ignoring %s: it is a symlink to %s, which is not a folder inside %s",
-                entry.path, target, self.root,
-            )
+        if not inside and name not in self._warned:
+            self._warned.add(name)
+            log.warning("ignoring %s: it is a symlink to %s, which is not a folder inside %s", path, target, self.root)
         return inside
