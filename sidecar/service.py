@@ -6,6 +6,7 @@ This is the one place where the pieces are wired together; follow a checkpoint f
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import secrets
@@ -164,6 +165,10 @@ class Sidecar:
             self._reconcile_segments()
         self.reporter.bind(state.run_id, state.run_name, on_delivery=self.wake.set)
         self._save(force=True)
+        # The loaded state lives as long as the process: keep the garbage collector from walking
+        # it again and again (with 50,000 rows a full collection stalls a tick by ~150 ms).
+        gc.collect()
+        gc.freeze()
 
     def _reconcile_segments(self) -> None:
         """Every row in state must be in some W&B segment: read back segments a crash left open,
