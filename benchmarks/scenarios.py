@@ -1,0 +1,285 @@
+"""The benchmark scenarios (issue 9). Each sets up its own temp folders, runs the real sidecar and
+returns rows: {"scenario", "n", "figure", "value", "unit"}. `run.py` adds growth factors and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, Tree, folder_bytes, tree_usage, wait_file
+
+sys.path.insert(0, str(ROOT))
+
+
+def row(scenario: str, n: int, figure: str, value: float, unit: str) -> dict:
+    return {"scenario": scenario, "n": n, "figure": figure, "value": round(float(value), 4), "unit": unit}
+
+
+# ----- 1. idle tick ---------------------------------------------------------------------------------
+def idle_tick(sizes: list[int], ticks: int) -> list[dict]:
+    """Median and max of `ticks` ticks with nothing to do, over N processed checkpoints (in process,
+    after a real `--once` backfill made them processed), and the first tick after the start."""
+    from sidecar.clock import SystemClock
+    from sidecar.config import build_config
+    from sidecar.service import Sidecar
+
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Tree(Path(tmp))
+            tree.checkpoints(n, metrics=True)
+            tree.run("--once", "--disable-wandb")
+            config = build_config({**tree.config_args(), "disable_wandb": True}, {}, Path.cwd())
+            sidecar = Sidecar(config, SystemClock(), {})
+            sidecar.start()
+            try:
+                started = time.perf_counter()
+                sidecar.tick()  # the first tick after a start lists and parses every folder once
+                first = time.perf_counter() - started
+                times = []
+                for _ in range(ticks):
+                    started = time.perf_counter()
+                    if sidecar.tick() != 0:
+                        raise RuntimeError("an idle tick recorded something")
+                    times.append(time.perf_counter() - started)
+            finally:
+                sidecar.close()
+        rows.append(row("idle tick", n, "median", statistics.median(times) * 1000, "ms"))
+        rows.append(row("idle tick", n, "max", max(times) * 1000, "ms"))
+        rows.append(row("idle tick", n, "first tick after a start", first * 1000, "ms"))
+    return rows
+
+
+# ----- 2. backfill -----------------------------------------------------------------------------------
+def backfill(sizes: list[int], wandb_sizes: list[int]) -> list[dict]:
+    """A `--once` pass over N checkpoints whose metrics.json exist: W&B disabled, and W&B offline."""
+    rows = []
+    for wandb in (False, True):
+        for n in (wandb_sizes if wandb else sizes):
+            with tempfile.TemporaryDirectory() as tmp:
+                base = Path(tmp)
+                tree = Tree(base)
+                tree.checkpoints(n, metrics=True)
+                mode = ["--wandb-mode", "offline"] if wandb else ["--disable-wandb"]
+                wall = tree.run("--once", *mode)
+                state_file, state = tree.state()
+                if len(state["processed_steps"]) != n or (wandb and state["unreported_steps"]):
+                    raise RuntimeError(f"backfill of {n} did not record and report everything")
+                name = "backfill, W&B offline" if wandb else "backfill, W&B disabled"
+                rows += [row(name, n, "wall time", wall, "s"),
+                         row(name, n, "per checkpoint", wall / n * 1000, "ms"),
+                         row(name, n, "state file", state_file.stat().st_size / 2**20, "MB")]
+                if wandb:
+                    rows += [row(name, n, "W&B run folder", folder_bytes(base / "wandb_dir") / 2**20, "MB"),
+                             row(name, n, "W&B staging + cache",
+                                 folder_bytes(base / "wandb_data_dir", base / "wandb_cache_dir") / 2**20, "MB")]
+    return rows
+
+
+ORIGINAL_APPROACH = r'''
+import sys, wandb
+n = int(sys.argv[1])
+run = wandb.init(project="bench", id="eval-original", mode="offline",
+                 settings=wandb.Settings(console="off", x_disable_stats=True))
+run.define_metric("checkpoint_step")
+run.define_metric("eval/*", step_metric="checkpoint_step")
+cols = ["checkpoint_step", "checkpoint_name", "HR@1", "HR@10", "NDCG@10", "metrics_path"]
+rows = []
+for step in range(1, n + 1):
+    m = {"HR@1": 0.01, "HR@10": step / n, "NDCG@10": step / n / 2}
+    run.log({"checkpoint_step": step, **{f"eval/{k}": v for k, v in m.items()}})
+    rows.append([step, f"checkpoint-{step}", m["HR@1"], m["HR@10"], m["NDCG@10"], "x"])
+    run.log({"eval/checkpoint_table": wandb.Table(columns=cols, data=list(rows))})
+    run.summary["best_hr@10"] = step / n
+run.finish()
+'''
+
+
+def original_approach(n: int) -> list[dict]:
+    """The baseline: a backfill of N with W&B offline, this sidecar against the original tool's W&B
+    pattern (log the row, then re-log the whole table, after every checkpoint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        tree = Tree(base)
+        script = base / "original.py"
+        script.write_text(ORIGINAL_APPROACH)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(script), str(n)], env=tree.env(), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        theirs = time.perf_counter() - started
+        their_bytes = folder_bytes(base / "wandb_dir", base / "wandb_data_dir", base / "wandb_cache_dir")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        tree = Tree(base)
+        tree.checkpoints(n, metrics=True)
+        ours = tree.run("--once", "--wandb-mode", "offline")
+        our_bytes = folder_bytes(base / "wandb_dir", base / "wandb_data_dir", base / "wandb_cache_dir")
+    name = "backfill with W&B offline vs the original tool's W&B pattern"
+    return [row(name, n, "wall time, original pattern", theirs, "s"), row(name, n, "wall time, this sidecar", ours, "s"),
+            row(name, n, "W&B bytes, original pattern", their_bytes / 2**20, "MB"),
+            row(name, n, "W&B bytes, this sidecar", our_bytes / 2**20, "MB"),
+            row(name, n, "time ratio (original / this)", theirs / ours, "×"),
+            row(name, n, "bytes ratio (original / this)", their_bytes / our_bytes, "×")]
+
+
+# ----- 3. ready -> eval start ------------------------------------------------------------------------
+def latency(k: int) -> list[dict]:
+    """Events mode: from a checkpoint becoming ready (marker written; end of a 1 s quiet period) to
+    its eval script starting."""
+    rows = []
+    for marker in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Tree(Path(tmp), "lat-cb8")
+            mode = (["--ready-marker", ".sidecar_ready", "--checkpoint-ready-seconds", "120"] if marker
+                    else ["--checkpoint-ready-seconds", "1"])
+            proc = tree.start(*mode, "--watch-mode", "events", "--poll-interval-seconds", "3600", "--disable-wandb",
+                              "--max-attempts", "1")
+            lat = []
+            try:
+                time.sleep(2)  # the watcher is up
+                for step in range(1, k + 1):
+                    ckpt = tree.sft / f"checkpoint-{step}"
+                    ckpt.mkdir()
+                    (ckpt / "model.safetensors").write_bytes(os.urandom(4096))
+                    if marker:
+                        ready = time.time()
+                        (ckpt / ".sidecar_ready").write_text("{}")
+                    else:
+                        ready = os.stat(ckpt / "model.safetensors").st_mtime + 1.0
+                    lat.append(wait_file(tree.starts / ckpt.name) - ready)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+        name = "ready → eval start, " + ("marker" if marker else "1 s quiet period")
+        rows += [row(name, k, "median", statistics.median(lat) * 1000, "ms"),
+                 row(name, k, "max", max(lat) * 1000, "ms")]
+    return rows
+
+
+# ----- 4. parallel throughput -----------------------------------------------------------------------
+def parallel(backlog: int, eval_seconds: float, slot_counts: list[int]) -> list[dict]:
+    """A backlog of evals of fixed duration with K GPU slots: wall time and speed-up over 1 slot."""
+    rows, one = [], None
+    for k in slot_counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Tree(Path(tmp))
+            tree.checkpoints(backlog, metrics=False)
+            wall = tree.run("--once", "--disable-wandb", "--gpu-slots", ";".join(str(i) for i in range(k)),
+                            env=tree.env(EVAL_SECONDS=str(eval_seconds)))
+        one = one or wall
+        name = f"backlog of {backlog} × {eval_seconds:g} s evals"
+        rows += [row(name, k, "wall time (N = slots)", wall, "s"), row(name, k, "speed-up over 1 slot", one / wall, "×")]
+    return rows
+
+
+# ----- 5. idle watching ------------------------------------------------------------------------------
+def idle_watch(seconds: float) -> list[dict]:
+    """Watching an idle root (events + safety scan) after one eval: CPU seconds and peak RSS of the
+    sidecar with its children (wandb-core)."""
+    rows = []
+    for wandb in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Tree(Path(tmp))
+            tree.checkpoints(1, metrics=False)
+            proc = tree.start("--watch-mode", "auto", *(["--wandb-mode", "offline"] if wandb else ["--disable-wandb"]))
+            try:
+                wait_file(tree.starts / "checkpoint-1")
+                time.sleep(5)  # the first eval is recorded and the W&B run is open
+                cpu0, _ = tree_usage(proc.pid)
+                peak, started = 0, time.monotonic()
+                while time.monotonic() - started < seconds:
+                    time.sleep(min(1.0, seconds / 3))
+                    peak = max(peak, tree_usage(proc.pid)[1])
+                cpu1, _ = tree_usage(proc.pid)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+        name = f"idle watching {seconds:g} s, W&B {'offline' if wandb else 'disabled'}"
+        rows += [row(name, 1, "CPU used", cpu1 - cpu0, "s"), row(name, 1, "peak RSS", peak / 2**20, "MB")]
+    return rows
+
+
+# ----- 6. align ------------------------------------------------------------------------------------------
+def align(sources: int, steps: int, metrics: int) -> list[dict]:
+    """S sources × N steps × M metrics from CSV into an offline SwanLab run (in a child process, for
+    its own peak RSS)."""
+    out = subprocess.run([sys.executable, __file__, "align-child", str(sources), str(steps), str(metrics)],
+                         capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)))
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    name = f"align {sources} CSV sources × {metrics} metrics → SwanLab offline"
+    return [row(name, steps, "total", figures["total_s"], "s"), row(name, steps, "alignment (pandas)", figures["align_s"], "s"),
+            row(name, steps, "SwanLab upload", figures["upload_s"], "s"),
+            row(name, steps, "peak RSS", figures["peak_rss_mb"], "MB")]
+
+
+def _align_child(sources: int, steps: int, metrics: int) -> dict:
+    import resource
+
+    import numpy as np
+    import pandas as pd
+
+    from sidecar import align as align_mode
+    from sidecar.align_config import parse_align_config
+    from sidecar.swanlab_io import upload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        os.environ.update(HOME=str(base / "home"), SWANLAB_LOG_DIR=str(base / "swanlog"))
+        rng = np.random.default_rng(0)
+        frameworks = {}
+        for s in range(sources):
+            cols = {f"src{s}/m{i}": rng.random(steps) for i in range(metrics)}
+            pd.DataFrame({"step": np.arange(steps), **cols}).to_csv(base / f"s{s}.csv", index=False)
+            frameworks[f"fw{s}"] = {"platform": "csv", "path": str(base / f"s{s}.csv"),
+                                    "output_file": str(base / f"cache{s}.csv"),
+                                    "mapping": {f"src{s}/m{i}": f"aligned/m{i}" for i in range(metrics)}}
+        cfg = parse_align_config({"aligned_metrics": [f"aligned/m{i}" for i in range(metrics)], "frameworks": frameworks,
+                                  "target": {"project": "bench", "mode": "offline", "logdir": str(base / "swanlog")}},
+                                 base, {})
+        spent = {"upload": 0.0}
+
+        def timed_upload(fw, cfg, frame, mode):
+            started = time.perf_counter()
+            upload(fw, cfg, frame, mode)
+            spent["upload"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        align_mode.run_align(cfg, {}, timed_upload, out=lambda _: None)
+        total = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"total_s": total, "align_s": total - spent["upload"], "upload_s": spent["upload"], "peak_rss_mb": peak}
+
+
+# ----- pinning (issue 7's figure) -----------------------------------------------------------------------
+def pinning(megabytes: int) -> list[dict]:
+    """Hard-linking a checkpoint of 20 files into the pins folder (same filesystem as the repo)."""
+    from sidecar.discover import Checkpoint
+    from sidecar.pins import Pins
+
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        base = Path(tmp)
+        ckpt = base / "saves" / "m" / "checkpoint-1"
+        (ckpt / "global_step1").mkdir(parents=True)
+        chunk = os.urandom(1 << 20)
+        per_file = max(1, megabytes // 20)
+        for i in range(20):
+            with open(ckpt / ("global_step1" if i >= 15 else ".") / f"part-{i:02d}.bin", "wb") as fh:
+                for _ in range(per_file):
+                    fh.write(chunk)
+        started = time.perf_counter()
+        Pins(base / "state", "m").pin(Checkpoint(1, "checkpoint-1", ckpt.parent))
+        took = time.perf_counter() - started
+    return [row(f"pin a checkpoint of 20 files, {per_file * 20} MB", 20, "time", took * 1000, "ms")]
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "align-child":
+    print(json.dumps(_align_child(*(int(a) for a in sys.argv[2:]))))
