@@ -370,3 +370,29 @@ def test_a_local_sidecar_without_slurm_commands_refuses_to_drop_jobs_in_flight(w
     assert "Slurm jobs in flight (checkpoint-100)" in out.stderr and "not on PATH" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert path.read_bytes() == before  # nothing lost, nothing rewritten
+
+
+@pytest.mark.parametrize("state, exit_field, consumed, text", [
+    ("COMPLETED", "0:0", None, None),
+    ("FAILED", "3:0", True, "slurm job 7 FAILED exit 3"),
+    ("TIMEOUT", "0:15", True, "slurm job 7 TIMEOUT exit 0 signal 15"),
+    ("OUT_OF_MEMORY", "0:125", True, "slurm job 7 OUT_OF_MEMORY exit 0 signal 125"),
+    ("CANCELLED", "0:15", True, "slurm job 7 CANCELLED exit 0 signal 15"),
+    ("PREEMPTED", "0:15", False, "slurm job 7 PREEMPTED exit 0 signal 15"),
+    ("NODE_FAIL", "0:0", False, "slurm job 7 NODE_FAIL exit 0 (NodeDown)"),
+    ("BOOT_FAIL", "0:0", False, "slurm job 7 BOOT_FAIL exit 0 (NodeDown)"),
+])
+def test_final_states_map_to_outcomes(state, exit_field, consumed, text):
+    """Final states one node cannot produce (PREEMPTED without a preemption set-up, OUT_OF_MEMORY
+    without cgroups) go through the same mapping as those produced for real above."""
+    from sidecar.slurm import SlurmExecutor, parse_scontrol
+
+    line = (f"JobId=7 JobName=x JobState={state} Reason={'NodeDown' if 'FAIL' in state and state != 'FAILED' else 'None'} "
+            f"ExitCode={exit_field} RunTime=1-02:03:04 BatchHost=gpu07 Comment=eval-sidecar:k:1:ab")
+    info = parse_scontrol(line)
+    assert (info.runtime, info.node, info.comment) == (93784, "gpu07", "eval-sidecar:k:1:ab")
+    result = SlurmExecutor()._outcome("7", info, 1.0, timed_out=False, cancelling=False)
+    if consumed is None:
+        assert result.returncode == 0 and not result.error
+    else:
+        assert result.error == text and result.consume_attempt is consumed
