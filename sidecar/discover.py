@@ -49,6 +49,7 @@ class Discoverer:
         self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
         self._last: list[Checkpoint] = []  # ... and what they parsed to
         self._symlinks: set[str] = set()  # names that were symlinks (checked at every scan)
+        self._last_listed: list[str] | None = None  # the root's listing at the last scan, as listed
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -65,7 +66,10 @@ class Discoverer:
             raise RootMissing(f"{root}: {exc.strerror or exc}") from exc
         if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: check every entry again
             self.identity = (st.st_dev, st.st_ino)
-            self._last_names, self._symlinks = None, set()
+            self._last_names, self._last_listed, self._symlinks = None, None, set()
+        if listed == self._last_listed and not self._symlinks:
+            return list(self._last)  # the same listing as last time: nothing to look at
+        self._last_listed = listed
         # A folder listed last time is still a folder: only new names (and symlinks, whose target
         # may move) are looked at, so a scan over 10,000 processed checkpoints is one listdir.
         candidates = {name for name in listed if name.startswith("checkpoint-")}
