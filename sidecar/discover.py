@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,8 +47,7 @@ class Discoverer:
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the root at the last scan
         self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
         self._last: list[Checkpoint] = []  # ... and what they parsed to
-        self._symlinks: set[str] = set()  # names that were symlinks (checked at every scan)
-        self._last_listed: list[str] | None = None  # the root's listing at the last scan, as listed
+        self._last_entries: list[str] | None = None  # the checkpoint folders at the last scan, as listed
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -61,31 +59,29 @@ class Discoverer:
             return [Checkpoint(step, root.name, root.parent)]
         try:
             st = os.stat(root)
-            listed = os.listdir(root)
+            # Folder or symlink comes with the listing (d_type) on local filesystems: no stat per entry.
+            folders: list[str] = []
+            links: list[str] = []
+            with os.scandir(root) as listing:
+                for entry in listing:
+                    name = entry.name
+                    if name.startswith("checkpoint-"):
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(name)
+                        elif entry.is_symlink():
+                            links.append(name)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise RootMissing(f"{root}: {exc.strerror or exc}") from exc
-        if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: check every entry again
+        if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: nothing carries over
             self.identity = (st.st_dev, st.st_ino)
-            self._last_names, self._last_listed, self._symlinks = None, None, set()
-        if listed == self._last_listed and not self._symlinks:
-            return list(self._last)  # the same listing as last time: nothing to look at
-        self._last_listed = listed
-        # A folder listed last time is still a folder: only new names (and symlinks, whose target
-        # may move) are looked at, so a scan over 10,000 processed checkpoints is one listdir.
-        candidates = {name for name in listed if name.startswith("checkpoint-")}
-        names = (candidates & (self._last_names or set())) - self._symlinks
-        for name in candidates - names:
-            path = os.path.join(root, name)
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                continue
-            if stat.S_ISDIR(mode):
+            self._last_names, self._last_entries = None, None
+        if not links and folders == self._last_entries:
+            return list(self._last)  # the same folders as last time (symlinks are always re-checked)
+        self._last_entries = folders
+        names = set(folders)
+        for name in links:
+            if self._symlink_inside(os.path.join(root, name), name):
                 names.add(name)
-            elif stat.S_ISLNK(mode):
-                self._symlinks.add(name)
-                if self._symlink_inside(path, name):
-                    names.add(name)
         if names != self._last_names:  # parse and sort only when the folder list changed
             self._last_names = names
             self._last = self._checkpoints(names)

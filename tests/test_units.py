@@ -157,3 +157,29 @@ def test_checkpoint_older_than_the_quiet_period_is_ready_at_first_sight(tmp_path
     old = time.time() - 500
     os.utime(folder / "w", (old, old))
     assert ReadinessTracker(120, None).check(3, folder, 0.0, time.time())[0]
+
+
+def test_discovery_sees_entries_change_type_under_the_same_names(tmp_path):
+    """The scan keeps its last result only while the listing of folders is the same: a folder
+    replaced by a file or by a symlink leaving the root, or a file replaced by a folder, counts."""
+    from sidecar.discover import Discoverer
+
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for step in (1, 2, 3):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+    (root / "checkpoint-7").write_text("a file")
+    disc = Discoverer(root)
+    names = lambda: [c.name for c in disc.scan()]  # noqa: E731
+    assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    (root / "checkpoint-2").rmdir()
+    (root / "checkpoint-2").write_text("x")  # folder -> file, same listing
+    (root / "checkpoint-3").rmdir()
+    (root / "checkpoint-3").symlink_to(outside)  # folder -> symlink out of the root
+    (root / "checkpoint-7").unlink()
+    (root / "checkpoint-7").mkdir()  # file -> folder
+    assert names() == ["checkpoint-1", "checkpoint-7"]
+    result = disc.scan()
+    result.clear()  # a caller changing its list does not change the next scan
+    assert names() == ["checkpoint-1", "checkpoint-7"]
