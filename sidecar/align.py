@@ -208,18 +208,27 @@ def _sent_points(path: Path, key: str) -> dict:
     import numpy as np
 
     try:
-        entry = json.loads(path.read_text()).get("targets", {}).get(key)
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
-    if isinstance(entry, list):
-        by_metric: dict[str, list[int]] = {}
-        for step, metric in entry:
-            by_metric.setdefault(str(metric), []).append(int(step))
-        return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
-    if not isinstance(entry, dict):
-        return {}
-    return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
-            for m, runs in entry.items() if runs}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"upload record {path} cannot be read ({exc}); remove it to upload every point again") from exc
+    try:
+        if not isinstance(data, dict):
+            raise TypeError("the file must hold a JSON object")
+        entry = data["targets"].get(key) if "targets" in data else None
+        if isinstance(entry, list):
+            by_metric: dict[str, list[int]] = {}
+            for step, metric in entry:
+                by_metric.setdefault(str(metric), []).append(int(step))
+            return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
+        if entry is None:
+            return {}
+        return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
+                for m, runs in entry.items() if runs}
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"upload record {path} is not in the expected form ({exc}); remove it to upload every "
+                          f"point again") from exc
 
 
 def _runs(steps) -> list[list[int]]:
@@ -289,7 +298,9 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
                     data = json.loads(path.read_text())
                 except (OSError, ValueError):
                     data = {}
-                data.setdefault("targets", {})[key] = {m: _runs(v) for m, v in sorted(sent.items())}
+                if not isinstance(data, dict) or not isinstance(data.get("targets"), dict):
+                    data = {"targets": {}}
+                data["targets"][key] = {m: _runs(v) for m, v in sorted(sent.items())}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, json.dumps(data))
             result.uploaded = len(new)

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import ENTRY
 from sidecar.align import run_align
+from sidecar.errors import ConfigError
 from sidecar.align_config import parse_align_config
 from sidecar.state import State, StateStore
 from sidecar.swanlab_io import experiment_id, upload
@@ -302,3 +303,14 @@ def test_upload_record_of_the_first_format_is_read(tmp_path):
     run_align(cfg, {}, upload, out=lambda _: None)
     _, points = points_by_exp(tmp_path / "swanlog", cfg, "csvrun")
     assert sorted({s for _, s, _ in points}) == [15, 16, 17, 18, 19]
+
+
+@pytest.mark.parametrize("record", ['{"targets": []}', "[]", '{"targets": {"KEY": {"a/m0": [[1]]}}}', "{not json"])
+def test_a_malformed_upload_record_stops_before_uploading_with_one_line(tmp_path, record):
+    _, cfg = _numbers_csv_config(tmp_path, 20)
+    fw = cfg.frameworks[0]
+    key = f"{cfg.project}/{experiment_id(cfg.project, fw.name, fw.platform, fw.source)}/offline"
+    (tmp_path / "cache.csv.uploaded.json").write_text(record.replace("KEY", key))
+    with pytest.raises(ConfigError, match="upload record .* remove it to upload every point again"):
+        run_align(cfg, {}, upload, out=lambda _: None)
+    assert not (tmp_path / "swanlog").exists()  # nothing uploaded
