@@ -45,7 +45,7 @@ class LocalSlurm:
         self.conf = self.base / "slurm.conf"
         self.munge_socket = self.base / "munge" / "munge.socket"
         self.jobcomp = self.base / "jobcomp.txt"
-        self.procs: dict[str, int] = {}
+        self._procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # ----- set-up -----------------------------------------------------------------------------
@@ -118,16 +118,14 @@ class LocalSlurm:
         proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         log.close()
-        self.procs[name] = proc.pid
-        self._popen = getattr(self, "_popen", [])
-        self._popen.append(proc)
+        self._procs.append(proc)
 
     def _wait(self, cond, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():
                 return
-            for proc in getattr(self, "_popen", []):
+            for proc in self._procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args[0]} exited {proc.returncode} while waiting for {what}; "
                                        f"logs in {self.base / 'log'}")
@@ -161,10 +159,10 @@ class LocalSlurm:
 
     # ----- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
-        for proc in reversed(getattr(self, "_popen", [])):
+        for proc in reversed(self._procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in reversed(getattr(self, "_popen", [])):
+        for proc in reversed(self._procs):
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
