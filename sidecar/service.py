@@ -50,7 +50,6 @@ class _Running:
     slot: int | None  # the GPU slot of a local eval; None for a Slurm job
     thread: threading.Thread
     log_path: Path
-    metrics_before: int | None = None  # metrics.json's mtime (ns) before a Slurm job; None: absent
 
 
 def slurm_executor(config: Config, environ: dict[str, str]) -> SlurmExecutor:
@@ -424,6 +423,14 @@ class Sidecar:
                 self._slurm.cancel_all()
         return self._slurm
 
+    def _log_path(self, name: str) -> Path:
+        return self.config.log_dir / self.config.identity.safe_model / f"{name}.log"
+
+    def _in_flight_entry(self, ckpt: Checkpoint) -> dict:
+        now = self.clock.time()
+        return {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now), "started_at": now,
+                "host": self.host}
+
     def _job_name(self, ckpt: Checkpoint) -> str:
         return f"sidecar-{self.config.identity.safe_model}-{ckpt.step}"
 
@@ -442,13 +449,11 @@ class Sidecar:
             name = str(entry.get("checkpoint") or f"checkpoint-{step}")
             path = Path(entry["path"]) if entry.get("path") else cfg.sft_root / name
             ckpt = Checkpoint(step, name, path.parent)
-            log_path = cfg.log_dir / cfg.identity.safe_model / f"{name}.log"
+            log_path = self._log_path(name)
             job_id = str(entry.get("job_id") or "")
             job = EvalJob([], cfg.repo_root, {}, log_path, cfg.eval_timeout_seconds, self._job_name(ckpt),
                           str(entry.get("slurm_tag") or ""), attach=job_id, adopt=not job_id)
-            before = entry.get("metrics_before")
-            self._start_worker(ckpt, job, None, self._slurm_executor(),
-                               metrics_before=int(before) if isinstance(before, int) else None)
+            self._start_worker(ckpt, job, None, self._slurm_executor())
         self._reattach.clear()
 
     def _dispatch(self, ckpt: Checkpoint, slot: int) -> int:
@@ -471,7 +476,7 @@ class Sidecar:
             record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
             self._dirty = True
             return 1
-        log_path = cfg.log_dir / cfg.identity.safe_model / f"{ckpt.name}.log"
+        log_path = self._log_path(ckpt.name)
         argv = ["bash", str(cfg.eval_script), str(cfg.sft_root)]
         cuda = cfg.gpu_slots[slot]
         env = {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}
@@ -480,26 +485,22 @@ class Sidecar:
             # before sbatch: whatever happens next, a restart finds this job and judges its result.
             tag = f"eval-sidecar:{cfg.identity.key}:{step}:{secrets.token_hex(6)}"
             job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds, self._job_name(ckpt), tag)
-            before = self._metrics_mtime(ckpt)
-            now = self.clock.time()
-            state.in_flight[step] = {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now),
-                                     "started_at": now, "host": self.host, "slurm_tag": tag,
-                                     "slurm_state": "SUBMITTING", "metrics_before": before}
+            state.in_flight[step] = {**self._in_flight_entry(ckpt), "slurm_tag": tag, "slurm_state": "SUBMITTING",
+                                     "metrics_before": self._metrics_mtime(ckpt)}
             self._dirty = True
             self._save(force=True)
             log.info("evaluating %s as a Slurm job (log: %s)", ckpt.name, log_path)
-            self._start_worker(ckpt, job, None, self.executor, metrics_before=before)
+            self._start_worker(ckpt, job, None, self.executor)
         else:
             log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
             job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds)
             self._start_worker(ckpt, job, slot, self.executor)
         return 0
 
-    def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor,
-                      metrics_before: int | None = None) -> None:
+    def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor) -> None:
         worker = threading.Thread(target=self._run_eval, args=(ckpt, job, executor), name=f"eval-{ckpt.step}",
                                   daemon=True)
-        self._running[ckpt.step] = _Running(ckpt, slot, worker, job.log_path, metrics_before)
+        self._running[ckpt.step] = _Running(ckpt, slot, worker, job.log_path)
         worker.start()
 
     def _run_eval(self, ckpt: Checkpoint, job: EvalJob, executor) -> None:
@@ -587,7 +588,8 @@ class Sidecar:
             return
         if result.unknown_outcome:
             written = self._metrics_mtime(ckpt)
-            fresh = written is not None and (running.metrics_before is None or written > running.metrics_before)
+            before = state.in_flight.get(step, {}).get("metrics_before")  # saved before sbatch
+            fresh = written is not None and (not isinstance(before, int) or written > before)
             if isinstance(metrics, dict) and fresh:
                 self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
                 return
@@ -637,11 +639,9 @@ class Sidecar:
 
     def _mark_in_flight(self, ckpt: Checkpoint, info: dict, slot: int | None) -> None:
         """Record what names the running eval (pid and start time, or Slurm job id) before it goes on."""
-        now = self.clock.time()
-        entry = {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now), "started_at": now,
-                 "host": self.host}
+        entry = self._in_flight_entry(ckpt)
         previous = self.state.in_flight.get(ckpt.step) or {}
-        if previous.get("slurm_tag"):  # this attempt's record, made before sbatch: keep what it says
+        if previous.get("slurm_tag") or previous.get("job_id"):  # this Slurm attempt's record: keep what it says
             entry = {**previous, "host": self.host}
         entry.update(info)
         if slot is not None:
