@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 EVENT_MIN_GAP = 0.2  # seconds between two ticks woken by filesystem events
 SAVE_BATCH_SECONDS = 1.0  # reused metrics (backfill) are saved at most this often, and at tick end
-REREAD_DELAY_SECONDS = 2.0
-IN_FLIGHT_SAVE_WAIT = 10.0  # seconds an eval worker waits for its in-flight record to be saved  # a half-written metrics.json is read again after this delay
+REREAD_DELAY_SECONDS = 2.0  # a half-written metrics.json is read again after this delay
+IN_FLIGHT_SAVE_WAIT = 10.0  # seconds an eval worker waits for its in-flight record to be saved
+ROOT_MISSING_RECHECK_SECONDS = 5.0  # while --sft-root is gone, look for it at least this often
 
 
 def policy_for(config: Config) -> Policy:
@@ -270,9 +271,11 @@ class Sidecar:
                 watcher.stop()  # the root was replaced: watch the new folder
                 try:
                     watcher.start()
+                    log.info("--sft-root %s was replaced by another folder; watching the new one", self.config.sft_root)
                 except WatcherUnavailable as exc:
                     log.warning("filesystem events stopped (%s); polling every %g s instead", exc, poll)
                     watcher, use_poll = None, True
+                continue  # scan again: what was written before the new watch started sent no event
             now = self.clock.monotonic()
             if now >= poll_deadline:
                 poll_deadline = now + poll
@@ -283,8 +286,9 @@ class Sidecar:
             retry = next_retry(self.state, self.policy, after=wall)
             if retry is not None:
                 deadlines.append(now + (retry - wall))
-            polling = use_poll or self._root_missing
-            timeout = next_wake(now, poll_deadline if polling else None, deadlines)
+            if self._root_missing:  # its return wakes the watcher's parent watch; this is the safety net
+                deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
+            timeout = next_wake(now, poll_deadline if use_poll else None, deadlines)
             self.wake.wait(timeout)
             self.wake.clear()
             # A burst of events (a trainer writing a big file) wakes the loop at most every
@@ -309,6 +313,7 @@ class Sidecar:
             if not self._root_missing:
                 log.warning("--sft-root is missing or unreadable (%s); waiting for it to come back", exc)
                 self._root_missing = True
+            self._quiet_deadlines = []  # quiet periods of checkpoints that are gone with it
             self._save(force=self._dirty)
             return done
         if self._root_missing:

@@ -21,7 +21,9 @@ class WatcherUnavailable(Exception):
 
 class Watcher:
     """Calls `on_change(urgent)` from watchdog's thread whenever anything under `root` changes;
-    `urgent` is True when the file changed is named in `urgent_names` (a ready marker)."""
+    `urgent` is True when the file changed is named in `urgent_names` (a ready marker), or when
+    the root folder itself is created, deleted or renamed in its parent (a training restart that
+    swaps its output folder: the watch on the old folder would never see the new one)."""
 
     def __init__(self, root: Path, on_change: Callable[[bool], None], urgent_names: tuple[str, ...] = ()) -> None:
         self.root = root
@@ -38,6 +40,8 @@ class Watcher:
             raise WatcherUnavailable(f"watchdog cannot be imported ({exc})") from exc
 
         on_change, urgent_names = self.on_change, self.urgent_names
+        root_path = os.path.abspath(self.root)
+        parent = os.path.dirname(root_path)
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # noqa: D102 - watchdog's hook
@@ -45,9 +49,20 @@ class Watcher:
                     paths = (event.src_path, getattr(event, "dest_path", "") or "")
                     on_change(any(os.path.basename(os.fsdecode(p)) in urgent_names for p in paths if p))
 
+        class _RootMoved(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:  # noqa: D102 - watchdog's hook
+                paths = (event.src_path, getattr(event, "dest_path", "") or "")
+                if any(os.fsdecode(p) == root_path for p in paths if p):
+                    on_change(True)
+
         observer = Observer()
         try:
             observer.schedule(_Wake(), str(self.root), recursive=True)
+            if parent != root_path:
+                try:
+                    observer.schedule(_RootMoved(), parent, recursive=False)
+                except OSError as exc:  # the polling safety net still notices a swapped root
+                    log.debug("cannot watch %s for the root being replaced: %s", parent, exc)
             observer.start()
         except Exception as exc:  # noqa: BLE001 - e.g. OSError: inotify watch limit reached
             try:

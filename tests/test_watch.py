@@ -132,3 +132,44 @@ def test_events_mode_keeps_watching_when_the_root_folder_is_replaced(ws):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_events_mode_follows_a_root_swapped_while_idle(ws):
+    """The swap happens while nothing runs, so no eval's news wakes the loop: the swap itself must."""
+    proc = ws.start("--watch-mode", "events", "--ready-marker", ".sidecar_ready", "--poll-interval-seconds", "3600")
+    try:
+        wait_for(lambda: "watching" in _log(ws))
+        (ws.checkpoint(100, age=0) / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.state()["processed_steps"] == [100] and ws.state()["in_flight"] == {}, timeout=20)
+        fresh = ws.sft.with_name("fresh output")
+        fresh.mkdir()
+        ws.sft.rename(ws.sft.with_name("old output"))
+        fresh.rename(ws.sft)
+        wait_for(lambda: "was replaced" in _log(ws), timeout=20)  # the new root is watched
+        (ws.checkpoint(200, age=0) / ".sidecar_ready").write_text("{}")
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"], timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_events_mode_notices_a_missing_root_coming_back(ws):
+    """A pass that finds the root gone (between the two renames of a swap) must not sleep until the
+    next poll (an hour here): the root coming back wakes it."""
+    proc = ws.start("--watch-mode", "events", "--ready-marker", ".sidecar_ready", "--poll-interval-seconds", "3600")
+    try:
+        wait_for(lambda: "watching" in _log(ws))
+        ws.sft.rename(ws.sft.with_name("old output"))
+        wait_for(lambda: "--sft-root is missing" in _log(ws), timeout=20)
+        fresh = ws.sft.with_name("fresh output")
+        (fresh / "checkpoint-100").mkdir(parents=True)
+        (fresh / "checkpoint-100" / "model.safetensors").write_bytes(b"w")
+        (fresh / "checkpoint-100" / ".sidecar_ready").write_text("{}")
+        fresh.rename(ws.sft)
+        wait_for(lambda: ws.calls() == ["checkpoint-100"], timeout=20)
+        (ws.checkpoint(200, age=0) / ".sidecar_ready").write_text("{}")  # and the returned root is watched
+        wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"], timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "is back" in _log(ws)
