@@ -44,20 +44,18 @@ def make_reporter(config):
 
     if not config.reporting:
         return NullReporter()
+    require_wandb(config.wandb_mode)
+    from sidecar.wandb_reporter import WandbReporter, options_for
+
+    return WandbReporter(options_for(config, config.identity.wandb_config()))
+
+
+def require_wandb(mode: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:
-        raise ConfigError(f"--wandb-mode {config.wandb_mode}: the wandb package is not installed "
+        raise ConfigError(f"--wandb-mode {mode}: the wandb package is not installed "
                           f"(pip install -r requirements.txt, or pass --disable-wandb)")
-    from sidecar.wandb_reporter import WandbOptions, WandbReporter
-
-    return WandbReporter(WandbOptions(
-        project=config.wandb_project, entity=config.wandb_entity, run_id="", run_name="",
-        resume=config.wandb_resume, job_type=config.wandb_job_type, mode=config.wandb_mode,
-        config=config.identity.wandb_config(), init_timeout=config.wandb_init_timeout,
-        system_stats=config.wandb_system_stats, fallback=config.wandb_fallback,
-        summary_metrics=config.summary_metrics,
-    ))
 
 
 def cmd_watch(argv: list[str]) -> int:
@@ -106,18 +104,19 @@ STATE_FILE_FLAG = ("--state-file", {"metavar": "FILE", "help": "read this state 
 
 
 def load_state_for(args: dict):
-    """(state file path, state, W&B mode) from `--state-file` or the identity flags; reads only."""
+    """(state file path, state, W&B mode, config or None) from `--state-file` or the identity
+    flags; reads only."""
     from sidecar.state import read_state
 
     state_file = args.pop("state_file", None)
-    mode = ""
+    mode, config = "", None
     if state_file:
         path = Path(state_file).expanduser().resolve()
     else:
         config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
         path = config.state_file
         mode = config.wandb_mode if config.reporting else "disabled"
-    return path, read_state(path), mode
+    return path, read_state(path), mode, config
 
 
 def cmd_status(argv: list[str]) -> int:
@@ -129,11 +128,13 @@ def cmd_status(argv: list[str]) -> int:
     args = vars(build_parser(f"{PROG} status", extra).parse_args(argv))
     as_json = bool(args.pop("json", False))
     with_rows = bool(args.pop("rows", False))
-    path, state, mode = load_state_for(args)
+    path, state, mode, _ = load_state_for(args)
     if state is None:
         print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
         return EXIT_RUNTIME
-    info = summarize(state, time.time(), mode=mode)
+    from sidecar.state import legacy_synced
+
+    info = summarize(state, time.time(), mode=mode, synced_elsewhere=frozenset(legacy_synced(path)))
     if as_json:
         if with_rows:
             info["rows"] = [state.rows[s] for s in sorted(state.rows)]
@@ -146,16 +147,37 @@ def cmd_status(argv: list[str]) -> int:
 
 
 def cmd_sync(argv: list[str]) -> int:
-    extra = (STATE_FILE_FLAG, ("--dry-run", {"action": "store_true", "help": "print the command only"}))
+    from types import SimpleNamespace
+
+    from sidecar.config import flag_values, parse_summary_metrics
+
+    extra = (STATE_FILE_FLAG, ("--dry-run", {"action": "store_true", "help": "print what would be uploaded"}),
+             ("--original-wandb-dir", {"action": "append", "default": [], "metavar": "DIR",
+                                       "help": "also look here for the original tool's offline folders"}))
     args = vars(build_parser(f"{PROG} sync", extra).parse_args(argv))
     dry_run = bool(args.pop("dry_run", False))
-    path, state, _ = load_state_for(args)
+    more = [Path(d).expanduser().resolve() for d in args.pop("original_wandb_dir", [])]
+    flags = dict(args)
+    flags.pop("state_file", None)
+    values, _ = flag_values(flags, dict(os.environ), Path.cwd())
+    setup_logging(values["log_level"])
+    values["summary_metrics"] = parse_summary_metrics(values["summary_metrics"])
+    path, state, _, config = load_state_for(args)
     if state is None:
         print(f"no state file at {path}: nothing to sync", file=sys.stderr)
         return EXIT_RUNTIME
-    from sidecar.wandb_reporter import sync_segments
+    require_wandb("online")
+    from sidecar.state import ProcessLock, StateStore
+    from sidecar.wandb_reporter import options_for
+    from sidecar.wandb_sync import run_sync
 
-    return sync_segments(state.segments, path, dry_run)
+    repo = Path(values["repo_root"]).expanduser().resolve()
+    search = [*more, repo / "wandb", Path.cwd() / "wandb", path.parent.parent.parent / "wandb"]
+    if os.environ.get("WANDB_DIR"):
+        search.insert(len(more), Path(os.environ["WANDB_DIR"]).expanduser().resolve() / "wandb")
+    lock = ProcessLock(path.with_suffix(".lock"), values["lock_mode"])
+    options = options_for(config or SimpleNamespace(**values), config.identity.wandb_config() if config else {})
+    return run_sync(StateStore(path), state, options, lock, search, dry_run=dry_run)
 
 
 def cmd_align(argv: list[str]) -> int:

@@ -396,11 +396,9 @@ def _resolve(raw: str, base: Path, flag: str = "") -> Path:
         raise ConfigError(f"{flag or 'path'}: cannot resolve {raw!r} ({exc})") from exc
 
 
-def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True) -> Config:
-    """Merge command line (`args`, only flags given), environment and config file over the defaults.
-
-    With `check_paths`, the files and folders the watch needs must exist (start-up validation).
-    """
+def flag_values(args: dict, environ: dict[str, str], cwd: Path) -> tuple[dict[str, Any], Path | None]:
+    """Every flag's value by the one precedence order (command line > environment > config file >
+    defaults), converted and range-checked but not cross-checked; and the config file read."""
     config_file = None
     file_values: dict = {}
     if args.get("config"):
@@ -417,13 +415,27 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
             values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
         else:
             values[dest] = flag.default
+    return values, config_file
+
+
+def parse_summary_metrics(text: str) -> tuple[str, ...]:
+    metrics = tuple(m.strip() for m in str(text).split(",") if m.strip())
+    if not metrics:
+        raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {text!r}")
+    return metrics
+
+
+def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True) -> Config:
+    """Merge command line (`args`, only flags given), environment and config file over the defaults.
+
+    With `check_paths`, the files and folders the watch needs must exist (start-up validation).
+    """
+    values, config_file = flag_values(args, environ, cwd)
     _check_executor(values)
+    _check_resume(values)
     values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
     values["slurm_args"] = parse_slurm_args(values["slurm_args"])
-    metrics = tuple(m.strip() for m in str(values["summary_metrics"]).split(",") if m.strip())
-    if not metrics:
-        raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {values['summary_metrics']!r}")
-    values["summary_metrics"] = metrics
+    values["summary_metrics"] = parse_summary_metrics(values["summary_metrics"])
     if not values["sft_root"]:
         raise ConfigError("--sft-root is required (the folder holding checkpoint-<N> folders)")
     if values["ready_marker"] is not None:
@@ -445,6 +457,17 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     if check_paths:
         _check_paths(config)
     return config
+
+
+def _check_resume(values: dict) -> None:
+    """`never` cannot hold for offline segments: `wandb sync` joins the segments of one run only
+    when they were written with resume allow or must (with never their `_step` collide)."""
+    reporting = not values["disable_wandb"] and values["wandb_mode"] != "disabled"
+    offline = values["wandb_mode"] == "offline" or values["wandb_fallback"] == "offline"
+    if reporting and offline and values["wandb_resume"] == "never":
+        raise ConfigError("--wandb-resume never: offline segments of one run are uploaded as one run only with "
+                          "resume allow (the default) or must; with never their _step values collide "
+                          "(use --wandb-resume allow, or --wandb-mode online without --wandb-fallback offline)")
 
 
 def _check_paths(config: Config) -> None:

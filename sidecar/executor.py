@@ -192,6 +192,50 @@ def reap_orphan(pgid: int, start_time: str, grace: float = 10.0) -> bool:
     return True
 
 
+def child_processes(name: str) -> list[tuple[int, str]]:
+    """(pid, start time) of this process's children whose command name is `name` (Linux /proc)."""
+    me = str(os.getpid())
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        fields = stat.rsplit(")", 1)[-1].split()
+        if comm == name and fields[1] == me:
+            found.append((int(entry), fields[19]))
+    return found
+
+
+def kill_orphan(pid: int, start_time: str) -> bool:
+    """SIGKILL one process a killed sidecar left behind (its wandb-core, which could still send
+    old history lines after a restarted sidecar counted the server's), only if `pid` is still that
+    very process (same start time). True if it was killed."""
+    if not start_time or process_start_time(pid) != start_time:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            break
+        if fields[0] == "Z" or fields[19] != start_time:
+            break
+        time.sleep(0.02)
+    return True
+
+
 def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = None,
                 capture: bool = True) -> tuple[int, str, str]:
     """Run a short helper command (wandb's own tools) without a shell; (returncode, stdout, stderr).

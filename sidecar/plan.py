@@ -90,6 +90,7 @@ def record_success(state: State, row: dict) -> None:
     state.vanished.pop(step, None)
     state.in_flight.pop(step, None)
     state.unreported.add(step)
+    state.sent.pop(step, None)  # whether the server got the replaced row no longer matters
 
 
 def record_failure(state: State, ckpt: Checkpoint, error: str, now_wall: float, policy: Policy,

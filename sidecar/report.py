@@ -55,19 +55,80 @@ def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What to report: the unreported rows and all rows (row dicts are never mutated, only replaced)."""
+    """What to report: the unreported rows and all rows (row dicts are never mutated, only replaced).
+
+    `sent` are rows logged to the online run `sent_run` that the server has not confirmed yet
+    (step -> history line); `seal` asks for the table and summary to be written even when no row
+    is pending (after a crash, and by `sync`)."""
 
     pending: dict[int, dict]
     rows: dict[int, dict]
+    sent: dict[int, int] = field(default_factory=dict)
+    sent_run: str = ""
+    seal: bool = False
 
 
 @dataclass
 class Delivery:
-    """What a reporter wrote: these rows into `segment`; `closed` once the segment is finished."""
+    """What a reporter learnt or wrote, in order: rows written into `segment` (online: at history
+    `lines` of run `run`); the server holds `confirmed` history lines of `run`; rows it was
+    believed to hold but does not (`lost`, written again next); `closed` once finished cleanly."""
 
     segment: dict
     rows: dict[int, dict] = field(default_factory=dict)
+    lines: dict[int, int] = field(default_factory=dict)
+    run: str = ""
+    confirmed: int | None = None
+    lost: frozenset = frozenset()
     closed: bool = False
+
+
+def apply_delivery(state, delivery: Delivery) -> None:
+    """Record a delivery in state: a row leaves `unreported` once written (if not replaced by a
+    re-evaluation meanwhile) and, online, waits in `sent` until the server confirms its line."""
+    seg = next((s for s in state.segments if s["dir"] == delivery.segment["dir"]), None)
+    if seg is None:
+        seg = dict(delivery.segment)
+        seg["steps"] = []
+        state.segments.append(seg)
+    if delivery.run:
+        seg["run"] = delivery.run
+    held = set(seg["steps"])
+    for step in delivery.lost:
+        if state.sent.pop(step, None) is not None and step in state.rows:
+            state.unreported.add(step)
+    for step, row in delivery.rows.items():
+        if step not in held:
+            seg["steps"].append(step)
+            held.add(step)
+        if state.rows.get(step) is row:
+            state.unreported.discard(step)
+            if step in delivery.lines:
+                if state.sent_run != delivery.run:
+                    state.sent.clear()  # lines of another run never confirm lines of this one
+                state.sent[step] = delivery.lines[step]
+                state.sent_run = delivery.run
+    if delivery.confirmed is not None and delivery.run == state.sent_run:
+        for step in [s for s, line in state.sent.items() if line < delivery.confirmed]:
+            del state.sent[step]
+    if delivery.closed:
+        seg["closed"] = True
+
+
+def reconcile_state(state, reporter) -> int:
+    """Every row in state must be on its way to the server: let the reporter settle segments a
+    crash left open, and queue every row no segment holds (rows recorded while W&B was disabled
+    included). Returns how many rows were queued because no segment held them."""
+    lost, found = reporter.reconcile(state.segments, state.rows, state.unreported)
+    state.unreported -= found
+    state.unreported |= lost
+    held: set[int] = set()
+    for seg in state.segments:
+        held.update(seg.get("steps", []))
+    missing = {s for s in state.rows if s not in held}
+    queued = len(missing - state.unreported)
+    state.unreported |= missing
+    return queued
 
 
 class Reporter(Protocol):

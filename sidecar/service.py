@@ -25,7 +25,7 @@ from .pins import Pins
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
-from .report import NullReporter, Reporter, Snapshot
+from .report import NullReporter, Reporter, Snapshot, apply_delivery, reconcile_state
 from .slurm import SlurmExecutor
 from .state import ProcessLock, State, StateStore, utc_iso
 from .watcher import Watcher, WatcherUnavailable
@@ -92,7 +92,8 @@ class Sidecar:
         self._last_save = float("-inf")
         self._root_missing = False
         self._save_failing = False
-        self._submitted: frozenset = frozenset()
+        self._submitted: tuple = ()
+        self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
         self._running: dict[int, _Running] = {}  # step -> eval in a worker thread
         self._reattach: dict[int, dict] = {}  # Slurm jobs a previous sidecar left in flight
@@ -171,20 +172,13 @@ class Sidecar:
         gc.freeze()
 
     def _reconcile_segments(self) -> None:
-        """Every row in state must be in some W&B segment: read back segments a crash left open,
-        and queue every row no segment holds (rows recorded while W&B was disabled included)."""
+        """Read back segments a crash left open; queue every row no segment holds."""
         state = self.state
-        lost, found = self.reporter.reconcile(state.segments, state.rows, state.unreported)
-        state.unreported -= found
-        state.unreported |= lost
-        held: set[int] = set()
-        for seg in state.segments:
-            held.update(seg.get("steps", []))
-        missing = {s for s in state.rows if s not in held}
-        if missing - state.unreported:
-            log.info("%d row(s) in state are in no W&B segment yet; they will be reported",
-                     len(missing - state.unreported))
-        state.unreported |= missing
+        self._seal = getattr(self.reporter, "mode", "") == "online" and any(
+            s.get("mode") == "online" and not s.get("closed") for s in state.segments)
+        queued = reconcile_state(state, self.reporter)
+        if queued:
+            log.info("%d row(s) in state are in no W&B segment yet; they will be reported", queued)
 
     def notify(self, urgent: bool = False) -> None:
         """Something under the root changed (from the watcher's thread); `urgent`: a ready marker."""
@@ -702,34 +696,21 @@ class Sidecar:
         """Hand rows already saved in state to the reporter (it never blocks the evaluator)."""
         self._collect()
         state = self.state
-        if self._dirty or not state.unreported or not self.reporter.enabled:
+        if self._dirty or not self.reporter.enabled or not (state.unreported or state.sent or self._seal):
             return
         pending = {s: state.rows[s] for s in state.unreported if s in state.rows}
-        key = frozenset((s, id(r)) for s, r in pending.items())
-        if pending and key != self._submitted:
-            self.reporter.report(Snapshot(pending, dict(state.rows)))
+        key = (frozenset((s, id(r)) for s, r in pending.items()), bool(state.sent), self._seal)
+        if key != self._submitted:
+            self.reporter.report(Snapshot(pending, dict(state.rows), dict(state.sent), state.sent_run, self._seal))
             self._submitted = key
 
     def _collect(self) -> None:
-        """Apply what the reporter wrote: rows leave `unreported`, segments record their steps."""
+        """Apply what the reporter wrote and learnt: rows leave `unreported` when written and
+        `wandb_sent` when the server confirms them; segments record their steps."""
         deliveries = self.reporter.collect()
         if not deliveries:
             return
-        state = self.state
         for delivery in deliveries:
-            seg = next((s for s in state.segments if s["dir"] == delivery.segment["dir"]), None)
-            if seg is None:
-                seg = dict(delivery.segment)
-                seg["steps"] = []
-                state.segments.append(seg)
-            held = set(seg["steps"])
-            for step, row in delivery.rows.items():
-                if step not in held:
-                    seg["steps"].append(step)
-                    held.add(step)
-                if state.rows.get(step) is row:  # not replaced by a re-evaluation meanwhile
-                    state.unreported.discard(step)
-            if delivery.closed:
-                seg["closed"] = True
+            apply_delivery(self.state, delivery)
         self._dirty = True
         self._save(force=True)

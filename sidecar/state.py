@@ -28,7 +28,7 @@ VERSION = 2
 _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
-    "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir",
+    "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir", "wandb_sent",
 }
 
 
@@ -72,6 +72,8 @@ class State:
         self.last_update_time: str | None = None
         self.eval_params: dict | None = None
         self.segments: list[dict] = []  # W&B run segments: {dir, mode, started, pid, host, steps, closed}
+        self.sent: dict[int, int] = {}  # rows logged online, not yet confirmed by the server: step -> history line
+        self.sent_run = ""  # entity/project/run_id those lines belong to
         self.pins_dir: str | None = None  # where --pin-checkpoints keeps this model's pins
         self.extra: dict = {}
         self.upgraded_from: int | None = None
@@ -116,6 +118,11 @@ class State:
         state.segments = [dict(s) for s in segments]
         for seg in state.segments:
             seg["steps"] = _steps(seg.get("steps", []), "wandb_segments[].steps")
+        sent = data.get("wandb_sent") or {}
+        if not isinstance(sent, dict) or not isinstance(sent.get("lines", {}), dict):
+            raise ValueError("wandb_sent must be an object with lines")
+        state.sent = {int(k): int(v) for k, v in sent.get("lines", {}).items()}
+        state.sent_run = str(sent.get("run", ""))
         state.extra = {k: v for k, v in data.items() if k not in _KNOWN}
         if version < VERSION:
             state.upgraded_from = version
@@ -140,6 +147,8 @@ class State:
             "eval_params": self.eval_params,
             "wandb_segments": self.segments,
         }
+        if self.sent:
+            data["wandb_sent"] = {"run": self.sent_run, "lines": {str(s): self.sent[s] for s in sorted(self.sent)}}
         if self.pins_dir:
             data["pins_dir"] = self.pins_dir
         data.update(self.extra)
@@ -260,6 +269,14 @@ class StateStore:
             write_atomic(self.path, text, keep_backup=True)
         except OSError as exc:
             raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
+
+
+def legacy_synced(state_file: Path) -> set[str]:
+    """Folders an earlier version recorded as synced in `<state>.synced.json` (now in state)."""
+    try:
+        return set(json.loads(Path(f"{state_file}.synced.json").read_text()).get("synced", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def refuse_symlink(path: Path, what: str) -> None:

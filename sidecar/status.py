@@ -6,7 +6,30 @@ from .report import summary_from_rows
 from .state import State
 
 
-def summarize(state: State, now_wall: float, max_attempts: int | None = None, mode: str = "") -> dict:
+def delivery(state: State, synced_elsewhere: frozenset[str] = frozenset()) -> dict:
+    """Where the rows stand with the W&B server: not written anywhere yet (`unreported`), logged
+    online but not confirmed by the server (`unconfirmed`), in offline folders not synced yet
+    (`offline_unsynced`), and reported by the original tool in folders `sync` has not looked for
+    (`original_tool_unchecked`)."""
+    offline: set[int] = set()
+    original: set[int] = set()
+    for seg in state.segments:
+        if seg.get("synced") or seg.get("dir") in synced_elsewhere:
+            continue
+        if seg.get("mode") == "offline" and seg.get("dir"):
+            offline.update(seg.get("steps", []))
+        elif seg.get("mode") == "original tool":
+            original.update(seg.get("steps", []))
+    return {
+        "unreported": len(state.unreported),
+        "unconfirmed": len([s for s in state.sent if s in state.rows]),
+        "offline_unsynced": len((offline & set(state.rows)) - state.unreported),
+        "original_tool_unchecked": len(original & set(state.rows)),
+    }
+
+
+def summarize(state: State, now_wall: float, max_attempts: int | None = None, mode: str = "",
+              synced_elsewhere: frozenset[str] = frozenset()) -> dict:
     """A JSON-ready summary: counts, in-flight evals, last/best HR@10 and NDCG@10, last error."""
     summary = summary_from_rows(state.rows)
     given_up = [s for s, f in state.failed.items() if f.get("given_up")]
@@ -37,7 +60,7 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         "failed_retrying": len(retrying),
         "vanished": len(state.vanished),
         "pending": len(pending),
-        "unreported": len(state.unreported),
+        **delivery(state, synced_elsewhere),
         "in_flight": in_flight,
         "last_step": summary.get("last_step"),
         "last_hr@10": summary.get("last_hr@10"),
@@ -55,6 +78,22 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
                             "rows": len(set(s.get("steps", []))), "closed": bool(s.get("closed"))}
                            for s in state.segments if s.get("dir")],
     }
+
+
+def _delivery_line(info: dict) -> str:
+    parts = []
+    if info["unreported"]:
+        parts.append(f"{info['unreported']} unreported (not written to W&B yet)")
+    if info["unconfirmed"]:
+        parts.append(f"{info['unconfirmed']} sent, not yet confirmed by the server")
+    if info["offline_unsynced"]:
+        parts.append(f"{info['offline_unsynced']} in offline folders not yet synced (run `eval_wandb_sidecar.py sync`)")
+    if info["original_tool_unchecked"]:
+        parts.append(f"{info['original_tool_unchecked']} reported by the original tool: if it ran offline, "
+                     f"`eval_wandb_sidecar.py sync` uploads its folders")
+    if parts:
+        return "; ".join(parts)
+    return "every row is on the W&B server" if info["processed"] else "no rows yet"
 
 
 def _pins(pins_dir: str | None) -> dict | None:
@@ -81,6 +120,8 @@ def format_status(info: dict, state_file: str) -> str:
          f"failed {info['failed']} ({info['failed_given_up']} given up)  vanished {info['vanished']}  "
          f"unreported {info['unreported']}{' (W&B disabled)' if info['wandb_mode'] == 'disabled' else ''}"),
     ]
+    if info["wandb_mode"] != "disabled":
+        lines.append(f"W&B delivery  {_delivery_line(info)}")
     if info["in_flight"]:
         for entry in info["in_flight"]:
             if entry.get("slurm_job_id"):

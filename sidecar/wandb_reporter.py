@@ -2,35 +2,52 @@
 
 The run lives on a worker thread so evaluation never waits for W&B (an unreachable server costs
 the worker an init timeout, not the evaluator). The service hands the worker snapshots of state
-(`report`) and collects what was written (`collect`); the state records which rows each run
-segment holds, so a restart writes exactly the rows that are missing. Offline, each process
-writes its own segment folder; crashed segments are read back at start-up (`reconcile`) because
-wandb-core flushes its file only every few seconds. This is the only module that imports wandb.
+(`report`) and collects what it wrote and learnt (`collect`). This is the only module that
+imports wandb.
+
+Delivery is judged by the server (SPEC §4.4). wandb-core sends history lines in the order they
+were logged and does not flush when its parent is killed, so a row logged online is only *sent*:
+it waits in state with the history line it got (`wandb_sent`) until the server holds that many
+lines. The worker asks the server for the run's history line count a few seconds after each write
+(and backs off while lines are missing); a clean `finish()` confirms every line; and a resumed run
+starts at the server's line count (wandb reads it with `RunResumeStatus`), so a restarted sidecar
+writes again exactly the rows whose lines never arrived. Offline, each process writes its own
+segment folder; crashed segments are read back at start-up (`reconcile`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import queue
-import shlex
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .executor import crash_point, run_command
+from .executor import child_processes, crash_point, kill_orphan, run_command
 from .report import Delivery, Snapshot, metric_names, summary_from_rows, table_columns
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 30.0
 BACKOFF_MAX = 900.0
+# wandb-core sends history to the server every 15 s by default and loses what it holds when the
+# sidecar is killed: 1 s keeps that window short (whole seconds: wandb-core truncates the value).
+TRANSMIT_SECONDS = 1
+RETRY_WAIT_MAX_SECONDS = 10  # wandb-core's longest wait between retries after an outage (default 60)
+CONFIRM_FIRST = 2.5  # seconds after a write before the server is asked whether it holds the lines
+CONFIRM_MAX = 15.0  # longest wait between two such questions while lines are missing
+STALL_SECONDS = 120.0  # the server answers but takes no line for this long: open the run again
+QUERY_TIMEOUT = 10.0
 _CLOSE = object()
 
 
@@ -49,7 +66,17 @@ class WandbOptions:
     fallback: str = "none"  # or "offline"
     summary_metrics: tuple[str, ...] = ("HR@10", "NDCG@10")
     flush_interval: float = 1.0  # seconds between wandb-core writes of the .wandb file
-    retry_in_close: bool = False  # --once: no new attempt at exit after an outage
+
+
+def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbOptions:
+    """W&B options from a Config (or any object with its wandb_* attributes); the run id and
+    name come from the state file (`bind`)."""
+    return WandbOptions(
+        project=settings.wandb_project, entity=settings.wandb_entity, run_id="", run_name="",
+        resume=settings.wandb_resume, job_type=settings.wandb_job_type, mode=mode or settings.wandb_mode,
+        config=wandb_config, init_timeout=settings.wandb_init_timeout, system_stats=settings.wandb_system_stats,
+        fallback=settings.wandb_fallback, summary_metrics=settings.summary_metrics,
+    )
 
 
 def history_row(row: dict) -> dict:
@@ -84,6 +111,56 @@ class Outage(Exception):
     """W&B cannot be reached or refused the run."""
 
 
+class QueryUnsupported(Exception):
+    """The server (or the credentials in use) does not answer the history line count query."""
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    """Where a run lives on its server, and the key the run was opened with (never printed)."""
+
+    base_url: str
+    api_key: str
+    entity: str
+    project: str
+    run_id: str
+
+    @property
+    def run(self) -> str:
+        return f"{self.entity}/{self.project}/{self.run_id}"
+
+
+_LINE_COUNT_QUERY = """query RunHistoryLineCount($project: String, $entity: String, $name: String!) {
+  model(name: $project, entityName: $entity) { bucket(name: $name, missingOk: true) { historyLineCount } }
+}"""
+
+
+def history_line_count(ref: ServerRef, timeout: float = QUERY_TIMEOUT) -> int:
+    """How many history lines the server holds for the run (0 if it has no such run).
+
+    The same fields wandb's own `RunResumeStatus` reads. Raises Outage when the server cannot be
+    reached or fails (5xx), QueryUnsupported when it refuses the question (4xx, bad answer)."""
+    body = json.dumps({"query": _LINE_COUNT_QUERY, "operationName": "RunHistoryLineCount",
+                       "variables": {"project": ref.project, "entity": ref.entity, "name": ref.run_id}}).encode()
+    auth = base64.b64encode(f"api:{ref.api_key}".encode()).decode()
+    request = urllib.request.Request(f"{ref.base_url.rstrip('/')}/graphql", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Basic {auth}", "User-Agent": "eval-sidecar"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500 or exc.code == 429:
+            raise Outage(f"the server answered HTTP {exc.code}") from exc
+        raise QueryUnsupported(f"the server answered HTTP {exc.code}") from exc
+    except (OSError, ValueError) as exc:  # URLError, timeouts and refused connections are OSErrors
+        raise Outage(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        bucket = answer["data"]["model"]["bucket"]
+        return 0 if bucket is None else int(bucket["historyLineCount"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QueryUnsupported(f"unexpected answer {str(answer)[:200]}") from exc
+
+
 class WandbReporter:
     """Reports state rows to one W&B run from a worker thread."""
 
@@ -97,16 +174,16 @@ class WandbReporter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failures = 0
-        self._run_open = False
         self._opening = False
         self._in_outage = False
+        self._server_down = False  # the last delivery question found the server unreachable
+        self.finished_cleanly = False
+        self.server: ServerRef | None = None  # the online run last opened, for the server's own count
         self.mode = options.mode
 
     # ----- called by the service (main thread) ------------------------------------------------
     def bind(self, run_id: str, run_name: str, on_delivery=None) -> None:
         """Use the run id and name persisted in state; `on_delivery()` is called after each write."""
-        from dataclasses import replace
-
         self.options = replace(self.options, run_id=run_id, run_name=run_name)
         self._on_delivery = on_delivery
 
@@ -118,7 +195,7 @@ class WandbReporter:
         self._queue.put(snapshot)
 
     def collect(self) -> list[Delivery]:
-        """What the worker wrote since the last call."""
+        """What the worker wrote and learnt since the last call, in order."""
         with self._lock:
             out, self._deliveries = self._deliveries, []
         return out
@@ -130,35 +207,49 @@ class WandbReporter:
         self._queue.put(_CLOSE)
         if timeout is not None:
             limit = timeout
-        elif self._in_outage and not self._opening:  # rows stay unreported in state for the next start
-            limit = 10.0
+        elif (self._in_outage or self._server_down) and not self._opening:
+            limit = 10.0  # rows stay unreported or unconfirmed in state for the next start
         else:  # an init attempt (wandb adds ~10 s to its timeout), then finishing uploads
-            limit = self.options.init_timeout + 20 + max(60.0, 2 * self.options.init_timeout)
+            limit = self.options.init_timeout + 20 + _finish_timeout(self.options)
         self._thread.join(limit)
         if self._thread.is_alive():
-            log.warning("W&B did not finish within %.0f s; unreported rows stay in state for the next start", limit)
+            log.warning("W&B did not finish within %.0f s; rows the server has not confirmed stay in state and are "
+                        "sent again by the next start", limit)
 
     def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> tuple[set[int], set[int]]:
-        """Read back segments that were not closed cleanly (the sidecar died).
+        """Settle segments a killed sidecar left open.
 
-        Returns (lost, found): steps a segment was believed to hold but does not, and unreported
-        steps a segment does hold with identical values. Marks those segments closed.
+        Offline ones are read back (their rows are what the folder holds). Online ones are judged
+        by the server when the run is next opened (their rows wait in state as sent); a
+        wandb-core such a sidecar left behind is stopped first, so it cannot add lines after the
+        server was asked. An online segment of an earlier version, which kept no history lines,
+        has its rows written again. Returns (lost, found): steps a segment was believed to hold
+        but does not, and unreported steps a segment does hold with identical values.
         """
         lost: set[int] = set()
         found: set[int] = set()
         for seg in segments:
             if seg.get("closed"):
                 continue
-            held = read_segment(Path(seg["dir"]))
             claimed = set(seg.get("steps", []))
-            holds = {s for s, items in held.items() if s in rows and any(_same(i, rows[s]) for i in items)}
-            lost |= {s for s in claimed if s not in holds}
-            found |= {s for s in unreported if s in holds}
-            seg["steps"] = sorted(holds)
+            if seg.get("mode") == "online":
+                if seg.get("core_pid") and seg.get("host") == socket.gethostname() and not _writer_alive(seg):
+                    if kill_orphan(int(seg["core_pid"]), str(seg.get("core_start", ""))):
+                        log.info("stopped the wandb-core process %s a killed sidecar left behind", seg["core_pid"])
+                if not seg.get("run"):
+                    lost |= claimed
+                    log.info("W&B segment %s was not closed cleanly and records no history lines: its %d row(s) "
+                             "will be written again", seg["dir"], len(claimed))
+            else:
+                held = read_segment(Path(seg["dir"]))
+                holds = {s for s, items in held.items() if s in rows and any(_same(i, rows[s]) for i in items)}
+                lost |= {s for s in claimed if s not in holds}
+                found |= {s for s in unreported if s in holds}
+                seg["steps"] = sorted(holds)
+                log.info("W&B segment %s was not closed cleanly: it holds %d row(s); %d row(s) will be written again",
+                         seg["dir"], len(holds), len(claimed - holds))
             seg["closed"] = True
             seg["reconciled"] = _utc_now()
-            log.info("W&B segment %s was not closed cleanly: it holds %d row(s); %d row(s) will be written again",
-                     seg["dir"], len(holds), len(claimed - holds))
         return lost, found - lost
 
     # ----- the worker thread -----------------------------------------------------------------
@@ -169,86 +260,249 @@ class WandbReporter:
             self._on_delivery()
 
     def _work(self) -> None:
-        run = None
-        segment: dict = {}
-        logged: dict[int, dict] = {}  # step -> row object written by this process (any segment)
-        latest: Snapshot | None = None
-        next_attempt = 0.0
-        in_outage = False
-        closing = False
+        w = _Worker()
         while True:
-            wait = None  # block until the next snapshot
-            if closing:
-                wait = 0.0
-            elif latest is not None and run is None:
-                wait = max(0.0, next_attempt - time.monotonic())
-            try:
-                item = self._queue.get(timeout=wait) if wait != 0.0 else self._queue.get_nowait()
-            except queue.Empty:
-                item = None
-            while item is not None:
-                if item is _CLOSE:
-                    closing = True
-                else:
-                    latest = item
+            latest, closing = self._next_items(w)
+            if latest is not None:
+                w.take(latest)
+            if self._wants_run(w) and w.run is None and time.monotonic() >= w.next_attempt \
+                    and not (closing and w.in_outage):
+                self._start_run(w)
+            todo = w.todo()
+            if w.run is not None and (todo or w.seal_due()):
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            todo = {s: r for s, r in (latest.pending.items() if latest else ()) if logged.get(s) is not r}
-            if todo and run is None and time.monotonic() >= next_attempt and not (closing and in_outage):
-                try:
-                    self._opening = True
-                    run, segment = self._open()
-                    self._run_open = True
-                    if in_outage:
-                        log.info("W&B is reachable again: writing %d unreported row(s)", len(todo))
-                    in_outage, self._failures = False, 0
-                    self._deliver(Delivery(dict(segment)))
+                    self._write(w, todo)
                 except Exception as exc:  # noqa: BLE001 - any failure of the SDK is an outage
-                    next_attempt, in_outage = self._outage(exc, in_outage)
-                finally:
-                    self._opening = False
-            if todo and run is not None:
-                try:
-                    self._write(run, todo, latest)
-                    logged.update(todo)
-                    self._deliver(Delivery(dict(segment), rows=dict(todo)))
-                except Exception as exc:  # noqa: BLE001
-                    self._teardown(run)
-                    run = None
-                    self._run_open = False
-                    next_attempt, in_outage = self._outage(exc, in_outage)
-            self._in_outage = in_outage
-            if closing and run is None and todo and not in_outage and time.monotonic() >= next_attempt:
+                    self._lose_run(w, exc)
+            if w.run is not None and w.sent and w.ref is not None and time.monotonic() >= w.confirm_at \
+                    and not closing:
+                self._confirm(w)
+            self._in_outage = w.in_outage
+            if closing and w.run is None and w.todo() and not w.in_outage and time.monotonic() >= w.next_attempt:
                 continue  # e.g. just switched to the offline fallback: write before finishing
             if closing:
-                if run is not None:
-                    try:
-                        run.finish()
-                        self._deliver(Delivery(dict(segment), closed=True))
-                    except Exception as exc:  # noqa: BLE001
-                        # left unclosed: the next start reads it back, `sync` can upload it
-                        log.warning("W&B run did not finish cleanly (%s); `eval_wandb_sidecar.py sync` can upload "
-                                    "%s later", _redact(str(exc)), segment.get("dir"))
-                        self._teardown(None)
+                self._finish(w)
                 return
 
-    def _write(self, run, todo: dict[int, dict], snapshot: Snapshot) -> None:
+    def _wants_run(self, w: "_Worker") -> bool:
+        """Rows to write, a seal to write, or (online) sent rows only the server can settle."""
+        return bool(w.todo()) or w.seal_due() or bool(w.sent and self.mode == "online")
+
+    def _next_items(self, w: "_Worker"):
+        """Block until a snapshot, a close, a retry or a delivery question is due; returns
+        (newest snapshot or None, whether closing)."""
+        deadlines = []
+        if w.run is None and self._wants_run(w):
+            deadlines.append(w.next_attempt)
+        if w.run is not None and w.sent and w.ref is not None:
+            deadlines.append(w.confirm_at)
+        if w.closing:
+            wait = 0.0
+        elif deadlines:
+            wait = max(0.0, min(deadlines) - time.monotonic())
+        else:
+            wait = None
+        latest = None
+        try:
+            item = self._queue.get(timeout=wait) if wait != 0.0 else self._queue.get_nowait()
+        except queue.Empty:
+            item = None
+        while item is not None:
+            if item is _CLOSE:
+                w.closing = True
+            else:
+                latest = item
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                item = None
+        return latest, w.closing
+
+    def _start_run(self, w: "_Worker") -> None:
+        """Open (resume) the run; online, learn from the server which sent rows it holds."""
+        try:
+            self._opening = True
+            w.run, w.segment, w.ref = self._open()
+            self.server = w.ref
+            count = self._lines_at_open(w) if self.mode == "online" else 0
+        except Exception as exc:  # noqa: BLE001 - any failure of the SDK is an outage
+            self._lose_run(w, exc)
+            return
+        finally:
+            self._opening = False
+        if w.in_outage:
+            log.info("W&B is reachable again: writing %d unreported row(s)", len(w.todo()))
+        w.in_outage, self._failures = False, 0
+        if self.mode != "online":
+            self._deliver(Delivery(dict(w.segment)))
+            return
+        w.next_line = count
+        key = w.segment["run"]
+        lost = {s for s, (_, line) in w.sent.items() if w.sent_run != key or line >= count}
+        if lost:
+            log.info("the W&B server lacks %d row(s) logged before (a crash or an outage cut them off): "
+                     "writing them again", len(lost))
+        self._deliver(Delivery(dict(w.segment), run=key, confirmed=count, lost=frozenset(lost)))
+        for step in lost:
+            w.resend[step] = w.sent[step][0]
+        w.sent, w.sent_run, w.server_count = {}, key, count
+
+    def _lines_at_open(self, w: "_Worker") -> int:
+        """The server's history line count of the run just opened. wandb resumes at it
+        (RunResumeStatus), but `starting_step` is the last `_step` + 1, which differs when an
+        earlier writer logged with `step=`: ask the server, and use it only if it cannot answer."""
+        if w.ref is not None:
+            try:
+                return history_line_count(w.ref)
+            except QueryUnsupported as exc:
+                self._no_query(w, exc)
+        return int(w.run.starting_step or 0)
+
+    def _write(self, w: "_Worker", todo: dict[int, dict]) -> None:
+        run = w.run
+        online = self.mode == "online"
+        base = w.next_line  # `run.step` reads 0 in a resumed run until the first log (wandb 0.31)
+        lines: dict[int, int] = {}
+        for step in sorted(todo):
+            lines[step] = base + len(lines)
+            run.log(history_row(todo[step]))
+        w.next_line = base + len(lines)
+        w.written.update(todo)
+        for step in todo:
+            w.resend.pop(step, None)
+        if online:
+            w.sent.update({s: (todo[s], lines[s]) for s in todo})
+            if todo and w.confirm_at == float("inf"):
+                w.confirm_at, w.confirm_delay = time.monotonic() + CONFIRM_FIRST, CONFIRM_FIRST
+                w.progress_at = time.monotonic()
+        if todo:  # before the table: with the server down, logging a Table waits ~20 s on a W&B lookup
+            self._deliver(Delivery(dict(w.segment), rows=dict(todo), lines=lines if online else {},
+                                   run=w.sent_run if online else ""))
+        crash_point("wandb-row")
+        w.table_due = True
+        self._log_table(w)
+        w.sealed = True
+
+    def _log_table(self, w: "_Worker") -> None:
+        """The table and summary of all rows. Online, only while the server answers: logging a
+        Table then waits ~20 s on a W&B lookup; it is logged when the server is back (or at
+        shutdown, or by the next start)."""
         import wandb
 
-        for step in sorted(todo):
-            run.log(history_row(todo[step]))
-        crash_point("wandb-row")
-        columns, data = table_data(snapshot.rows)
+        rows = w.latest.rows if w.latest is not None else {}
+        if not w.table_due or not rows or (self.mode == "online" and not self._answers(w)):
+            return
+        columns, data = table_data(rows)
         # A new Table each time: W&B silently writes a stale file for a mutated, re-logged one.
-        run.log({"eval/checkpoint_table": wandb.Table(columns=columns, data=data)})
+        w.run.log({"eval/checkpoint_table": wandb.Table(columns=columns, data=data)})
+        w.next_line += 1  # a logged Table takes a history line too
         crash_point("table-log")
-        summary = summary_from_rows(snapshot.rows, self.options.summary_metrics)
+        summary = summary_from_rows(rows, self.options.summary_metrics)
         # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
         # the last step, so the eval/* summary is set from the last step's row.
-        summary.update(history_row(snapshot.rows[max(snapshot.rows)]))
-        run.summary.update(summary)
+        summary.update(history_row(rows[max(rows)]))
+        w.run.summary.update(summary)
+        w.table_due = False
+
+    def _answers(self, w: "_Worker") -> bool:
+        """Whether the server answers right now (asked its line count, else its port)."""
+        if w.ref is not None:
+            if self._ask(w) is not None:
+                return True
+            if w.ref is not None:  # an outage (a server refusing the question drops `ref`: its port says)
+                return False
+        try:
+            self._check_reachable()
+        except Outage:
+            return False
+        return True
+
+    def _ask(self, w: "_Worker") -> int | None:
+        """The server's history line count now, or None (an outage starts: one warning; a server
+        that refuses the question is not asked again)."""
+        try:
+            count = history_line_count(w.ref)
+        except Outage as exc:
+            if not self._server_down:
+                log.warning("W&B server unreachable (%s): %d row(s) sent but not confirmed yet; wandb keeps "
+                            "sending them, and a restart sends again whatever never arrives", _redact(str(exc)),
+                            len(w.sent))
+            self._server_down = True
+            return None
+        except QueryUnsupported as exc:
+            self._no_query(w, exc)
+            return None
+        if self._server_down:
+            log.info("W&B server reachable again")
+            self._server_down = False
+            w.progress_at = time.monotonic()
+        return count
+
+    def _confirm(self, w: "_Worker") -> None:
+        """Ask the server how many history lines it holds; sent rows below that count are on it."""
+        count = self._ask(w)
+        now = time.monotonic()
+        if count is None:
+            w.confirm_delay = min(w.confirm_delay * 2, CONFIRM_MAX)
+            w.confirm_at = now + w.confirm_delay
+            return
+        done = {s for s, (_, line) in w.sent.items() if line < count}
+        if done:
+            for step in done:
+                del w.sent[step]
+            self._deliver(Delivery(dict(w.segment), run=w.sent_run, confirmed=count))
+        if count > w.server_count:
+            w.progress_at = now
+        w.server_count = max(w.server_count, count)
+        self._log_table(w)  # one the outage held back
+        if not w.sent:
+            w.confirm_at = float("inf")
+            return
+        if now - w.progress_at > STALL_SECONDS:
+            log.warning("the W&B server has taken no history line for %.0f s (%d row(s) waiting); opening the "
+                        "run again", now - w.progress_at, len(w.sent))
+            self._teardown(w.run)
+            w.run, w.next_attempt = None, now
+            return
+        w.confirm_delay = min(w.confirm_delay * 2, CONFIRM_MAX)
+        w.confirm_at = now + w.confirm_delay
+
+    def _no_query(self, w: "_Worker", exc: Exception) -> None:
+        log.info("cannot ask the W&B server which rows it holds (%s); rows are confirmed when the run finishes "
+                 "or at the next start", _redact(str(exc)))
+        w.ref = None
+
+    def _finish(self, w: "_Worker") -> None:
+        if w.run is None:
+            return
+        if self.mode == "online" and (w.sent or w.table_due):
+            if not self._answers(w):
+                # finish() would wait its whole timeout for a server that is not answering; the rows
+                # stay sent in state and the next start asks the server which arrived
+                log.warning("W&B server unreachable at shutdown: %d row(s) sent but not confirmed stay in state; "
+                            "the next start sends again those the server lacks", len(w.sent))
+                if w.segment.get("core_pid"):
+                    kill_orphan(int(w.segment["core_pid"]), str(w.segment.get("core_start", "")))
+                return
+            self._log_table(w)
+        end = w.next_line
+        try:
+            w.run.finish()
+        except Exception as exc:  # noqa: BLE001
+            # left unconfirmed: the next start asks the server; an offline folder is read back
+            log.warning("W&B run did not finish cleanly (%s); rows the server has not confirmed are sent again by "
+                        "the next start", _redact(str(exc)))
+            self._teardown(None)
+            return
+        self.finished_cleanly = True
+        w.sent.clear()
+        self._deliver(Delivery(dict(w.segment), run=w.sent_run if self.mode == "online" else "",
+                               confirmed=end if self.mode == "online" else None, closed=True))
+
+    def _lose_run(self, w: "_Worker", exc: Exception) -> None:
+        self._teardown(w.run)
+        w.run = None
+        w.next_attempt, w.in_outage = self._outage(exc, w.in_outage)
 
     def _open(self):
         import wandb
@@ -264,18 +518,28 @@ class WandbReporter:
             console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
             x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
             disable_git=True, x_save_requirements=False,
-            finish_timeout=max(60.0, 2 * opts.init_timeout),  # an outage must not hang the exit
+            x_file_stream_transmit_interval=TRANSMIT_SECONDS,
+            x_file_stream_retry_wait_max_seconds=RETRY_WAIT_MAX_SECONDS,
+            finish_timeout=_finish_timeout(opts),  # an outage must not hang the exit
             finish_timeout_raises=True,  # ...and a finish that gave up uploading must not look clean
         )
         run = wandb.init(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
-                         resume=opts.resume, job_type=opts.job_type, mode=self.mode, config=opts.config,
-                         settings=settings)
+                         resume=effective_resume(opts.resume, self.mode), job_type=opts.job_type, mode=self.mode,
+                         config=opts.config, settings=settings)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
                    "started": _utc_now(), "pid": os.getpid(), "host": socket.gethostname(), "steps": []}
+        ref = None
+        if self.mode == "online":
+            segment["run"] = f"{run.entity}/{run.project}/{run.id}"
+            cores = child_processes("wandb-core")
+            if cores:
+                segment["core_pid"], segment["core_start"] = cores[-1]
+            if run.settings.api_key and run.settings.base_url:
+                ref = ServerRef(run.settings.base_url, run.settings.api_key, run.entity, run.project, run.id)
         log.info("W&B %s run %s writes to %s", self.mode, opts.run_id, segment["dir"])
-        return run, segment
+        return run, segment, ref
 
     def _check_reachable(self) -> None:
         """Fail fast when the server's port is closed (wandb would spend its whole timeout)."""
@@ -320,30 +584,100 @@ class WandbReporter:
         return time.monotonic() + delay, True
 
 
+class _Worker:
+    """What the reporter thread knows: its run, the newest snapshot, what it wrote and what the
+    server has not confirmed yet."""
+
+    def __init__(self) -> None:
+        self.run = None
+        self.segment: dict = {}
+        self.ref: ServerRef | None = None
+        self.latest: Snapshot | None = None
+        self.written: dict[int, dict] = {}  # step -> row object written by this process (any segment)
+        self.sent: dict[int, tuple[dict, int]] = {}  # online, unconfirmed: step -> (row, history line)
+        self.resend: dict[int, dict] = {}  # sent rows the server turned out not to hold
+        self.sent_run = ""
+        self.adopted = False
+        self.sealed = False
+        self.closing = False
+        self.in_outage = False
+        self.next_attempt = 0.0
+        self.confirm_at = float("inf")
+        self.confirm_delay = CONFIRM_FIRST
+        self.progress_at = 0.0
+        self.server_count = 0
+        self.next_line = 0  # index of the next history line on the server (online)
+        self.table_due = False  # the newest rows are not in a logged table yet
+
+    def take(self, snapshot: Snapshot) -> None:
+        """A newer snapshot; the first one brings the rows earlier processes sent unconfirmed."""
+        self.latest = snapshot
+        if not self.adopted:
+            self.adopted = True
+            self.sent_run = snapshot.sent_run
+            self.sent = {s: (snapshot.rows[s], line) for s, line in snapshot.sent.items() if s in snapshot.rows}
+        for step in [s for s, (row, _) in self.sent.items() if snapshot.rows.get(s) is not row]:
+            del self.sent[step]  # re-evaluated: only the new row matters
+        for step in [s for s, row in self.resend.items() if snapshot.rows.get(s) is not row]:
+            del self.resend[step]
+
+    def todo(self) -> dict[int, dict]:
+        """Rows to write now: unreported ones this process has not written, and lost ones."""
+        if self.latest is None:
+            return {}
+        todo = dict(self.resend)
+        todo.update((s, r) for s, r in self.latest.pending.items() if self.written.get(s) is not r)
+        return todo
+
+    def seal_due(self) -> bool:
+        return self.latest is not None and self.latest.seal and not self.sealed and bool(self.latest.rows)
+
+
+def _finish_timeout(opts: WandbOptions) -> float:
+    return max(15.0, 2 * opts.init_timeout)
+
+
+def effective_resume(resume: str, mode: str) -> str:
+    """The resume mode wandb gets. Offline segments of one run are joined by `wandb sync` only when
+    written with allow or must (with auto or never their `_step` collide): auto becomes allow
+    there; never is refused when the configuration is built."""
+    if mode == "offline" and resume != "must":
+        return "allow"
+    return resume
+
+
 def _same(item: dict, row: dict) -> bool:
     """A history item read back from a segment carries exactly this state row's values."""
     return all(item.get(k) == v for k, v in history_row(row).items())
 
 
-def read_segment(folder: Path) -> dict[int, list[dict]]:
-    """History items of a segment folder by checkpoint_step, read with `wandb leet inspect --json`
-    (wandb's own offline reader). A folder without a readable .wandb file holds nothing."""
+def read_history(folder: Path) -> list[dict] | None:
+    """Every history item of a run folder, in order, read with `wandb leet inspect --json` (wandb's
+    own offline reader); [] for a folder without a .wandb file, None if it cannot be read."""
     if not any(folder.glob("*.wandb")):
-        return {}
+        return []
     code, out, err = run_command([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
                                  timeout=120)
     if code != 0:
-        log.warning("could not read W&B segment %s (%s); its rows will be written again", folder, _redact(err))
-        return {}
-    held: dict[int, list[dict]] = {}
+        log.warning("could not read W&B segment %s (%s)", folder, _redact(err))
+        return None
+    items = []
     for line in out.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("type") != "history":
-            continue
-        item = {k: v for k, v in record["history"]["item"].items() if not k.startswith("_")}
+        if record.get("type") == "history":
+            items.append(record["history"]["item"])
+    return items
+
+
+def read_segment(folder: Path) -> dict[int, list[dict]]:
+    """History items of a segment folder by checkpoint_step (a folder that cannot be read holds
+    nothing: its rows are written again)."""
+    held: dict[int, list[dict]] = {}
+    for raw in read_history(folder) or []:
+        item = {k: v for k, v in raw.items() if not k.startswith("_")}
         if "checkpoint_step" in item and "eval/checkpoint_name" in item:  # not the table's record
             held.setdefault(int(item["checkpoint_step"]), []).append(item)
     return held
@@ -360,52 +694,6 @@ def _writer_alive(segment: dict) -> bool:
     except PermissionError:
         return True
     return int(segment.get("pid", 0)) > 0
-
-
-def synced_file(state_file: Path) -> Path:
-    return Path(f"{state_file}.synced.json")
-
-
-def sync_segments(segments: list[dict], state_file: Path, dry_run: bool) -> int:
-    """`wandb sync` the offline segments not synced yet, in start-time order; returns an exit code."""
-    path = synced_file(state_file)
-    try:
-        done = set(json.loads(path.read_text()).get("synced", []))
-    except (OSError, ValueError):
-        done = set()
-    # offline segments, and online ones whose process died or could not finish uploading; never a
-    # folder a live sidecar still writes (it would be marked synced with rows still to come)
-    todo, busy = [], []
-    for seg in sorted(segments, key=lambda s: s.get("started", "")):
-        if not seg.get("dir") or seg["dir"] in done:
-            continue
-        if seg.get("mode") != "offline" and seg.get("closed") and not seg.get("reconciled"):
-            continue  # a cleanly finished online run: already uploaded
-        if not seg.get("closed") and _writer_alive(seg):
-            busy.append(seg)
-            continue
-        todo.append(seg["dir"])
-    for seg in busy:
-        print(f"skipping {seg['dir']}: still being written by pid {seg.get('pid')}; sync it after that sidecar stops")
-    if not todo:
-        print("nothing to sync: every offline segment of this run is already synced")
-        return 0
-    print(shlex.join(["wandb", "sync", *todo]))
-    if dry_run:
-        return 0
-    missing = [d for d in todo if not Path(d).is_dir()]
-    if missing:
-        print(f"segment folder missing: {missing[0]}", file=sys.stderr)
-        return 1
-    code, _, _ = run_command([sys.executable, "-m", "wandb", "sync", *todo], timeout=24 * 3600, capture=False)
-    if code != 0:
-        print(f"wandb sync exited {code}; nothing recorded as synced", file=sys.stderr)
-        return 1
-    from .state import write_atomic
-
-    write_atomic(path, json.dumps({"synced": sorted(done | set(todo))}, indent=2))
-    print(f"synced {len(todo)} segment(s)")
-    return 0
 
 
 def make_wandb_api():

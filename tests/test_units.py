@@ -183,3 +183,73 @@ def test_discovery_sees_entries_change_type_under_the_same_names(tmp_path):
     result = disc.scan()
     result.clear()  # a caller changing its list does not change the next scan
     assert names() == ["checkpoint-1", "checkpoint-7"]
+
+
+def _state_with(*steps):
+    from sidecar.plan import record_success
+
+    state = State("k", "eval-k", "m-eval")
+    for step in steps:
+        record_success(state, {"checkpoint_step": step, "checkpoint_name": f"checkpoint-{step}", "HR@10": step / 1000})
+    return state
+
+
+def test_a_row_is_sent_when_logged_online_and_reported_only_when_the_server_holds_its_line():
+    from sidecar.report import Delivery, apply_delivery
+
+    state = _state_with(100, 200)
+    seg = {"dir": "/w/run-1", "mode": "online"}
+    rows = dict(state.rows)
+    apply_delivery(state, Delivery(seg, rows=rows, lines={100: 4, 200: 5}, run="e/p/eval-k"))
+    assert state.unreported == set() and state.sent == {100: 4, 200: 5}
+    apply_delivery(state, Delivery(seg, run="e/p/eval-k", confirmed=5))  # the server holds lines 0..4
+    assert state.sent == {200: 5}
+    apply_delivery(state, Delivery(seg, run="other/p/eval-k", confirmed=99))  # another run's count proves nothing
+    assert state.sent == {200: 5}
+    apply_delivery(state, Delivery(seg, run="e/p/eval-k", confirmed=5, lost=frozenset({200})))
+    assert state.sent == {} and state.unreported == {200}  # not on the server: written again
+    assert state.segments[0]["steps"] == [100, 200] and state.segments[0]["run"] == "e/p/eval-k"
+
+
+def test_a_row_replaced_by_a_re_evaluation_is_neither_reported_nor_sent_by_the_old_delivery():
+    from sidecar.plan import record_success
+    from sidecar.report import Delivery, apply_delivery
+
+    state = _state_with(100)
+    old = dict(state.rows)
+    record_success(state, {"checkpoint_step": 100, "checkpoint_name": "checkpoint-100", "HR@10": 0.5})
+    apply_delivery(state, Delivery({"dir": "/w/run-1", "mode": "online"}, rows=old, lines={100: 0}, run="e/p/r"))
+    assert state.unreported == {100} and state.sent == {}
+
+
+def test_sent_lines_survive_the_state_file_and_an_original_state_has_none(tmp_path):
+    from sidecar.state import StateStore, read_state
+
+    state = _state_with(100)
+    state.sent, state.sent_run = {100: 7}, "e/p/eval-k"
+    store = StateStore(tmp_path / "s.json")
+    store.save(state, 0.0)
+    again = read_state(tmp_path / "s.json")
+    assert again.sent == {100: 7} and again.sent_run == "e/p/eval-k"
+    (tmp_path / "v1.json").write_text(json.dumps({"version": 1, "processed_steps": [], "table_rows": []}))
+    assert read_state(tmp_path / "v1.json").sent == {}
+
+
+def test_delivery_status_separates_unreported_sent_and_offline_unsynced():
+    from sidecar.status import delivery
+
+    state = _state_with(100, 200, 300, 400)
+    state.unreported = {400}
+    state.sent = {300: 9}
+    state.segments = [{"dir": "/w/offline-run-1", "mode": "offline", "steps": [100]},
+                      {"dir": "/w/offline-run-2", "mode": "offline", "steps": [200], "synced": "t"},
+                      {"dir": "", "mode": "original tool", "steps": [100, 200]}]
+    assert delivery(state) == {"unreported": 1, "unconfirmed": 1, "offline_unsynced": 1, "original_tool_unchecked": 2}
+    assert delivery(state, frozenset({"/w/offline-run-1"}))["offline_unsynced"] == 0
+
+
+def test_offline_segments_are_written_with_a_resume_mode_wandb_sync_can_join():
+    from sidecar.wandb_reporter import effective_resume
+
+    assert [effective_resume(r, "offline") for r in ("allow", "auto", "must")] == ["allow", "allow", "must"]
+    assert [effective_resume(r, "online") for r in ("allow", "auto", "never")] == ["allow", "auto", "never"]

@@ -141,7 +141,9 @@ def test_restarts_write_segments_whose_union_holds_every_row_once(ws, isolated_e
                           *args, "--wandb-mode", "offline", "--dry-run"], env=ws.env(), capture_output=True,
                          text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip() == "wandb sync " + " ".join(str(s) for s in segs)
+    lines = dry.stdout.strip().splitlines()
+    assert lines[:-1] == [f"wandb sync -p MIMIGenRec-Eval {s}" for s in segs]  # one folder at a time, in order
+    assert lines[-1] == "then write the table and summary of all 4 row(s) online"
 
 
 def assert_no_unreported(ws) -> bool:
