@@ -35,6 +35,7 @@ FULL = {
     "idle watching": lambda: scenarios.idle_watch(60),
     "align": lambda: scenarios.align(3, 100_000, 30),
     "pinning": lambda: scenarios.pinning(1000),
+    "delivery": lambda: scenarios.delivery_latency(25, 2.0) + scenarios.kill_loop(30),
 }
 QUICK = {
     "idle tick": lambda: scenarios.idle_tick([100, 1_000], ticks=5),
@@ -44,6 +45,7 @@ QUICK = {
     "idle watching": lambda: scenarios.idle_watch(2),
     "align": lambda: scenarios.align(2, 1_000, 5),
     "pinning": lambda: scenarios.pinning(20),
+    "delivery": lambda: scenarios.delivery_latency(2, 0.5, baseline=False) + scenarios.kill_loop(1),
 }
 
 

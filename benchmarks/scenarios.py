@@ -281,5 +281,152 @@ def pinning(megabytes: int) -> list[dict]:
     return [row(f"pin a checkpoint of 20 files, {per_file * 20} MB", 20, "time", took * 1000, "ms")]
 
 
+# ----- W&B delivery, judged by the server (issue 13) -------------------------------------------------
+BASELINE_REF = "83d56ca"  # the last version before delivery was judged by the server
+
+
+def _server():
+    sys.path.insert(0, str(ROOT / "tests"))
+    from wandb_server import WandbServer
+
+    return WandbServer().start()
+
+
+def _online_env(tree: Tree, server, **extra: str) -> dict[str, str]:
+    env = tree.env(WANDB_BASE_URL=server.url, WANDB_API_KEY="bench0dummy0key0" * 3, WANDB_ERROR_REPORTING="false",
+                   **extra)
+    env.pop("WANDB_MODE")
+    return env
+
+
+def _recorded_at(tree: Tree, step: int, timeout: float = 120.0) -> float:
+    """When `step` first shows as processed in the state file (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if step in tree.state()[1]["processed_steps"]:
+                return time.time()
+        except (OSError, ValueError, StopIteration):
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"checkpoint-{step} was never recorded")
+
+
+def _arrived_at(server, step: int, timeout: float = 120.0) -> float:
+    """When the server received the history line of `step` (its own clock)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with server._lock:
+            for run in server.runs.values():
+                for line, when in zip(run.history, run.arrived):
+                    if json.loads(line).get("checkpoint_step") == step and "eval/checkpoint_name" in line:
+                        return when
+        time.sleep(0.005)
+    raise RuntimeError(f"checkpoint-{step} never reached the server")
+
+
+def _baseline_checkout(base: Path) -> Path | None:
+    """The sidecar as it was before this change (`git archive`), or None outside a git checkout."""
+    target = base / "baseline"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE_REF], capture_output=True)
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "eval_wandb_sidecar.py"
+
+
+def delivery_latency(n: int, gap: float, baseline: bool = True) -> list[dict]:
+    """Online, one checkpoint every `gap` s (ready marker, events): from its row being recorded in
+    state to the server receiving it; this version and (`baseline`) the version before."""
+    rows = []
+    for which in ("this sidecar", f"before ({BASELINE_REF})")[:2 if baseline else 1]:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            tree = Tree(base, "deliver-cb8")
+            entry = ROOT / "eval_wandb_sidecar.py" if which == "this sidecar" else _baseline_checkout(base)
+            if entry is None:
+                continue
+            count = n if which == "this sidecar" else min(n, 10)  # each baseline row waits ~15 s
+            server = _server()
+            proc = subprocess.Popen([sys.executable, str(entry), *tree.args(
+                "--wandb-mode", "online", "--ready-marker", ".ready", "--watch-mode", "events",
+                "--poll-interval-seconds", "3600")], env=_online_env(tree, server), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            lat = []
+            try:
+                time.sleep(2)
+                for step in range(1, count + 1):
+                    ckpt = tree.sft / f"checkpoint-{step}"
+                    ckpt.mkdir()
+                    (ckpt / "model.safetensors").write_bytes(b"x")
+                    (ckpt / ".ready").write_text("{}")
+                    recorded = _recorded_at(tree, step)
+                    lat.append(_arrived_at(server, step) - recorded)
+                    time.sleep(max(0.0, gap - (time.time() - recorded)))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+                server.stop()
+        name = f"row recorded in state → on the W&B server, online, {which}"
+        rows += [row(name, count, "median", statistics.median(lat), "s"), row(name, count, "max", max(lat), "s")]
+    if len(rows) == 4:
+        rows.append(row("row recorded in state → on the W&B server, online", n, "median ratio (before / this)",
+                        rows[2]["value"] / max(rows[0]["value"], 1e-9), "×"))
+    return rows
+
+
+def kill_loop(kills: int, seed: int = 13) -> list[dict]:
+    """kill -9 at random moments of an online sidecar (server up) while checkpoints keep coming,
+    restarting it each time; then one clean pass. Rows of state the server lacks, and extra copies."""
+    import random
+    import threading
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Tree(Path(tmp), "kill-cb8")
+        server = _server()
+        env = _online_env(tree, server, EVAL_SECONDS="0.3")
+        stop = threading.Event()
+
+        def trainer():
+            step = 0
+            while not stop.wait(0.7):
+                step += 1
+                ckpt = tree.sft / f"checkpoint-{step}"
+                ckpt.mkdir()
+                (ckpt / "model.safetensors").write_bytes(b"x")
+                (ckpt / ".ready").write_text("{}")
+
+        writer = threading.Thread(target=trainer, daemon=True)
+        writer.start()
+        flags = ("--wandb-mode", "online", "--ready-marker", ".ready", "--poll-interval-seconds", "0.5")
+        try:
+            for _ in range(kills):
+                proc = tree.start(*flags, env=env)
+                time.sleep(rng.uniform(1.0, 5.0))
+                proc.kill()
+                proc.wait()
+        finally:
+            stop.set()
+            writer.join()
+        tree.run("--once", *flags, env=env)
+        _, state = tree.state()
+        with server._lock:
+            [run] = server.runs.values()
+            copies: dict[int, int] = {}
+            for line in run.history:
+                item = json.loads(line)
+                if "eval/checkpoint_name" in item:
+                    copies[item["checkpoint_step"]] = copies.get(item["checkpoint_step"], 0) + 1
+        server.stop()
+    steps = state["processed_steps"]
+    lost = [s for s in steps if s not in copies]
+    extra = sum(max(0, copies.get(s, 0) - 1) for s in steps)
+    name = "kill -9 loop, online, server up"
+    return [row(name, kills, "rows recorded", len(steps), "rows"), row(name, kills, "rows lost", len(lost), "rows"),
+            row(name, kills, "rows on the server twice (in flight at a kill)", extra, "rows")]
+
+
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "align-child":
     print(json.dumps(_align_child(*(int(a) for a in sys.argv[2:]))))
