@@ -29,12 +29,17 @@ _FALLBACK_ENV = ("CATEGORY", "CUDA_LIST", "PYTHON_BIN", "TEST_DATA_PATH", "INDEX
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
-    """HOME, W&B and SwanLab folders in temp; W&B offline; no flag fallbacks from the shell."""
+    """HOME, W&B and SwanLab folders in temp; W&B offline, its server a closed local port unless a
+    test names the server double; no flag fallbacks from the shell."""
     base = tmp_path_factory.mktemp("env")
     for name in _FALLBACK_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(base / "home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    # nothing may reach a real server: an online attempt a test did not point at the server double
+    # meets a closed local port
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "SWANLAB_LOG_DIR"):
         monkeypatch.setenv(var, str(base / var.lower()))
     (base / "home").mkdir()

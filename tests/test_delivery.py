@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,24 @@ def status(ws, env, mode="online"):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def sent(ws) -> dict:
+    """The rows the state file says are sent online but not confirmed by the server."""
+    return ws.state().get("wandb_sent", {}).get("lines", {})
+
+
+@contextmanager
+def watching_after_one_row(ws, server, env):
+    """An online sidecar watching, whose checkpoint-100 the server has confirmed; SIGTERM at the end."""
+    backfilled(ws, 100)
+    proc = start(ws, env, "--poll-interval-seconds", "0.3")
+    try:
+        wait_for(lambda: server_steps(server, ws) == [100] and not sent(ws), timeout=60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
 
 
 def log_text(ws) -> str:
@@ -152,24 +171,18 @@ def test_server_down_at_start_rows_wait_in_state_and_reach_it_when_it_is_back(ws
 
 
 def test_5xx_while_watching_rows_wait_as_sent_then_are_confirmed(ws, server):
-    backfilled(ws, 100)
     env = online_env(ws, server)
-    proc = start(ws, env, "--poll-interval-seconds", "0.3")
-    try:
-        wait_for(lambda: server_steps(server, ws) == [100] and "wandb_sent" not in ws.state(), timeout=60)
+    with watching_after_one_row(ws, server, env):
         server.fail_with = 503  # every request, GraphQL and file stream
         backfilled(ws, 200)
-        wait_for(lambda: ws.state().get("wandb_sent", {}).get("lines", {}).keys() == {"200"}, timeout=60)
+        wait_for(lambda: sent(ws).keys() == {"200"}, timeout=60)
         info = status(ws, env)
         assert (info["unreported"], info["unconfirmed"]) == (0, 1)  # sent, the server has not confirmed it
         wait_for(lambda: "W&B server unreachable (the server answered HTTP 503)" in log_text(ws), timeout=60)
         assert server_steps(server, ws) == [100]
         server.fail_with = None
-        wait_for(lambda: "wandb_sent" not in ws.state(), timeout=90)
+        wait_for(lambda: not sent(ws), timeout=90)
         assert server_steps(server, ws) == [100, 200]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0
     assert log_text(ws).count("W&B server unreachable") == 1  # one warning for the outage
     assert "W&B server reachable again" in log_text(ws)
     assert_every_row_once_or_in_flight(server, ws)
@@ -177,36 +190,24 @@ def test_5xx_while_watching_rows_wait_as_sent_then_are_confirmed(ws, server):
 
 
 def test_outage_while_watching_the_row_arrives_when_the_server_is_back(ws, server):
-    backfilled(ws, 100)
     env = online_env(ws, server)
-    proc = start(ws, env, "--poll-interval-seconds", "0.3")
-    try:
-        wait_for(lambda: server_steps(server, ws) == [100] and "wandb_sent" not in ws.state(), timeout=60)
+    with watching_after_one_row(ws, server, env):
         server.stop()
         backfilled(ws, 200)
-        wait_for(lambda: "200" in ws.state().get("wandb_sent", {}).get("lines", {}), timeout=60)
+        wait_for(lambda: "200" in sent(ws), timeout=60)
         assert status(ws, env)["unconfirmed"] == 1
         server.start()
-        wait_for(lambda: "wandb_sent" not in ws.state(), timeout=90)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0
+        wait_for(lambda: not sent(ws), timeout=90)
     assert server_steps(server, ws) == [100, 200]
     assert_summary_and_table_cover_all_rows(server, ws)
 
 
 def test_sigterm_during_an_outage_then_a_restart_delivers_every_row(ws, server):
-    backfilled(ws, 100)
     env = online_env(ws, server)
-    proc = start(ws, env, "--poll-interval-seconds", "0.3")
-    try:
-        wait_for(lambda: server_steps(server, ws) == [100] and "wandb_sent" not in ws.state(), timeout=60)
+    with watching_after_one_row(ws, server, env):
         server.stop()
         backfilled(ws, 200, 300)
-        wait_for(lambda: ws.state().get("wandb_sent", {}).get("lines", {}).keys() == {"200", "300"}, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        wait_for(lambda: sent(ws).keys() == {"200", "300"}, timeout=60)
     state = ws.state()
     assert sorted(state["wandb_sent"]["lines"]) == ["200", "300"]  # not counted as reported
     assert status(ws, env)["unconfirmed"] == 2
@@ -225,7 +226,7 @@ def test_kill_9_within_3_s_of_a_row_then_a_restart_loses_nothing(ws, server):
     ws.checkpoint(100)
     env = online_env(ws, server)
     proc = start(ws, env, "--poll-interval-seconds", "0.3")
-    wait_for(lambda: "100" in ws.state().get("wandb_sent", {}).get("lines", {}), timeout=60, interval=0.01)
+    wait_for(lambda: "100" in sent(ws), timeout=60, interval=0.01)
     proc.kill()  # within a second of the row being logged: wandb-core may not have sent it
     proc.wait()
     ws.checkpoint(200)
@@ -246,7 +247,7 @@ def test_kill_9_before_the_server_took_a_row_then_sync_delivers_it_once(ws, serv
     server.fail_with, server.fail_paths = 503, ("file_stream",)
     proc = start(ws, env, "--poll-interval-seconds", "0.3")
     backfilled(ws, 200)
-    wait_for(lambda: "200" in ws.state().get("wandb_sent", {}).get("lines", {}), timeout=60)
+    wait_for(lambda: "200" in sent(ws), timeout=60)
     time.sleep(2)  # several rejected transmissions
     proc.kill()
     proc.wait()

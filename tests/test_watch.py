@@ -116,16 +116,21 @@ def test_hf_callback_marks_the_saved_checkpoint_after_trainer_state(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == [".sidecar_ready", "model.safetensors", "trainer_state.json"]
 
 
+def _swap_root(ws) -> None:
+    """A training restart swaps its output folder: the old one moves aside, a new one takes its name."""
+    fresh = ws.sft.with_name("fresh output")
+    fresh.mkdir()
+    ws.sft.rename(ws.sft.with_name("old output"))
+    fresh.rename(ws.sft)
+
+
 def test_events_mode_keeps_watching_when_the_root_folder_is_replaced(ws):
     proc = ws.start("--watch-mode", "events", "--ready-marker", ".sidecar_ready", "--poll-interval-seconds", "3600")
     try:
         wait_for(lambda: "watching" in _log(ws))
         (ws.checkpoint(100, age=0) / ".sidecar_ready").write_text("{}")
         wait_for(lambda: ws.calls() == ["checkpoint-100"], timeout=20)
-        fresh = ws.sft.with_name("fresh output")
-        fresh.mkdir()
-        ws.sft.rename(ws.sft.with_name("old output"))  # a training restart swaps its output folder
-        fresh.rename(ws.sft)
+        _swap_root(ws)
         time.sleep(0.5)
         (ws.checkpoint(200, age=0) / ".sidecar_ready").write_text("{}")
         wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"], timeout=20)
@@ -141,10 +146,7 @@ def test_events_mode_follows_a_root_swapped_while_idle(ws):
         wait_for(lambda: "watching" in _log(ws))
         (ws.checkpoint(100, age=0) / ".sidecar_ready").write_text("{}")
         wait_for(lambda: ws.state()["processed_steps"] == [100] and ws.state()["in_flight"] == {}, timeout=20)
-        fresh = ws.sft.with_name("fresh output")
-        fresh.mkdir()
-        ws.sft.rename(ws.sft.with_name("old output"))
-        fresh.rename(ws.sft)
+        _swap_root(ws)
         wait_for(lambda: "was replaced" in _log(ws), timeout=20)  # the new root is watched
         (ws.checkpoint(200, age=0) / ".sidecar_ready").write_text("{}")
         wait_for(lambda: ws.calls() == ["checkpoint-100", "checkpoint-200"], timeout=20)
