@@ -51,10 +51,10 @@ class LockHeld(SidecarError):
 
     exit_code = EXIT_LOCK_HELD
 
-    def __init__(self, path: Path, holder: str) -> None:
+    def __init__(self, path: Path, holder: str, hint: str = "") -> None:
         self.path = path
         self.holder = holder
-        super().__init__(f"another sidecar ({holder}) holds {path}")
+        super().__init__(f"another sidecar ({holder}) holds {path}" + (f"; {hint}" if hint else ""))
 
 
 class EvalFailed(SidecarError):

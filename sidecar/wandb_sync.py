@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import LockHeld
 from .executor import run_command
 from .report import Snapshot, apply_delivery, reconcile_state
 from .state import State, StateStore, legacy_synced
@@ -128,7 +129,11 @@ def run_sync(store: StateStore, state: State, options: WandbOptions, lock, searc
     if not uploads and not resend and not unsettled:
         out("nothing to sync: every row is confirmed by the server or in a synced folder")
         return 0
-    lock.acquire()
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise LockHeld(exc.path, exc.holder, "sync needs the sidecar of this configuration stopped (two writers of "
+                                             "one run would confuse the server's count); stop it first") from exc
     try:
         try:
             _sync(store, state, options, uploads, search_dirs, out)

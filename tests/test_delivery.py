@@ -378,3 +378,19 @@ run.finish()
     assert_summary_and_table_cover_all_rows(server, ws)
     info = status(ws, env, mode="offline")
     assert (info["original_tool_unchecked"], info["offline_unsynced"]) == (0, 0)
+
+
+def test_sync_while_the_sidecar_runs_is_refused_with_one_line(ws, server):
+    backfilled(ws, 100)
+    env = online_env(ws, server)
+    proc = start(ws, env, "--poll-interval-seconds", "0.3", mode="offline")
+    try:
+        wait_for(lambda: ws.state()["wandb_segments"], timeout=60)
+        result = sync(ws, env)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert result.returncode == 3
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("eval_wandb_sidecar.py: error: another sidecar (pid ") and "stop it first" in line
+    assert server.runs == {}  # nothing was sent
