@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +61,7 @@ def require_wandb(mode: str) -> None:
 
 def cmd_watch(argv: list[str]) -> int:
     from sidecar.service import Sidecar
+    from sidecar.signals import relay_signals
 
     args = vars(build_parser(PROG).parse_args(argv))
     config = build_config(args, dict(os.environ), Path.cwd())
@@ -73,12 +75,11 @@ def cmd_watch(argv: list[str]) -> int:
     else:
         stopping = "a running eval is stopped and stays pending"
 
-    def on_signal(signum, _frame):
+    def on_signal(signum):
         log.info("received %s; stopping (%s)", signal.Signals(signum).name, stopping)
         sidecar.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    relay_signals((signal.SIGTERM, signal.SIGINT), on_signal)
     sidecar.start()  # the lock and the state file: errors here are one line, before any banner
     mode = "disabled" if not config.reporting else config.wandb_mode
     log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
@@ -169,7 +170,7 @@ def cmd_sync(argv: list[str]) -> int:
     require_wandb("online")
     from sidecar.state import ProcessLock, StateStore
     from sidecar.wandb_reporter import options_for
-    from sidecar.wandb_sync import run_sync
+    from sidecar.wandb_sync import run_sync, sync_target
 
     repo = Path(values["repo_root"]).expanduser().resolve()
     search = [*more, repo / "wandb", Path.cwd() / "wandb", path.parent.parent.parent / "wandb"]
@@ -177,6 +178,9 @@ def cmd_sync(argv: list[str]) -> int:
         search.insert(len(more), Path(os.environ["WANDB_DIR"]).expanduser().resolve() / "wandb")
     lock = ProcessLock(path.with_suffix(".lock"), values["lock_mode"])
     options = options_for(config or SimpleNamespace(**values), config.identity.wandb_config() if config else {})
+    given = {dest: values[dest] for dest, env in (("wandb_project", "WANDB_PROJECT"), ("wandb_entity", "WANDB_ENTITY"))
+             if dest in flags or os.environ.get(env)}
+    options = replace(options, **sync_target(state, given))
     return run_sync(StateStore(path), state, options, lock, search, dry_run=dry_run)
 
 

@@ -6,7 +6,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from conftest import ENTRY, wait_for, process_gone
 
@@ -175,3 +178,31 @@ def test_events_mode_notices_a_missing_root_coming_back(ws):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert "is back" in _log(ws)
+
+
+_SIGNAL_IN_EVENT_LOCK = r'''
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[2])
+from sidecar.signals import relay_signals
+stop = threading.Event()
+if sys.argv[1] == "relay":
+    relay_signals((signal.SIGTERM,), lambda signum: stop.set())
+else:  # what a plain handler does: set the Event from inside the signal handler
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+with stop._cond:  # the moment a waiting main thread holds the Event's own lock
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(1000))  # a few bytecodes: the handler runs here
+print("stopped" if stop.wait(10) else "lost")
+'''
+
+
+def test_a_stop_signal_landing_while_the_loop_holds_its_event_lock_still_stops_it(tmp_path):
+    """SIGTERM arriving while the main thread is inside Event.wait's lock: a handler that sets the
+    Event itself deadlocks (the sidecar then ignores SIGTERM for ever); the relay thread does not."""
+    root = str(Path(__file__).resolve().parent.parent)
+    relayed = subprocess.run([sys.executable, "-c", _SIGNAL_IN_EVENT_LOCK, "relay", root], capture_output=True,
+                             text=True, timeout=30)
+    assert relayed.stdout.strip() == "stopped", relayed.stderr
+    with pytest.raises(subprocess.TimeoutExpired):  # the hazard is real: the plain handler hangs
+        subprocess.run([sys.executable, "-c", _SIGNAL_IN_EVENT_LOCK, "direct", root], capture_output=True,
+                       timeout=3)
