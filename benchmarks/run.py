@@ -42,7 +42,7 @@ QUICK = {
     "backfill": lambda: scenarios.backfill([100, 1_000], wandb_sizes=[100]) + scenarios.original_approach(20),
     "latency": lambda: scenarios.latency(3),
     "parallel": lambda: scenarios.parallel(4, 0.5, [1, 2]),
-    "idle watching": lambda: scenarios.idle_watch(2),
+    "idle watching": lambda: scenarios.idle_watch(2, settle=1.0),
     "align": lambda: scenarios.align(2, 1_000, 5),
     "pinning": lambda: scenarios.pinning(20),
     "delivery": lambda: scenarios.delivery_latency(2, 0.5, baseline=False) + scenarios.kill_loop(1),

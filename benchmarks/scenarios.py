@@ -181,7 +181,7 @@ def parallel(backlog: int, eval_seconds: float, slot_counts: list[int]) -> list[
 
 
 # ----- 5. idle watching ------------------------------------------------------------------------------
-def idle_watch(seconds: float) -> list[dict]:
+def idle_watch(seconds: float, settle: float = 5.0) -> list[dict]:
     """Watching an idle root (events + safety scan) after one eval: CPU seconds and peak RSS of the
     sidecar with its children (wandb-core)."""
     rows = []
@@ -192,7 +192,7 @@ def idle_watch(seconds: float) -> list[dict]:
             proc = tree.start("--watch-mode", "auto", *(["--wandb-mode", "offline"] if wandb else ["--disable-wandb"]))
             try:
                 wait_file(tree.starts / "checkpoint-1")
-                time.sleep(5)  # the first eval is recorded and the W&B run is open
+                time.sleep(settle)  # the first eval is recorded and the W&B run is open
                 cpu0, _ = tree_usage(proc.pid)
                 peak, started = 0, time.monotonic()
                 while time.monotonic() - started < seconds:

@@ -83,6 +83,31 @@ class Delivery:
     closed: bool = False
 
 
+def run_key(entity: str | None, project: str, run_id: str) -> str:
+    """`entity/project/run_id`; the entity is empty when not known (the server's default entity)."""
+    return f"{entity or ''}/{project}/{run_id}"
+
+
+def same_run(a: str, b: str) -> bool:
+    """Whether two run keys name one run (an unknown entity matches any)."""
+    ea, _, rest_a = a.partition("/")
+    eb, _, rest_b = b.partition("/")
+    return rest_a == rest_b and (not ea or not eb or ea == eb)
+
+
+@dataclass
+class Reconciled:
+    """What the segments a killed sidecar left open turned out to hold: `lost` rows (believed
+    written, not there), `found` unreported rows (there after all), and rows an online segment of
+    an earlier version logged (`sent`: step -> history line, of run `sent_run`), for the server to
+    judge."""
+
+    lost: set = field(default_factory=set)
+    found: set = field(default_factory=set)
+    sent: dict = field(default_factory=dict)
+    sent_run: str = ""
+
+
 def apply_delivery(state, delivery: Delivery) -> None:
     """Record a delivery in state: a row leaves `unreported` once written (if not replaced by a
     re-evaluation meanwhile) and, online, waits in `sent` until the server confirms its line."""
@@ -104,24 +129,50 @@ def apply_delivery(state, delivery: Delivery) -> None:
         if state.rows.get(step) is row:
             state.unreported.discard(step)
             if step in delivery.lines:
-                if state.sent_run != delivery.run:
+                if not same_run(state.sent_run, delivery.run):
                     state.sent.clear()  # lines of another run never confirm lines of this one
                 state.sent[step] = delivery.lines[step]
                 state.sent_run = delivery.run
-    if delivery.confirmed is not None and delivery.run == state.sent_run:
+    if delivery.confirmed is not None and same_run(delivery.run, state.sent_run):
         for step in [s for s, line in state.sent.items() if line < delivery.confirmed]:
             del state.sent[step]
     if delivery.closed:
         seg["closed"] = True
 
 
+def retarget(state, target: str) -> bool:
+    """Point the state at the W&B run `target` (a run key). When rows were reported to another run
+    (`--wandb-project`, `--wandb-entity` or `--wandb-run-id` changed), every row is queued for the
+    new one, and offline folders of the old run not uploaded yet are left to it. Returns whether
+    the run changed."""
+    previous = state.wandb_run or next((s["run"] for s in reversed(state.segments) if s.get("run")), "")
+    if previous and not same_run(previous, target):
+        state.unreported = set(state.rows)
+        state.sent.clear()
+        for seg in state.segments:
+            if seg.get("mode") == "offline" and not seg.get("synced"):
+                seg["synced"] = f"superseded: its rows are written to {target}"
+        state.wandb_run = target
+        return True
+    if not previous or len(target.split("/", 1)[0]) >= len(previous.split("/", 1)[0]):
+        state.wandb_run = target  # keep a known entity when the flags leave it to the server
+    else:
+        state.wandb_run = previous
+    return False
+
+
 def reconcile_state(state, reporter) -> int:
     """Every row in state must be on its way to the server: let the reporter settle segments a
     crash left open, and queue every row no segment holds (rows recorded while W&B was disabled
     included). Returns how many rows were queued because no segment held them."""
-    lost, found = reporter.reconcile(state.segments, state.rows, state.unreported)
-    state.unreported -= found
-    state.unreported |= lost
+    settled = reporter.reconcile(state.segments, state.rows, state.unreported)
+    state.unreported -= settled.found
+    state.unreported |= settled.lost & set(state.rows)
+    if settled.sent:
+        if not same_run(state.sent_run, settled.sent_run):
+            state.sent.clear()
+        state.sent.update(settled.sent)
+        state.sent_run = state.sent_run or settled.sent_run
     held: set[int] = set()
     for seg in state.segments:
         held.update(seg.get("steps", []))
@@ -147,7 +198,7 @@ class Reporter(Protocol):
 
     def collect(self) -> list: ...
 
-    def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> tuple[set[int], set[int]]: ...
+    def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> Reconciled: ...
 
     def close(self) -> None: ...
 
@@ -166,8 +217,8 @@ class NullReporter:
     def collect(self) -> list:
         return []
 
-    def reconcile(self, segments, rows, unreported):
-        return set(), set()
+    def reconcile(self, segments, rows, unreported) -> Reconciled:
+        return Reconciled()
 
     def close(self) -> None:
         return None

@@ -25,7 +25,7 @@ from .pins import Pins
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
                    record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
-from .report import NullReporter, Reporter, Snapshot, apply_delivery, reconcile_state
+from .report import NullReporter, Reporter, Snapshot, apply_delivery, reconcile_state, retarget, run_key
 from .slurm import SlurmExecutor
 from .state import ProcessLock, State, StateStore, utc_iso
 from .watcher import Watcher, WatcherUnavailable
@@ -163,6 +163,11 @@ class Sidecar:
                 else:
                     self._ready.add(pinned.step)  # a pin is complete by construction
         if self.reporter.enabled:
+            if getattr(self.reporter, "mode", "") == "online" and cfg.wandb_resume == "never" and state.segments:
+                self.lock.release()
+                raise ConfigError(f"--wandb-resume never: the run {state.run_id} already holds rows of this state "
+                                  f"({len(state.segments)} W&B segment(s)); wandb would refuse to continue it and "
+                                  f"nothing more would reach W&B (use --wandb-resume allow)")
             self._reconcile_segments()
         self.reporter.bind(state.run_id, state.run_name, on_delivery=self.wake.set)
         self._save(force=True)
@@ -172,8 +177,14 @@ class Sidecar:
         gc.freeze()
 
     def _reconcile_segments(self) -> None:
-        """Read back segments a crash left open; queue every row no segment holds."""
-        state = self.state
+        """Read back segments a crash left open; queue every row no segment holds; a W&B run
+        other than the one the rows went to gets them all."""
+        state, cfg = self.state, self.config
+        target = run_key(cfg.wandb_entity, cfg.wandb_project, state.run_id)
+        previous = state.wandb_run
+        if retarget(state, target):
+            log.warning("the W&B run changed since rows were reported (%s -> %s): all %d row(s) are written to the "
+                        "new run", previous or "an earlier run", target, len(state.rows))
         self._seal = getattr(self.reporter, "mode", "") == "online" and any(
             s.get("mode") == "online" and not s.get("closed") for s in state.segments)
         queued = reconcile_state(state, self.reporter)
@@ -187,7 +198,8 @@ class Sidecar:
         self.wake.set()
 
     def request_stop(self) -> None:
-        """Signal-safe: stop the loop, terminate running evals (their steps stay pending)."""
+        """Stop the loop, terminate running evals (their steps stay pending); from any thread (the
+        signal relay's: never from a signal handler itself, see `signals`)."""
         self.stop_event.set()
         self._prompt.set()
         self.executor.cancel_all()

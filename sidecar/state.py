@@ -28,7 +28,7 @@ VERSION = 2
 _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
-    "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir", "wandb_sent",
+    "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir", "wandb_sent", "wandb_run",
 }
 
 
@@ -74,6 +74,7 @@ class State:
         self.segments: list[dict] = []  # W&B run segments: {dir, mode, started, pid, host, steps, closed}
         self.sent: dict[int, int] = {}  # rows logged online, not yet confirmed by the server: step -> history line
         self.sent_run = ""  # entity/project/run_id those lines belong to
+        self.wandb_run = ""  # entity/project/run_id of the run the rows are reported to (entity may be empty)
         self.pins_dir: str | None = None  # where --pin-checkpoints keeps this model's pins
         self.extra: dict = {}
         self.upgraded_from: int | None = None
@@ -123,6 +124,7 @@ class State:
             raise ValueError("wandb_sent must be an object with lines")
         state.sent = {int(k): int(v) for k, v in sent.get("lines", {}).items()}
         state.sent_run = str(sent.get("run", ""))
+        state.wandb_run = str(data.get("wandb_run") or "")
         state.extra = {k: v for k, v in data.items() if k not in _KNOWN}
         if version < VERSION:
             state.upgraded_from = version
@@ -147,6 +149,8 @@ class State:
             "eval_params": self.eval_params,
             "wandb_segments": self.segments,
         }
+        if self.wandb_run:
+            data["wandb_run"] = self.wandb_run
         if self.sent:
             data["wandb_sent"] = {"run": self.sent_run, "lines": {str(s): self.sent[s] for s in sorted(self.sent)}}
         if self.pins_dir:

@@ -28,13 +28,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .executor import child_processes, crash_point, kill_orphan, run_command
-from .report import Delivery, Snapshot, metric_names, summary_from_rows, table_columns
+from .report import (Delivery, Reconciled, Snapshot, metric_names, run_key, same_run, summary_from_rows,
+                     table_columns)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class WandbOptions:
     fallback: str = "none"  # or "offline"
     summary_metrics: tuple[str, ...] = ("HR@10", "NDCG@10")
     flush_interval: float = 1.0  # seconds between wandb-core writes of the .wandb file
+    one_shot: bool = False  # `sync`: no evaluation goes on behind it, no retry later
 
 
 def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbOptions:
@@ -120,10 +122,10 @@ class ServerRef:
     """Where a run lives on its server, and the key the run was opened with (never printed)."""
 
     base_url: str
-    api_key: str
-    entity: str
-    project: str
-    run_id: str
+    api_key: str = field(repr=False)
+    entity: str = ""
+    project: str = ""
+    run_id: str = ""
 
     @property
     def run(self) -> str:
@@ -152,7 +154,10 @@ def history_line_count(ref: ServerRef, timeout: float = QUERY_TIMEOUT) -> int:
         if exc.code >= 500 or exc.code == 429:
             raise Outage(f"the server answered HTTP {exc.code}") from exc
         raise QueryUnsupported(f"the server answered HTTP {exc.code}") from exc
-    except (OSError, ValueError) as exc:  # URLError, timeouts and refused connections are OSErrors
+    except urllib.error.URLError as exc:  # refused, unresolvable, reset
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise Outage(f"cannot reach {urlparse(ref.base_url).netloc}: {reason}") from exc
+    except (OSError, ValueError) as exc:  # timeouts, a connection cut mid-answer, a garbled answer
         raise Outage(f"{type(exc).__name__}: {exc}") from exc
     try:
         bucket = answer["data"]["model"]["bucket"]
@@ -200,8 +205,9 @@ class WandbReporter:
             out, self._deliveries = self._deliveries, []
         return out
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish the run (flushing the last rows and table); waits for the worker."""
+    def close(self, timeout: float | None = None, progress=None) -> None:
+        """Finish the run (flushing the last rows and table); waits for the worker, calling
+        `progress()` every 0.2 s meanwhile (on this thread)."""
         if self._thread is None:
             return
         self._queue.put(_CLOSE)
@@ -211,23 +217,26 @@ class WandbReporter:
             limit = 10.0  # rows stay unreported or unconfirmed in state for the next start
         else:  # an init attempt (wandb adds ~10 s to its timeout), then finishing uploads
             limit = self.options.init_timeout + 20 + _finish_timeout(self.options)
-        self._thread.join(limit)
+        deadline = time.monotonic() + limit
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(min(0.2, max(0.0, deadline - time.monotonic())))
+            if progress is not None:
+                progress()
         if self._thread.is_alive():
             log.warning("W&B did not finish within %.0f s; rows the server has not confirmed stay in state and are "
                         "sent again by the next start", limit)
 
-    def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> tuple[set[int], set[int]]:
+    def reconcile(self, segments: list[dict], rows: dict[int, dict], unreported: set[int]) -> Reconciled:
         """Settle segments a killed sidecar left open.
 
-        Offline ones are read back (their rows are what the folder holds). Online ones are judged
-        by the server when the run is next opened (their rows wait in state as sent); a
-        wandb-core such a sidecar left behind is stopped first, so it cannot add lines after the
-        server was asked. An online segment of an earlier version, which kept no history lines,
-        has its rows written again. Returns (lost, found): steps a segment was believed to hold
-        but does not, and unreported steps a segment does hold with identical values.
+        Offline ones are read back: their rows are what the folder holds. Online ones are judged by
+        the server when the run is next opened (their rows wait in state as sent); a wandb-core
+        such a sidecar left behind is stopped first, so it cannot add lines after the server was
+        asked. An online segment of an earlier version kept no history lines: its local folder
+        gives each row's `_step`, never below the line's index on the server, so a row it names
+        wrongly is only ever sent again, never taken for delivered.
         """
-        lost: set[int] = set()
-        found: set[int] = set()
+        out = Reconciled()
         for seg in segments:
             if seg.get("closed"):
                 continue
@@ -237,20 +246,34 @@ class WandbReporter:
                     if kill_orphan(int(seg["core_pid"]), str(seg.get("core_start", ""))):
                         log.info("stopped the wandb-core process %s a killed sidecar left behind", seg["core_pid"])
                 if not seg.get("run"):
-                    lost |= claimed
-                    log.info("W&B segment %s was not closed cleanly and records no history lines: its %d row(s) "
-                             "will be written again", seg["dir"], len(claimed))
+                    self._adopt_old_online(seg, claimed, rows, out)
             else:
                 held = read_segment(Path(seg["dir"]))
                 holds = {s for s, items in held.items() if s in rows and any(_same(i, rows[s]) for i in items)}
-                lost |= {s for s in claimed if s not in holds}
-                found |= {s for s in unreported if s in holds}
+                out.lost |= {s for s in claimed if s not in holds}
+                out.found |= {s for s in unreported if s in holds}
                 seg["steps"] = sorted(holds)
                 log.info("W&B segment %s was not closed cleanly: it holds %d row(s); %d row(s) will be written again",
                          seg["dir"], len(holds), len(claimed - holds))
             seg["closed"] = True
             seg["reconciled"] = _utc_now()
-        return lost, found - lost
+        out.found -= out.lost
+        return out
+
+    @staticmethod
+    def _adopt_old_online(seg: dict, claimed: set[int], rows: dict[int, dict], out: Reconciled) -> None:
+        records = read_records(Path(seg["dir"])) or []
+        run = next((r["run"] for r in records if r.get("type") == "run"), {})
+        key = run_key(run.get("entity"), run.get("project", ""), run.get("run_id", seg.get("run_id", "")))
+        for record in records:
+            item = record.get("history", {}).get("item", {}) if record.get("type") == "history" else {}
+            step = item.get("checkpoint_step")
+            if step in claimed and "_step" in item and _same(item, rows.get(step, {"checkpoint_step": step})):
+                out.sent[int(step)] = int(item["_step"])
+        out.sent_run = key
+        out.lost |= claimed - set(out.sent)
+        log.info("W&B segment %s (an earlier version's, not closed cleanly): %d row(s) logged there are checked "
+                 "against the server, %d are written again", seg["dir"], len(out.sent), len(claimed - set(out.sent)))
 
     # ----- the worker thread -----------------------------------------------------------------
     def _deliver(self, delivery: Delivery) -> None:
@@ -338,7 +361,7 @@ class WandbReporter:
             return
         w.next_line = count
         key = w.segment["run"]
-        lost = {s for s, (_, line) in w.sent.items() if w.sent_run != key or line >= count}
+        lost = {s for s, (_, line) in w.sent.items() if not same_run(w.sent_run, key) or line >= count}
         if lost:
             log.info("the W&B server lacks %d row(s) logged before (a crash or an outage cut them off): "
                      "writing them again", len(lost))
@@ -452,15 +475,17 @@ class WandbReporter:
                 del w.sent[step]
             self._deliver(Delivery(dict(w.segment), run=w.sent_run, confirmed=count))
         if count > w.server_count:
-            w.progress_at = now
+            w.progress_at, w.stalled = now, False
         w.server_count = max(w.server_count, count)
         self._log_table(w)  # one the outage held back
         if not w.sent:
             w.confirm_at = float("inf")
             return
         if now - w.progress_at > STALL_SECONDS:
-            log.warning("the W&B server has taken no history line for %.0f s (%d row(s) waiting); opening the "
-                        "run again", now - w.progress_at, len(w.sent))
+            (log.debug if w.stalled else log.warning)(
+                "the W&B server has taken no history line for %.0f s (%d row(s) waiting); opening the run again",
+                now - w.progress_at, len(w.sent))
+            w.stalled = True
             self._teardown(w.run)
             w.run, w.next_attempt = None, now
             return
@@ -491,13 +516,23 @@ class WandbReporter:
         except Exception as exc:  # noqa: BLE001
             # left unconfirmed: the next start asks the server; an offline folder is read back
             log.warning("W&B run did not finish cleanly (%s); rows the server has not confirmed are sent again by "
-                        "the next start", _redact(str(exc)))
+                        "the next start", _redact(f"{type(exc).__name__}: {exc}"))
             self._teardown(None)
             return
-        self.finished_cleanly = True
-        w.sent.clear()
-        self._deliver(Delivery(dict(w.segment), run=w.sent_run if self.mode == "online" else "",
-                               confirmed=end if self.mode == "online" else None, closed=True))
+        if self.mode != "online":
+            self.finished_cleanly = True
+            self._deliver(Delivery(dict(w.segment), closed=True))
+            return
+        # A finish that returned is not proof: wandb-core drops history the server refused (4xx)
+        # and still finishes. Ask; only when the server cannot be asked, the finish is all there is.
+        count = self._ask(w) if w.ref is not None else end
+        if count is not None:
+            w.sent = {s: v for s, v in w.sent.items() if v[1] >= count}
+        if count is not None and count < end:
+            log.warning("the W&B server holds %d of the %d history lines this run logged; the %d row(s) it lacks "
+                        "are sent again by the next start (or `eval_wandb_sidecar.py sync`)", count, end, len(w.sent))
+        self.finished_cleanly = count is not None and count >= end
+        self._deliver(Delivery(dict(w.segment), run=w.sent_run, confirmed=count, closed=True))
 
     def _lose_run(self, w: "_Worker", exc: Exception) -> None:
         self._teardown(w.run)
@@ -575,7 +610,9 @@ class WandbReporter:
             self.mode = "offline"
             return time.monotonic(), False
         delay = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX)
-        if not ongoing:
+        if self.options.one_shot:
+            log.warning("W&B %s run could not be written (%s)", self.mode, reason)
+        elif not ongoing:
             log.warning("W&B %s run could not be written (%s); evaluation goes on, results stay in the state "
                         "file as unreported and are reported when W&B is back (next try in %.0f s)",
                         self.mode, reason, delay)
@@ -608,6 +645,7 @@ class _Worker:
         self.server_count = 0
         self.next_line = 0  # index of the next history line on the server (online)
         self.table_due = False  # the newest rows are not in a logged table yet
+        self.stalled = False  # warned that the server takes no lines (until it takes one again)
 
     def take(self, snapshot: Snapshot) -> None:
         """A newer snapshot; the first one brings the rows earlier processes sent unconfirmed."""
@@ -651,9 +689,9 @@ def _same(item: dict, row: dict) -> bool:
     return all(item.get(k) == v for k, v in history_row(row).items())
 
 
-def read_history(folder: Path) -> list[dict] | None:
-    """Every history item of a run folder, in order, read with `wandb leet inspect --json` (wandb's
-    own offline reader); [] for a folder without a .wandb file, None if it cannot be read."""
+def read_records(folder: Path) -> list[dict] | None:
+    """Every record of a run folder, in order, read with `wandb leet inspect --json` (wandb's own
+    offline reader); [] for a folder without a .wandb file, None if it cannot be read."""
     if not any(folder.glob("*.wandb")):
         return []
     code, out, err = run_command([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
@@ -661,15 +699,21 @@ def read_history(folder: Path) -> list[dict] | None:
     if code != 0:
         log.warning("could not read W&B segment %s (%s)", folder, _redact(err))
         return None
-    items = []
+    records = []
     for line in out.splitlines():
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except ValueError:
             continue
-        if record.get("type") == "history":
-            items.append(record["history"]["item"])
-    return items
+    return records
+
+
+def read_history(folder: Path) -> list[dict] | None:
+    """Every history item of a run folder, in order (None if it cannot be read)."""
+    records = read_records(folder)
+    if records is None:
+        return None
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
 def read_segment(folder: Path) -> dict[int, list[dict]]:

@@ -8,6 +8,7 @@ the order it holds them, summary, the uploaded table file), the state file and `
 
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -329,22 +330,31 @@ def test_sync_never_records_a_folder_wandb_skipped(ws, server, isolated_env):
     assert status(ws, env, mode="offline")["offline_unsynced"] == 1
 
 
+def original_state(ws, env, steps) -> Path:
+    """A state file exactly as the original tool left it (version 1) for this configuration."""
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run([sys.executable, str(ENTRY), "status", *args(ws)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    name = Path(probe.stderr.split("no state file at ", 1)[1].rsplit(": nothing", 1)[0])  # the original's name too
+    run_id = "eval-" + name.stem.rsplit("_", 1)[1]
+    rows = [{"checkpoint_step": s, "checkpoint_name": f"checkpoint-{s}",
+             **{k: v for k, v in metrics_for(s).items() if k in ("HR@1", "HR@10", "NDCG@1", "NDCG@10")},
+             "metrics_path": str(ws.results(s))} for s in steps]
+    name.write_text(json.dumps({"version": 1, "model_config_key": run_id[5:], "run_id": run_id,
+                                "run_name": "toy-grec-sft-cb16-run-1-eval", "processed_steps": list(steps),
+                                "failed_steps": {}, "table_rows": rows, "last_seen_step": max(steps),
+                                "last_update_time": "2026-01-01T00:00:00+00:00"}))
+    return name
+
+
 def test_the_original_tools_offline_folder_is_synced_before_ours(ws, server):
     """A user of the original tool switches over: its state file (version 1) and its offline run
     folder (its default mode) under the repository's wandb/ are adopted; sync uploads that folder
     first, then ours, and the server ends with one run, every row once, a full summary."""
-    ws.state_dir.mkdir(parents=True)
-    probe = subprocess.run([sys.executable, str(ENTRY), "status", *args(ws)], env=online_env(ws, server),
-                           capture_output=True, text=True, timeout=60)
-    name = Path(probe.stderr.split("no state file at ", 1)[1].rsplit(": nothing", 1)[0])  # the original's name too
+    env = online_env(ws, server)
+    name = original_state(ws, env, [100, 200])
     run_id = "eval-" + name.stem.rsplit("_", 1)[1]
-    original_rows = [{"checkpoint_step": s, "checkpoint_name": f"checkpoint-{s}",
-                      **{k: v for k, v in metrics_for(s).items() if k in ("HR@1", "HR@10", "NDCG@1", "NDCG@10")},
-                      "metrics_path": str(ws.results(s))} for s in (100, 200)]
-    name.write_text(json.dumps({"version": 1, "model_config_key": run_id[5:], "run_id": run_id,
-                                "run_name": "toy-grec-sft-cb16-run-1-eval", "processed_steps": [100, 200],
-                                "failed_steps": {}, "table_rows": original_rows, "last_seen_step": 200,
-                                "last_update_time": "2026-01-01T00:00:00+00:00"}))
+    original_rows = json.loads(name.read_text())["table_rows"]
     writer = r'''
 import sys, json, wandb
 rows = json.loads(sys.argv[1])
@@ -357,7 +367,6 @@ for r in rows:
 run.summary.update({"last_step": rows[-1]["checkpoint_step"]})
 run.finish()
 '''
-    env = online_env(ws, server)
     made = subprocess.run([sys.executable, "-c", writer, json.dumps(original_rows), run_id, str(ws.repo)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
@@ -394,3 +403,141 @@ def test_sync_while_the_sidecar_runs_is_refused_with_one_line(ws, server):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("eval_wandb_sidecar.py: error: another sidecar (pid ") and "stop it first" in line
     assert server.runs == {}  # nothing was sent
+
+
+# ----- what an adversarial review broke (each failed before its fix) ------------------------------------
+def test_a_finish_after_the_server_refused_the_history_confirms_nothing(ws, server):
+    """wandb-core drops history the server refuses (4xx) and still finishes cleanly: the rows must
+    stay sent, not reported, until the server holds them."""
+    backfilled(ws, 100, 200)
+    env = online_env(ws, server)
+    server.fail_with, server.fail_paths = 400, ("file_stream",)
+    first = sidecar(ws, env, "--once")
+    assert first.returncode == 0, first.stderr
+    assert "the W&B server holds 0 of the 3 history lines this run logged" in first.stderr
+    assert (status(ws, env)["unconfirmed"], server_steps(server, ws)) == (2, [])
+    server.fail_with = None
+    assert sidecar(ws, env, "--once").returncode == 0
+    assert server_steps(server, ws) == [100, 200]
+    assert status(ws, env)["unconfirmed"] == 0
+
+
+def test_sync_uploads_a_folder_again_whatever_wandbs_marker_and_sync_state_say(ws, server):
+    """wandb writes its .synced marker even when the server refused the upload, and an interrupted
+    upload leaves a .syncstate whose starting step is stale: neither is trusted."""
+    backfilled(ws, 100)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once").returncode == 0  # the server holds 2 lines: the row and a table
+    backfilled(ws, 200)
+    assert sidecar(ws, env, "--once", mode="offline").returncode == 0
+    folder = Path(next(s["dir"] for s in ws.state()["wandb_segments"] if s["mode"] == "offline"))
+    [log_file] = folder.glob("*.wandb")
+    Path(f"{log_file}.synced").write_text("")
+    Path(f"{log_file}.syncstate").write_text('{"starting_step": 0}')
+    result = sync(ws, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_every_row_once_or_in_flight(server, ws)  # 200 arrived, and _step strictly increases
+    assert_summary_and_table_cover_all_rows(server, ws)
+
+
+def test_ctrl_c_during_sync_then_sync_again_sends_no_row_twice(ws, server):
+    backfilled(ws, 100, 200, 300)
+    env = online_env(ws, server)
+    server.stop()
+    assert sidecar(ws, env, "--once").returncode == 0  # all unreported
+    server.start()
+    server.fail_with, server.fail_paths = 503, ("/upload/",)  # the table file cannot be uploaded: finish waits
+    out = open(ws.ctl / "sync-interrupted.out", "w")
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "sync", *args(ws, mode="offline")], env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+    wait_for(lambda: server_steps(server, ws) == [100, 200, 300], timeout=60)
+    wait_for(lambda: sent(ws).keys() == {"100", "200", "300"}, timeout=30)  # recorded while sync still runs
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in (ws.ctl / "sync-interrupted.out").read_text()
+    server.fail_with = None
+    again = sync(ws, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_every_row_once_or_in_flight(server, ws)
+    assert_summary_and_table_cover_all_rows(server, ws)
+
+
+def test_an_earlier_versions_killed_online_segment_is_judged_by_the_server(ws, server):
+    """What the previous version left after a kill -9 (no history lines recorded): its rows the
+    server holds are not sent again."""
+    backfilled(ws, 100, 200)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once").returncode == 0
+    state_file = ws.state_files()[0]
+    data = json.loads(state_file.read_text())
+    for seg in data["wandb_segments"]:
+        for key in ("run", "core_pid", "core_start", "closed"):
+            seg.pop(key, None)
+    data.pop("wandb_sent", None)
+    data.pop("wandb_run", None)
+    state_file.write_text(json.dumps(data))
+    backfilled(ws, 300)
+    result = sidecar(ws, env, "--once")
+    assert result.returncode == 0, result.stderr
+    assert server_steps(server, ws) == [100, 200, 300]
+
+
+def test_sync_of_a_state_file_goes_to_the_project_its_rows_were_written_to(ws, server):
+    backfilled(ws, 100)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once", "--wandb-project", "Custom", mode="offline").returncode == 0
+    result = subprocess.run([sys.executable, str(ENTRY), "sync", "--state-file", str(ws.state_files()[0])], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {project for (_, project, _) in server.runs} == {"Custom"}
+    clash = subprocess.run([sys.executable, str(ENTRY), "sync", "--state-file", str(ws.state_files()[0]),
+                            "--wandb-project", "Elsewhere"], env=env, capture_output=True, text=True, timeout=60)
+    assert clash.returncode == 2 and "--wandb-project 'Elsewhere': the rows of this state were reported to " \
+        "/Custom/" in clash.stderr
+
+
+def test_a_new_project_gets_every_row_and_status_says_so_until_it_has_them(ws, server):
+    backfilled(ws, 100, 200)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once").returncode == 0
+    backfilled(ws, 300)
+    result = sidecar(ws, env, "--once", "--wandb-project", "Other")
+    assert result.returncode == 0, result.stderr
+    assert "the W&B run changed since rows were reported" in result.stderr
+    assert [r["checkpoint_step"] for r in server.run(ws.state()["run_id"], project="Other").eval_rows()] == [
+        100, 200, 300]
+    assert status(ws, env)["unreported"] == 0
+
+
+def test_online_resume_never_after_the_first_start_is_one_clear_line(ws, server):
+    backfilled(ws, 100)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once", "--wandb-resume", "never").returncode == 0
+    again = sidecar(ws, env, "--once", "--wandb-resume", "never")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("eval_wandb_sidecar.py: error: --wandb-resume never: ")
+
+
+def test_sync_sends_the_rows_of_a_deleted_offline_folder_from_the_state_file(ws, server):
+    backfilled(ws, 100, 200)
+    env = online_env(ws, server)
+    assert sidecar(ws, env, "--once", mode="offline").returncode == 0
+    shutil.rmtree(ws.state()["wandb_segments"][0]["dir"])
+    result = sync(ws, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is gone: its 2 row(s) are sent from the state file instead" in result.stdout
+    assert server_steps(server, ws) == [100, 200]
+    assert status(ws, env, mode="offline")["offline_unsynced"] == 0
+    assert "nothing to sync" in sync(ws, env).stdout
+
+
+def test_an_original_state_without_its_folders_is_checked_once_and_explained(ws, server):
+    env = online_env(ws, server)
+    name = original_state(ws, env, [100])
+    ws.checkpoint(100)
+    assert sidecar(ws, env, "--once").returncode == 0
+    assert status(ws, env)["original_tool_unchecked"] == 1
+    result = sync(ws, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"no offline folder of the original tool's run eval-{name.stem.rsplit('_', 1)[1]} was found" in result.stdout
+    assert status(ws, env)["original_tool_unchecked"] == 0
