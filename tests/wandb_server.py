@@ -15,7 +15,6 @@ the merged summary, config, exit code, and uploaded files by name.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import socket
@@ -154,9 +153,6 @@ class WandbServer:
     def _op_ServerFeaturesQuery(self, variables, query):
         return {"serverInfo": {"features": []}}
 
-    def _op_ServerInfo(self, variables, query):
-        return {"serverInfo": {"cliVersionInfo": {}, "latestLocalVersionInfo": None}}
-
     def _op_RunResumeStatus(self, variables, query):
         entity = variables.get("entity") or ENTITY
         project = variables.get("project") or "uncategorized"
@@ -222,11 +218,6 @@ class WandbServer:
         return {"createArtifactManifest": {"artifactManifest": {"id": manifest_id, "file": {
             "id": self._new_id("File"), "uploadUrl": self._upload_url("blob", manifest_id), "uploadHeaders": []}}}}
 
-    def _op_UpdateArtifactManifest(self, variables, query):
-        manifest_id = variables.get("artifactManifestID") or self._new_id("Manifest")
-        return {"updateArtifactManifest": {"artifactManifest": {"id": manifest_id, "file": {
-            "id": self._new_id("File"), "uploadUrl": self._upload_url("blob", manifest_id), "uploadHeaders": []}}}}
-
     def _op_CreateArtifactFiles(self, variables, query):
         edges = []
         for spec in variables.get("artifactFiles", []):
@@ -238,9 +229,6 @@ class WandbServer:
 
     def _op_CommitArtifact(self, variables, query):
         return {"commitArtifact": {"artifact": {"id": variables["artifactID"], "digest": "0" * 32}}}
-
-    def _op_UseArtifact(self, variables, query):
-        return {"useArtifact": {"artifact": {"id": variables.get("artifactID")}}}
 
     def _op_RunHistoryLineCount(self, variables, query):
         """The read the sidecar makes itself: `model/bucket { historyLineCount }`, as RunResumeStatus."""
@@ -367,6 +355,3 @@ def _handler_for(server: WandbServer):
 
     return Handler
 
-
-def md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
