@@ -49,18 +49,70 @@ require_sidecar() {
   if [[ ! -f "$SIDECAR_PY" ]]; then echo "$me: sidecar script not found: $SIDECAR_PY" >&2; exit 2; fi
 }
 
-# proc_state: prints "running PID", "stale PID <why>" or "stopped"
+# start_ticks PID: when the process started (field 22 of /proc/PID/stat, clock ticks after boot).
+# A pid and its start time name one process until the machine restarts; a reused pid starts later.
+start_ticks() {
+  local stat
+  stat="$(cat -- "/proc/$1/stat" 2>/dev/null)" || return 0
+  local -a f
+  read -r -a f <<<"${stat##*) }"   # fields from 3 on: the name in field 2 may hold spaces and ')'
+  [[ "${f[0]:-}" != Z ]] || return 0   # a zombie has exited
+  printf '%s' "${f[19]:-}"
+}
+boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || true; }
+
+# same_process PID TICKS: PID is still the process that started at TICKS
+same_process() { [[ -n "$2" && "$(start_ticks "$1")" == "$2" ]]; }
+
+# whose PID: what a pid that is not ours belongs to, for the stale message
+whose() {
+  local other
+  other="$(tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | sed -n 's/^EVAL_SIDECAR_INSTANCE=//p' | head -n 1)"
+  if [[ -n "$other" && "$other" != "$safe" ]]; then echo "instance '$other'"
+  elif [[ -n "$other" ]] || tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | grep -qxF -- "$SIDECAR_PY"; then
+    echo "another eval_wandb_sidecar.py process"
+  else echo "another program"; fi
+}
+
+# started_here PID: for a pid file of an older manager (the pid alone): PID runs this sidecar with
+# the flags, in the folder, this instance was started with (its .args file)
+started_here() {
+  [[ -f "$args_file" ]] || return 1
+  local -a cmd=()
+  local a i cwd
+  while IFS= read -r -d '' a; do cmd+=("$a"); done 2>/dev/null < "/proc/$1/cmdline" || return 1
+  cwd="$(readlink -- "/proc/$1/cwd" 2>/dev/null)" || return 1
+  saved_args
+  [[ ${#cmd[@]} -ge 2 && "${cmd[1]}" == "$SIDECAR_PY" && "$cwd" == "$saved_cwd" ]] || return 1
+  (( ${#cmd[@]} - 2 == ${#saved[@]} )) || return 1
+  for ((i = 0; i < ${#saved[@]}; i++)); do [[ "${cmd[i + 2]}" == "${saved[i]}" ]] || return 1; done
+}
+
+# proc_state: prints "running PID TICKS", "stale PID <why>" or "stopped". The pid file's first line
+# is the pid, its second "start=TICKS boot=BOOT_ID" as read when it was started: a pid whose
+# process started at another time, or on another boot, is another process (pid reuse).
 proc_state() {
   [[ -f "$pid_file" ]] || { echo stopped; return; }
-  local pid
-  pid="$(head -n 1 -- "$pid_file" 2>/dev/null || true)"
-  if ! [[ "$pid" =~ ^[0-9]+$ ]]; then echo "stale ? (unreadable pid file)"; return; fi
-  if ! kill -0 "$pid" 2>/dev/null; then echo "stale $pid (process is gone)"; return; fi
-  # A reused pid belongs to another program: its command line does not name our sidecar.
-  if ! tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$SIDECAR_PY"; then
-    echo "stale $pid (pid now belongs to another program)"; return
+  local pid="" record="" ticks="" rec_ticks="" rec_boot=""
+  { IFS= read -r pid; IFS= read -r record; } 2>/dev/null < "$pid_file" || true
+  if ! [[ "$pid" =~ ^[0-9]+$ ]]; then echo "stale ? unreadable pid file"; return; fi
+  ticks="$(start_ticks "$pid")"
+  if [[ -z "$ticks" ]]; then echo "stale $pid process is gone"; return; fi
+  if [[ -n "$record" ]]; then
+    [[ "$record" =~ (^|\ )start=([0-9]+) ]] && rec_ticks="${BASH_REMATCH[2]}"
+    [[ "$record" =~ (^|\ )boot=([^ ]*) ]] && rec_boot="${BASH_REMATCH[2]}"
+    if [[ -z "$rec_ticks" ]]; then echo "stale $pid unreadable start record in the pid file"; return; fi
+    if [[ "$rec_boot" != "$(boot_id)" ]]; then
+      echo "stale $pid written before the machine restarted; now belongs to $(whose "$pid")"; return
+    fi
+    if [[ "$ticks" != "$rec_ticks" ]]; then
+      echo "stale $pid now belongs to $(whose "$pid"), started after this pid file"; return
+    fi
+    echo "running $pid $ticks"; return
   fi
-  echo "running $pid"
+  # the pid alone (an older manager wrote it): the command line and folder must be this instance's
+  if ! started_here "$pid"; then echo "stale $pid now belongs to $(whose "$pid")"; return; fi
+  echo "running $pid $ticks"
 }
 
 saved_args() {  # the folder and flags the instance was started with, for `status`
@@ -91,11 +143,14 @@ case "$command" in
     fi
     printf '%s\0' "$PWD" ${forward[@]+"${forward[@]}"} > "$args_file"
     echo "===== $(date '+%Y-%m-%d %H:%M:%S') start: $SIDECAR_PY ${forward[*]+${forward[*]}}" >> "$log_file"
-    setsid nohup "$PYTHON_BIN" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} >> "$log_file" 2>&1 < /dev/null 9>&- &
+    EVAL_SIDECAR_INSTANCE="$safe" setsid nohup "$PYTHON_BIN" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} \
+      >> "$log_file" 2>&1 < /dev/null 9>&- &
     pid=$!
-    echo "$pid" > "$pid_file"
+    ticks="$(start_ticks "$pid")"  # read at once: the pid is this process until it exits
+    printf '%s\nstart=%s boot=%s\n' "$pid" "$ticks" "$(boot_id)" > "$pid_file.new.$$"
+    mv -f -- "$pid_file.new.$$" "$pid_file"
     sleep "$START_CHECK_SECONDS"
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! same_process "$pid" "$ticks"; then
       echo "$me: instance '$INSTANCE' exited at once; last lines of $log_file:" >&2
       tail -n 5 -- "$log_file" >&2
       [[ "$(head -n 1 -- "$pid_file" 2>/dev/null)" == "$pid" ]] && rm -f -- "$pid_file"
@@ -107,15 +162,19 @@ case "$command" in
   stop)
     read -r state pid why <<<"$(proc_state)" || true
     if [[ "$state" != running ]]; then
-      [[ "$state" == stale ]] && echo "$me: stale pid file $pid_file (pid $pid: $why) removed; nothing signalled"
+      if [[ "$state" == stale ]]; then
+        echo "$me: instance '$INSTANCE' is not running: stale pid file $pid_file (pid $pid: $why) removed; nothing signalled"
+      else
+        echo "$me: instance '$INSTANCE' is not running"
+      fi
       rm -f -- "$pid_file"
-      echo "$me: instance '$INSTANCE' is not running"
       exit 0
     fi
+    ticks="$why"  # proc_state's third word for a running instance: its start time
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    while same_process "$pid" "$ticks" && (( SECONDS < deadline )); do sleep 0.2; done
+    if same_process "$pid" "$ticks"; then
       echo "$me: still running after ${STOP_TIMEOUT}s; sending SIGKILL to process group $pid"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi

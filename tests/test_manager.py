@@ -64,7 +64,7 @@ def test_stop_kills_a_sidecar_whose_eval_ignores_sigterm_within_stop_timeout(ws,
                      *ws.args("--poll-interval-seconds", "3600", "--eval-kill-grace-seconds", "600"))
     assert started.returncode == 0, started.stderr
     wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").exists())
-    pid = int((tmp_path / "manager dir" / "stubborn.pid").read_text())
+    pid = _pid_of(tmp_path / "manager dir", "stubborn")
     t0 = time.monotonic()
     stopped = manage(ws, tmp_path, "stop", "--instance", "stubborn", STOP_TIMEOUT="2")
     elapsed = time.monotonic() - t0
@@ -127,3 +127,62 @@ def test_concurrent_starts_leave_one_tracked_sidecar_and_status_works_from_elsew
         assert "processed 1" in status.stdout, status.stdout + status.stderr
     finally:
         subprocess.run(["bash", str(MANAGER), "stop", "--instance", "q"], env=environ, capture_output=True, timeout=120)
+
+
+def _pid_of(folder, name):
+    return int((folder / f"{name}.pid").read_text().splitlines()[0])
+
+
+def test_a_pid_file_pointing_at_another_instances_sidecar_is_stale_and_that_sidecar_is_left_alone(ws, tmp_path):
+    """Pid reuse: instance a's sidecar died, and the kernel gave its pid to instance b's sidecar."""
+    folder = tmp_path / "manager dir"
+    for name in ("a", "b"):
+        started = manage(ws, tmp_path, "start", "--instance", name,
+                         *ws.args("--poll-interval-seconds", "3600", "--state-dir", str(tmp_path / f"state {name}")),
+                         START_CHECK_SECONDS="1")
+        assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        a_pid, b_pid = _pid_of(folder, "a"), _pid_of(folder, "b")
+        os.kill(a_pid, signal.SIGKILL)  # a crashed; its pid file stays
+        wait_for(lambda: process_gone(a_pid), timeout=30)
+        lines = (folder / "a.pid").read_text().splitlines()
+        (folder / "a.pid").write_text("\n".join([str(b_pid), *lines[1:]]) + "\n")  # what a's pid now names
+        status = manage(ws, tmp_path, "status", "--instance", "a")
+        assert status.returncode == 3, status.stdout + status.stderr
+        assert "stale pid file" in status.stdout and "instance 'b'" in status.stdout, status.stdout
+        stop = manage(ws, tmp_path, "stop", "--instance", "a")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert stop.stdout.count("\n") == 1 and "nothing signalled" in stop.stdout, stop.stdout
+        assert not (folder / "a.pid").exists()
+        # a pid file from an older manager (the pid alone) that names b's sidecar is stale too
+        (folder / "a.pid").write_text(f"{b_pid}\n")
+        status = manage(ws, tmp_path, "status", "--instance", "a")
+        assert status.returncode == 3 and "instance 'b'" in status.stdout, status.stdout
+        stop = manage(ws, tmp_path, "stop", "--instance", "a")
+        assert stop.returncode == 0 and "nothing signalled" in stop.stdout
+        time.sleep(0.5)  # a SIGTERM would have been handled by now; b must still run
+        assert not process_gone(b_pid)
+        status = manage(ws, tmp_path, "status", "--instance", "b")
+        assert status.returncode == 0 and f"is running (pid {b_pid})" in status.stdout, status.stdout
+    finally:
+        stopped = manage(ws, tmp_path, "stop", "--instance", "b")
+    assert stopped.returncode == 0 and "stopped instance" in stopped.stdout
+    wait_for(lambda: process_gone(b_pid), timeout=30)
+
+
+def test_a_sidecar_started_by_the_older_manager_is_still_recognised(ws, tmp_path):
+    """Its pid file holds the pid alone: the process is checked against the flags and folder it was
+    started with."""
+    folder = tmp_path / "manager dir"
+    started = manage(ws, tmp_path, "start", "--instance", "old", *ws.args("--poll-interval-seconds", "3600"),
+                     START_CHECK_SECONDS="1")
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = _pid_of(folder, "old")
+    try:
+        (folder / "old.pid").write_text(f"{pid}\n")
+        status = manage(ws, tmp_path, "status", "--instance", "old")
+        assert status.returncode == 0 and f"is running (pid {pid})" in status.stdout, status.stdout
+    finally:
+        stopped = manage(ws, tmp_path, "stop", "--instance", "old")
+    assert stopped.returncode == 0 and "stopped instance" in stopped.stdout, stopped.stdout
+    wait_for(lambda: process_gone(pid), timeout=30)
