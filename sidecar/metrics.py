@@ -9,8 +9,21 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MetricsError
+from .files import FileProblem, read_capped
 
 log = logging.getLogger(__name__)
+
+METRICS_MAX_BYTES = 32 * 1024 * 1024  # a metrics.json larger than this is refused, never read
+
+
+def clean_name(name: str) -> str:
+    """A metric name that is valid text: a lone surrogate (JSON `"\\ud800"`) cannot be written
+    to the state file or to W&B, so it is kept as its escape, `\\ud800`."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def flatten(obj: dict, prefix: str = "") -> dict[str, object]:
@@ -25,8 +38,9 @@ def flatten(obj: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def parse_metrics(text: str) -> tuple[dict[str, float], list[str]]:
-    """Parse metrics.json text into {name: finite float} and the names of dropped non-finite values.
+def parse_metrics(text: str, renamed: list[str] | None = None) -> tuple[dict[str, float], list[str]]:
+    """Parse metrics.json text into {name: finite float} and the names of dropped non-finite values;
+    names that are not valid text (see `clean_name`) are appended, as recorded, to `renamed`.
 
     Raises ValueError with the reason for invalid JSON, a non-object root or no numeric value.
     """
@@ -41,6 +55,11 @@ def parse_metrics(text: str) -> tuple[dict[str, float], list[str]]:
     for key, value in flatten(data).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        clean = clean_name(key)
+        if clean != key:
+            key = clean
+            if renamed is not None:
+                renamed.append(key)
         try:
             number = float(value)
         except OverflowError:
@@ -62,18 +81,24 @@ def read_metrics(path: Path, reread_after: float = 0.0, sleep: Callable[[float],
     eval script writes it non-atomically, so it may be caught half-written.
     """
     def attempt() -> dict[str, float]:
+        renamed: list[str] = []
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = read_capped(path, METRICS_MAX_BYTES)
         except FileNotFoundError as exc:
             raise MetricsError(path, "not found") from exc
+        except FileProblem as exc:
+            raise MetricsError(path, str(exc)) from exc
         except OSError as exc:
             raise MetricsError(path, f"unreadable ({exc.strerror or exc})") from exc
         try:
-            metrics, dropped = parse_metrics(text)
+            metrics, dropped = parse_metrics(text, renamed)
         except ValueError as exc:
             raise MetricsError(path, str(exc)) from exc
         for key in dropped:
             log.warning("metrics.json at %s: dropped non-finite value of %r", path, key)
+        if renamed:
+            log.warning("metrics.json at %s: metric name(s) %s hold a lone surrogate escape, not valid text; "
+                        "recorded under the escaped name", path, ", ".join(renamed[:5]))
         return metrics
 
     try:

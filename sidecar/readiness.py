@@ -3,6 +3,13 @@
 A checkpoint is ready when it is non-empty, its shard indexes name only existing shards, and
 either the ready marker exists in it or its recursive fingerprint has been still for the quiet
 period on the sidecar's own monotonic clock. Only checkpoints not yet ready are walked.
+
+File mtimes are compared with the wall clock in one case only, and never decide alone: a
+checkpoint already there when the sidecar started whose newest file is older than the quiet
+period (a restart over finished checkpoints) is ready after one short confirmation interval
+in which its fingerprint did not change. A file server whose clock is behind (or `cp -a`,
+`rsync -a`, `tar x`) makes files still being written look old, so a folder that appears while
+the sidecar runs always waits the full quiet period.
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import FileProblem, read_capped
+
 _INDEX_SUFFIXES = (".safetensors.index.json", "pytorch_model.bin.index.json")
+CONFIRM_MAX_SECONDS = 5.0  # the confirmation interval: a quarter of the quiet period, at most this
+INDEX_MAX_BYTES = 16 * 1024 * 1024  # a shard index is ~100 KB; a bigger one is not read
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,7 @@ def parse_shard_index(text: str) -> set[str] | None:
         data = json.loads(text)
         weight_map = data["weight_map"]
         return {str(v) for v in weight_map.values()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 
@@ -76,8 +87,8 @@ def missing_shards(folder: Path, snap: Snapshot) -> list[str]:
     missing: list[str] = []
     for index in snap.indexes:
         try:
-            shards = parse_shard_index((folder / index).read_text(encoding="utf-8"))
-        except OSError:
+            shards = parse_shard_index(read_capped(folder / index, INDEX_MAX_BYTES))
+        except (OSError, FileProblem):
             shards = None
         if shards is None:
             missing.append(f"{index} (unreadable)")
@@ -91,6 +102,7 @@ def missing_shards(folder: Path, snap: Snapshot) -> list[str]:
 class _Watch:
     fingerprint: tuple
     still_since: float  # monotonic time the current fingerprint was first seen
+    confirm: bool = False  # settled before the sidecar started: one confirmation interval suffices
 
 
 class ReadinessTracker:
@@ -108,10 +120,13 @@ class ReadinessTracker:
     def forget(self, step: int) -> None:
         self._watch.pop(step, None)
 
-    def known(self) -> set[int]:
-        return set(self._watch)
+    @property
+    def confirm_seconds(self) -> float:
+        return min(self.quiet / 4, CONFIRM_MAX_SECONDS)
 
-    def check(self, step: int, folder: Path, now_mono: float, now_wall: float) -> tuple[bool, str, float | None]:
+    def check(self, step: int, folder: Path, now_mono: float, now_wall: float,
+              at_startup: bool = False) -> tuple[bool, str, float | None]:
+        """`at_startup`: the folder was there when the sidecar started (its first scan)."""
         snap = snapshot(folder)
         if snap is None:
             self._watch.pop(step, None)
@@ -130,14 +145,17 @@ class ReadinessTracker:
             return False, f"waiting for marker {self.marker}", None
         seen = self._watch.get(step)
         if seen is None:
-            if now_wall - snap.newest_mtime >= self.quiet:
-                return True, "settled before it was first seen", None
+            if at_startup and now_wall - snap.newest_mtime >= self.quiet:
+                self._watch[step] = _Watch(snap.fingerprint, now_mono, confirm=True)
+                return False, "confirming", now_mono + self.confirm_seconds
             self._watch[step] = _Watch(snap.fingerprint, now_mono)
             return False, "settling", now_mono + self.quiet
         if seen.fingerprint != snap.fingerprint:
-            self._watch[step] = _Watch(snap.fingerprint, now_mono)
+            self._watch[step] = _Watch(snap.fingerprint, now_mono)  # written to: the full quiet period
             return False, "still being written", now_mono + self.quiet
-        if now_mono - seen.still_since >= self.quiet:
+        needed = self.confirm_seconds if seen.confirm else self.quiet
+        if now_mono - seen.still_since >= needed:
             self._watch.pop(step, None)
-            return True, "quiet period passed", None
-        return False, "settling", seen.still_since + self.quiet
+            return True, ("settled before the sidecar started (unchanged while confirming)" if seen.confirm
+                          else "quiet period passed"), None
+        return False, "confirming" if seen.confirm else "settling", seen.still_since + needed

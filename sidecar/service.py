@@ -20,6 +20,7 @@ from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
 from .executor import EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
+from .files import not_regular
 from .metrics import read_metrics
 from .pins import Pins
 from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
@@ -88,6 +89,7 @@ class Sidecar:
         self._ready: set[int] = set()  # steps found ready (never re-walked)
         self._interrupted: set[int] = set()  # in flight when a previous sidecar died: re-run
         self._quiet_deadlines: list[float] = []
+        self._confirm_deadlines: list[float] = []  # checkpoints there at start-up, confirming they are still
         self._dirty = False
         self._last_save = float("-inf")
         self._root_missing = False
@@ -233,7 +235,11 @@ class Sidecar:
             done = self.tick()
             total += done
             if not self._running and done == 0:
-                break
+                if not self._confirm_deadlines:
+                    break
+                # checkpoints there at start-up become ready after a short confirmation (readiness)
+                self.stop_event.wait(max(0.0, min(self._confirm_deadlines) - self.clock.monotonic()))
+                continue
             if self._running and done == 0:
                 self.wake.wait()  # an eval finishing (or a signal) wakes us
                 self.wake.clear()
@@ -319,7 +325,7 @@ class Sidecar:
             if not self._root_missing:
                 log.warning("--sft-root is missing or unreadable (%s); waiting for it to come back", exc)
                 self._root_missing = True
-            self._quiet_deadlines = []  # quiet periods of checkpoints that are gone with it
+            self._quiet_deadlines, self._confirm_deadlines = [], []  # quiet periods of checkpoints gone with it
             self._save(force=self._dirty)
             return done
         if self._root_missing:
@@ -330,7 +336,8 @@ class Sidecar:
             found = sorted(found + [p for p in self.pins.existing() if p.step not in names])
         crash_point("after-discovery")
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
-        if self._first_scan:
+        first_scan = self._first_scan
+        if first_scan:
             self._first_scan = False
             absent = sorted(self.policy.force_steps - {c.step for c in found})
             if absent:
@@ -340,7 +347,7 @@ class Sidecar:
         if found and state.last_seen_step != found[-1].step:
             state.last_seen_step = found[-1].step
             self._dirty = True
-        ready = [c for c in self._ready_checkpoints(found, now_mono, now_wall) if c.step not in self._running]
+        ready = [c for c in self._ready_checkpoints(found, now_mono, now_wall, first_scan) if c.step not in self._running]
         for ckpt in plan(ready, state, now_wall, self.policy):
             if self.stop_event.is_set():
                 break
@@ -369,12 +376,15 @@ class Sidecar:
             self._dirty = True
         return len(gone)
 
-    def _ready_checkpoints(self, found: list[Checkpoint], now_mono: float, now_wall: float) -> list[Checkpoint]:
-        """Walk only checkpoints not processed and not yet known ready; record the pending list."""
+    def _ready_checkpoints(self, found: list[Checkpoint], now_mono: float, now_wall: float,
+                           first_scan: bool) -> list[Checkpoint]:
+        """Walk only checkpoints not processed and not yet known ready; record the pending list.
+        `first_scan`: these folders were there when the sidecar started (see `readiness`)."""
         state, policy = self.state, self.policy
         ready: list[Checkpoint] = []
         pending: list[int] = []
         self._quiet_deadlines = []
+        self._confirm_deadlines = []
         for ckpt in found:
             step = ckpt.step
             if step in state.processed and step not in policy.force_steps:
@@ -384,10 +394,12 @@ class Sidecar:
                 continue
             pending.append(step)
             if step not in self._ready:
-                ok, reason, wake_at = self.readiness.check(step, ckpt.path, now_mono, now_wall)
+                ok, reason, wake_at = self.readiness.check(step, ckpt.path, now_mono, now_wall, first_scan)
                 if not ok:
                     if wake_at is not None:
                         self._quiet_deadlines.append(wake_at)
+                        if reason == "confirming":
+                            self._confirm_deadlines.append(wake_at)
                     log.debug("%s not ready: %s", ckpt.name, reason)
                     continue
                 log.debug("%s is ready (%s)", ckpt.name, reason)
@@ -473,6 +485,14 @@ class Sidecar:
         cfg, state, step = self.config, self.state, ckpt.step
         metrics_path = self.metrics_path(ckpt)
         rerun = cfg.force_eval or step in self.policy.force_steps or step in self._interrupted
+        unusable = not_regular(metrics_path)
+        if unusable:  # a FIFO or a device would block or flood the eval that writes it, and us
+            record = record_failure(state, ckpt, f"{metrics_path} {unusable}; remove it (the eval script writes "
+                                    f"its results there)", self.clock.time(), self.policy)
+            log.error("%s", record["error"])
+            self._dirty = True
+            self._save(force=True)
+            return 1
         if not rerun:
             try:
                 metrics = read_metrics(metrics_path)

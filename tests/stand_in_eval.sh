@@ -8,6 +8,7 @@ ctl="${STANDIN_CONTROL:?}"
 name="$(basename -- "$CKPT_LIST")"
 parent="$(basename -- "$(dirname -- "$CKPT_LIST")")"
 echo "$name" >> "$ctl/calls.log"
+ls -A -- "$CKPT_LIST" > "$ctl/seen-$name" 2>/dev/null || true
 printf '%s %s\n' "$(date +%s.%N)" "${CUDA_LIST:-}" >> "$ctl/starts-$name"
 "$STANDIN_PY" -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], "w"))' "$ctl/env-$name.json"
 mode=ok

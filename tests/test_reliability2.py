@@ -1,0 +1,110 @@
+"""Reliability round 2: what an adversarial pass broke, each tried as a user would (real files,
+real processes, the real CLI), each test failing before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ENTRY, process_gone, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reliability"))
+from test_crash_matrix import stand_in_processes  # noqa: E402
+
+
+def _old(path: Path, age: float = 600.0) -> None:
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+# ----- readiness under clock skew ------------------------------------------------------------------
+def test_a_checkpoint_written_with_old_mtimes_waits_for_its_last_shard(ws):
+    """A file server whose clock is behind (or cp -a / rsync -a / tar x): every shard arrives with
+    an mtime 600 s in the past. The eval must see all three shards, not the first."""
+    ws.checkpoint(50)  # processed once the sidecar's first pass is over: the next folder is new to it
+    proc = ws.start("--checkpoint-ready-seconds", "4", "--poll-interval-seconds", "0.5")
+    try:
+        wait_for(lambda: ws.state()["processed_steps"] == [50], timeout=60)
+        folder = ws.sft / "checkpoint-100"
+        folder.mkdir()
+        for i in range(1, 4):
+            shard = folder / f"model-0000{i}-of-00003.safetensors"
+            shard.write_bytes(b"w" * 64)
+            _old(shard)
+            _old(folder)
+            if i < 3:
+                time.sleep(2)
+        wait_for(lambda: ws.state()["processed_steps"] == [50, 100], timeout=60)
+        seen = (ws.ctl / "seen-checkpoint-100").read_text().split()
+        assert len(seen) == 3, f"the eval saw {seen}"
+    finally:
+        _stop(proc)
+
+
+# ----- bad text ------------------------------------------------------------------------------------
+def test_a_metric_name_that_is_not_valid_text_is_recorded_and_reported_not_a_crash_loop(ws, isolated_env):
+    """`{"\\ud800": 0.1}`: a lone surrogate escape in a key used to crash every start writing the state."""
+    from wandb_reader import eval_rows, segments
+
+    ws.checkpoint(100)
+    ws.results(100).parent.mkdir(parents=True)
+    ws.results(100).write_text('{"HR@10": 0.5, "\\ud800": 0.1}')
+    args = [a for a in ws.args("--once", "--wandb-mode", "offline") if a != "--disable-wandb"]
+    outputs = []
+    for _ in range(2):  # and a restart is calm too
+        result = subprocess.run([sys.executable, str(ENTRY), *args], env=ws.env(), capture_output=True, text=True,
+                                timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        outputs.append(result.stderr)
+    row = ws.state()["table_rows"][0]
+    assert row["HR@10"] == 0.5 and row["\\ud800"] == 0.1
+    assert "metric name(s) \\ud800 hold a lone surrogate escape" in outputs[0]
+    rows = [r for seg in segments(isolated_env / "wandb_dir") for r in eval_rows(seg)]
+    assert [r["checkpoint_step"] for r in rows] == [100]
+
+
+# ----- hostile files -------------------------------------------------------------------------------
+def test_a_shard_index_nested_100000_levels_deep_is_a_pending_reason_not_a_crash(ws):
+    bad = ws.checkpoint(100)
+    (bad / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000)
+    ws.checkpoint(200)
+    result = ws.run("--once")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    state = ws.state()
+    assert state["processed_steps"] == [200] and state["pending_steps"] == [100]
+
+
+def test_a_metrics_json_that_is_a_fifo_fails_that_checkpoint_and_sigterm_still_stops(ws):
+    ws.checkpoint(100)
+    ws.checkpoint(200)
+    ws.results(100).parent.mkdir(parents=True)
+    os.mkfifo(ws.results(100))
+    proc = ws.start("--poll-interval-seconds", "3600")
+    try:
+        wait_for(lambda: ws.state()["processed_steps"] == [200], timeout=60)
+        error = ws.state()["failed_steps"]["100"]["error"]
+        assert f"{ws.results(100)} is a FIFO, not a regular file" in error
+        assert ws.calls() == ["checkpoint-200"]  # no eval was started to write into the FIFO
+    finally:
+        _stop(proc)
+
+
+def test_a_metrics_json_linked_to_dev_zero_is_refused_without_reading_it(ws):
+    ws.checkpoint(100)
+    ws.results(100).parent.mkdir(parents=True)
+    ws.results(100).symlink_to("/dev/zero")
+    result = ws.run("--once", timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is a character device, not a regular file" in ws.state()["failed_steps"]["100"]["error"]
