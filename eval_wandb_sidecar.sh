@@ -163,7 +163,8 @@ case "$command" in
     read -r state pid why <<<"$(proc_state)" || true
     if [[ "$state" != running ]]; then
       if [[ "$state" == stale ]]; then
-        echo "$me: instance '$INSTANCE' is not running: stale pid file $pid_file (pid $pid: $why) removed; nothing signalled"
+        echo "$me: instance '$INSTANCE' is not running: stale pid file $pid_file (pid $pid: $why)" \
+             "removed; nothing signalled"
       else
         echo "$me: instance '$INSTANCE' is not running"
       fi
