@@ -129,6 +129,10 @@ def cmd_status(argv: list[str]) -> int:
     args = vars(build_parser(f"{PROG} status", extra).parse_args(argv))
     as_json = bool(args.pop("json", False))
     with_rows = bool(args.pop("rows", False))
+    if hasattr(sys.stdout, "reconfigure"):
+        # a path holding a byte that is not UTF-8 (Python's surrogate escape) prints as `\udcff`
+        # instead of failing in a UTF-8 locale, whose stdout is strict
+        sys.stdout.reconfigure(errors="backslashreplace")
     path, state, mode, _ = load_state_for(args)
     if state is None:
         print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
@@ -194,6 +198,9 @@ def cmd_align(argv: list[str]) -> int:
     parser.add_argument("--only", default="", metavar="NAME,...", help="only these frameworks")
     parser.add_argument("--dry-run", action="store_true", help="fetch, map and check; upload nothing")
     parser.add_argument("--refresh", action="store_true", help="fetch again even if the cache exists")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="upload every point into a fresh SwanLab experiment per framework (a new stable id; "
+                             "the old experiment is left as it is)")
     parser.add_argument("--swanlab-mode", choices=("online", "cloud", "local", "offline", "disabled"))
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
@@ -207,7 +214,7 @@ def cmd_align(argv: list[str]) -> int:
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None
     apis = {"wandb": make_wandb_api(), "swanlab": make_api(config.swanlab_api_key)}
     run_align(config, apis, upload, only=only, dry_run=args.dry_run, refresh=args.refresh,
-              mode=args.swanlab_mode)
+              mode=args.swanlab_mode, rebuild=args.rebuild)
     return EXIT_OK
 
 

@@ -200,35 +200,81 @@ def uploaded_state_file(fw: Framework) -> Path:
     return Path(f"{fw.output_file}.uploaded.json")
 
 
-def _sent_points(path: Path, key: str) -> dict:
-    """metric -> sorted steps (a numpy array) already sent to this target. The record keeps each
-    metric's steps as [first, last] runs of consecutive steps: 100,000 steps x 30 metrics is a few
-    hundred bytes, not millions of pairs. (The first format, a list of [step, metric] pairs, is
-    still read.)"""
-    import numpy as np
+def _bad_record(path: Path, why) -> ConfigError:
+    return ConfigError(f"upload record {path} is not in the expected form ({why}); remove it to upload every "
+                       f"point again")
 
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"upload record {path} cannot be read ({exc}); remove it to upload every point again") from exc
-    try:
+
+class UploadRecord:
+    """`<output_file>.uploaded.json`: what was sent where. `targets` maps "project/experiment id/mode"
+    to {metric: [[first, last], ...]} runs of the steps sent (100,000 steps x 30 metrics is a few
+    hundred bytes, not millions of pairs; the first format, a list of [step, metric] pairs, is still
+    read). `versions` maps the first experiment's target to the experiment version re-runs add to
+    (absent: 1, the first; `--rebuild` moves to the next)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = {"targets": {}}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"upload record {path} cannot be read ({exc}); remove it to upload every point "
+                              f"again") from exc
         if not isinstance(data, dict):
-            raise TypeError("the file must hold a JSON object")
-        entry = data["targets"].get(key) if "targets" in data else None
-        if isinstance(entry, list):
-            by_metric: dict[str, list[int]] = {}
-            for step, metric in entry:
-                by_metric.setdefault(str(metric), []).append(int(step))
-            return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
-        if entry is None:
-            return {}
-        return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
-                for m, runs in entry.items() if runs}
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"upload record {path} is not in the expected form ({exc}); remove it to upload every "
-                          f"point again") from exc
+            raise _bad_record(path, "the file must hold a JSON object")
+        if not isinstance(data.get("targets", {}), dict):
+            raise _bad_record(path, "'targets' must be an object")
+        versions = data.get("versions", {})
+        if not isinstance(versions, dict) or not all(type(v) is int and v >= 1 for v in versions.values()):
+            raise _bad_record(path, "'versions' must map targets to whole numbers from 1")
+        self.data = data
+
+    def version(self, base: str) -> int:
+        return self.data.get("versions", {}).get(base, 1)
+
+    def sent(self, key: str) -> dict:
+        """metric -> sorted steps (a numpy array) already sent to this target."""
+        import numpy as np
+
+        entry = self.data.get("targets", {}).get(key)
+        try:
+            if isinstance(entry, list):
+                by_metric: dict[str, list[int]] = {}
+                for step, metric in entry:
+                    by_metric.setdefault(str(metric), []).append(int(step))
+                return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
+            if entry is None:
+                return {}
+            return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
+                    for m, runs in entry.items() if runs}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _bad_record(self.path, exc) from exc
+
+    def save(self, base: str, version: int, key: str, sent: dict | None) -> None:
+        """Write this target's version and (if given) its sent steps; other targets are kept as
+        the file holds them now."""
+        from .state import write_atomic
+
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        if not isinstance(data.get("targets"), dict):
+            data["targets"] = {}
+        if not isinstance(data.get("versions"), dict):
+            data["versions"] = {}
+        if version > 1 or base in data["versions"]:
+            data["versions"][base] = version
+        if not data["versions"]:
+            del data["versions"]
+        if sent is not None:
+            data["targets"][key] = {m: _runs(v) for m, v in sorted(sent.items())}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(data))
+        self.data = data
 
 
 def _runs(steps) -> list[list[int]]:
@@ -259,14 +305,94 @@ def new_points(frame, sent: dict):
     return out.dropna(how="all", subset=list(out.columns[1:])).reset_index(drop=True)
 
 
-def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = None, dry_run: bool = False,
-              refresh: bool = False, mode: str | None = None, out=print) -> list[FrameworkResult]:
-    """Fetch, map and check every enabled framework, then (unless dry-run) upload the points not
-    sent yet. Nothing is uploaded unless every framework loaded: a bad source fails first."""
+def split_appendable(frame, sent: dict):
+    """(points an append can add, {metric: steps it cannot}). After a resume SwanLab adds a metric's
+    points only after the last step it holds of that metric: an earlier step is skipped, by the SDK
+    and by the server alike (SwanHubX/SwanLab#1318, #1576). A metric the experiment lacks takes
+    every step."""
     import numpy as np
 
-    from .state import write_atomic
+    blocked = {}
+    if not sent or not len(frame):
+        return frame, blocked
+    out = frame.copy()
+    steps = out["step"].to_numpy()
+    for col in out.columns[1:]:
+        done = sent.get(col)
+        if done is None or not len(done):
+            continue
+        late = out[col].notna().to_numpy() & (steps <= done[-1])
+        if late.any():
+            blocked[col] = np.unique(steps[late])
+            out.loc[late, col] = float("nan")
+    if blocked:
+        out = out.dropna(how="all", subset=list(out.columns[1:])).reset_index(drop=True)
+    return out, blocked
+
+
+def describe_steps(by_metric: dict, metrics: int = 8, runs: int = 6) -> str:
+    """`a/m2 steps 500..599, 700; a/m0 step 3` (the first few runs of the first few metrics)."""
+    parts = []
+    for metric, steps in list(by_metric.items())[:metrics]:
+        spans = [f"{a}" if a == b else f"{a}..{b}" for a, b in _runs(steps)]
+        more = f" (+{len(spans) - runs} more runs)" if len(spans) > runs else ""
+        word = "step" if len(steps) == 1 else "steps"
+        parts.append(f"{metric} {word} {', '.join(spans[:runs])}{more}")
+    if len(by_metric) > metrics:
+        parts.append(f"and {len(by_metric) - metrics} more metrics")
+    return "; ".join(parts)
+
+
+@dataclass
+class _Plan:
+    """What one framework's upload will do: into which experiment, which points, which cannot."""
+    fw: Framework  # with the experiment version it uploads to
+    record: UploadRecord | None
+    base: str  # the first experiment's target: the record's key for its version
+    key: str  # this experiment's target
+    exp_id: str
+    old_id: str | None  # set by --rebuild: the experiment re-runs added to until now
+    sent: dict
+    send: object  # the frame of points to upload
+    blocked: dict
+
+
+def _plan(fw: Framework, aligned, cfg: AlignConfig, mode: str, rebuild: bool) -> _Plan:
+    from dataclasses import replace
+
     from .swanlab_io import experiment_id
+
+    record = UploadRecord(uploaded_state_file(fw))
+    base = f"{cfg.project}/{experiment_id(cfg.project, fw.name, fw.platform, fw.source)}/{mode}"
+    version = record.version(base)
+    old_id = None
+    if rebuild:
+        old_id = experiment_id(cfg.project, fw.name, fw.platform, fw.source, version)
+        version += 1
+    exp_id = experiment_id(cfg.project, fw.name, fw.platform, fw.source, version)
+    key = f"{cfg.project}/{exp_id}/{mode}"
+    sent = record.sent(key)
+    send, blocked = split_appendable(new_points(aligned, sent), sent)
+    return _Plan(replace(fw, experiment_version=version), record, base, key, exp_id, old_id, sent, send, blocked)
+
+
+def _blocked_line(plan: _Plan, sent_now: bool) -> str:
+    count = sum(len(v) for v in plan.blocked.values())
+    what = "not sent: they cannot be appended" if sent_now else "cannot be appended"
+    return (f"{plan.fw.name}: {count} point(s) {what} to SwanLab experiment {plan.exp_id} (after a resume SwanLab "
+            f"adds a metric's points only after its last step): {describe_steps(plan.blocked)}; run align with "
+            f"--rebuild to upload every point into a fresh experiment")
+
+
+def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = None, dry_run: bool = False,
+              refresh: bool = False, mode: str | None = None, rebuild: bool = False,
+              out=print) -> list[FrameworkResult]:
+    """Fetch, map and check every enabled framework, then (unless dry-run) upload the points not
+    sent yet that an append can add, and name those it cannot. `rebuild`: every point, into a fresh
+    experiment per framework (the next experiment version; the old experiment is left as it is).
+    Nothing is uploaded unless every framework loaded and every upload record was read: a bad
+    source or record fails first."""
+    import numpy as np
 
     frameworks = [fw for fw in cfg.frameworks if not only or fw.name in only]
     if only and not frameworks:
@@ -276,34 +402,43 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
         aligned, missing = to_aligned(load_frame(fw, cfg, apis, refresh), fw, cfg.aligned_metrics)
         prepared.append((fw, aligned, missing))
     mode = mode or cfg.mode
+    plans = [_plan(fw, aligned, cfg, mode, rebuild) if mode != "disabled" else None for fw, aligned, _ in prepared]
     results = []
-    for fw, aligned, missing in prepared:
+    for (fw, aligned, missing), plan in zip(prepared, plans):
         steps = (int(aligned["step"].min()), int(aligned["step"].max())) if len(aligned) else None
         result = FrameworkResult(fw.name, len(aligned), steps, [c for c in aligned.columns if c != "step"], missing)
         check = (f"all {len(cfg.aligned_metrics)} aligned metrics present" if not missing
                  else f"missing {len(missing)} of {len(cfg.aligned_metrics)}: {', '.join(missing)}")
         span = f"steps {steps[0]}..{steps[1]}" if steps else "no steps"
         out(f"{fw.name} ({fw.platform}): {len(aligned)} rows, {span}; {check}")
-        if not dry_run and mode != "disabled":
-            path = uploaded_state_file(fw)
-            key = f"{cfg.project}/{experiment_id(cfg.project, fw.name, fw.platform, fw.source)}/{mode}"
-            sent = _sent_points(path, key)
-            new = new_points(aligned, sent)
-            if len(new):
-                uploader(fw, cfg, new, mode)
-                for col in new.columns[1:]:
-                    added = new.loc[new[col].notna(), "step"].to_numpy(dtype="int64")
-                    sent[col] = np.union1d(sent[col], added) if col in sent else np.unique(added)
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    data = {}
-                if not isinstance(data, dict) or not isinstance(data.get("targets"), dict):
-                    data = {"targets": {}}
-                data["targets"][key] = {m: _runs(v) for m, v in sorted(sent.items())}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, json.dumps(data))
-            result.uploaded = len(new)
-            out(f"{fw.name}: uploaded {len(new)} step(s) with new values to {cfg.project}/{fw.target_exp_name}")
         results.append(result)
+        if plan is None:
+            continue
+        if dry_run:
+            if rebuild:
+                out(f"{fw.name}: --rebuild would upload {len(plan.send)} step(s) into a fresh SwanLab experiment "
+                    f"{plan.exp_id}; experiment {plan.old_id} would be left as it is")
+            elif plan.blocked:
+                out(_blocked_line(plan, sent_now=False))
+            continue
+        if rebuild:  # recorded first: a re-run after an interrupted rebuild completes the new experiment
+            plan.record.save(plan.base, plan.fw.experiment_version, plan.key, None)
+        new = plan.send
+        if len(new):
+            uploader(plan.fw, cfg, new, mode)
+            sent = plan.sent
+            for col in new.columns[1:]:
+                added = new.loc[new[col].notna(), "step"].to_numpy(dtype="int64")
+                sent[col] = np.union1d(sent[col], added) if col in sent else np.unique(added)
+            plan.record.save(plan.base, plan.fw.experiment_version, plan.key, sent)
+        result.uploaded = len(new)
+        where = f"{cfg.project}/{fw.target_exp_name}"
+        if rebuild:
+            out(f"{fw.name}: uploaded {len(new)} step(s) into a fresh SwanLab experiment {plan.exp_id} ({where}); "
+                f"re-runs add to it; experiment {plan.old_id} is left as it was (delete it in SwanLab if you "
+                f"no longer want it)")
+        else:
+            out(f"{fw.name}: uploaded {len(new)} step(s) with new values to {where}")
+        if plan.blocked:
+            out(_blocked_line(plan, sent_now=True))
     return results

@@ -31,6 +31,9 @@ class Framework:
     target_exp_name: str
     n_gpus: int | None = None
     step_groups: dict = field(default_factory=lambda: dict(DEFAULT_STEP_GROUPS))
+    # which SwanLab experiment of this framework uploads go to: 1, the first; `align --rebuild`
+    # moves to the next (kept in the upload record, set by align, not read from the file)
+    experiment_version: int = 1
 
 
 @dataclass(frozen=True)

@@ -278,19 +278,22 @@ def _numbers_csv_config(tmp_path, steps: int):
     return frame, parse_align_config(doc, tmp_path, {})
 
 
-def test_upload_record_keeps_runs_of_steps_and_a_value_filled_in_later_is_sent_once(tmp_path):
+def test_upload_record_keeps_runs_of_steps_and_a_value_filled_in_later_is_not_recorded_as_sent(tmp_path):
     frame, cfg = _numbers_csv_config(tmp_path, 1000)
     run_align(cfg, {}, upload, out=lambda _: None)
-    record = json.loads((tmp_path / "cache.csv.uploaded.json").read_text())
+    record_file = tmp_path / "cache.csv.uploaded.json"
+    record = json.loads(record_file.read_text())
     [target] = record["targets"].values()
     assert target == {"a/m0": [[0, 999]], "a/m1": [[0, 999]], "a/m2": [[0, 499], [600, 999]]}
     time.sleep(1.1)  # SwanLab names offline folders by the second
-    frame.loc[500:599, "m2"] = 7.0  # filled in later
+    frame.loc[500:599, "m2"] = 7.0  # filled in later: an append cannot add them (SwanLab keeps only later steps)
     frame.to_csv(tmp_path / "run.csv", index=False)
-    run_align(cfg, {}, upload, out=lambda _: None)
+    lines = []
+    run_align(cfg, {}, upload, out=lines.append)
+    assert json.loads(record_file.read_text()) == record  # not recorded as sent: still to be rebuilt
     dirs, _ = points_by_exp(tmp_path / "swanlog", cfg, "csvrun")
-    assert len(dirs) == 2
-    assert sorted(scalars(dirs[1])) == [("a/m2", s, 7.0) for s in range(500, 600)]
+    assert len(dirs) == 1  # nothing appendable: no upload at all
+    assert "csvrun: 100 point(s) not sent" in lines[-1] and "a/m2 steps 500..599" in lines[-1], lines
 
 
 def test_upload_record_of_the_first_format_is_read(tmp_path):
@@ -305,7 +308,8 @@ def test_upload_record_of_the_first_format_is_read(tmp_path):
     assert sorted({s for _, s, _ in points}) == [15, 16, 17, 18, 19]
 
 
-@pytest.mark.parametrize("record", ['{"targets": []}', "[]", '{"targets": {"KEY": {"a/m0": [[1]]}}}', "{not json"])
+@pytest.mark.parametrize("record", ['{"targets": []}', "[]", '{"targets": {"KEY": {"a/m0": [[1]]}}}', "{not json",
+                                    '{"targets": {}, "versions": {"KEY": "two"}}'])
 def test_a_malformed_upload_record_stops_before_uploading_with_one_line(tmp_path, record):
     _, cfg = _numbers_csv_config(tmp_path, 20)
     fw = cfg.frameworks[0]
@@ -314,3 +318,95 @@ def test_a_malformed_upload_record_stops_before_uploading_with_one_line(tmp_path
     with pytest.raises(ConfigError, match="upload record .* remove it to upload every point again"):
         run_align(cfg, {}, upload, out=lambda _: None)
     assert not (tmp_path / "swanlog").exists()  # nothing uploaded
+
+
+def _align_cli(tmp_path, *flags):
+    return subprocess.run([sys.executable, str(ENTRY), "align", "--config", str(tmp_path / "align.yaml"), *flags],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_a_value_filled_in_later_at_an_old_step_is_named_and_rebuild_uploads_every_point_afresh(tmp_path):
+    """SwanLab keeps a resumed experiment's metrics append-only: a point at or before a metric's last
+    step is not added (SwanHubX/SwanLab#1318, #1576). align says so and --rebuild is the way out."""
+    frame, cfg = _numbers_csv_config(tmp_path, 1000)
+    doc = {"aligned_metrics": ["a/m0", "a/m1", "a/m2"],
+           "frameworks": {"csvrun": {"platform": "csv", "path": "run.csv", "output_file": "cache.csv",
+                                     "mapping": {f"m{i}": f"a/m{i}" for i in range(3)}}},
+           "target": {"project": "p", "mode": "offline", "logdir": "swanlog"}}
+    (tmp_path / "align.yaml").write_text(yaml.safe_dump(doc))
+    cfg = parse_align_config(doc, tmp_path, {})
+    first = _align_cli(tmp_path)
+    assert first.returncode == 0, first.stderr
+    time.sleep(1.1)  # SwanLab names offline folders by the second
+    frame.loc[500:599, "m2"] = 7.0  # filled in later, at old steps
+    import pandas as pd
+    more = pd.DataFrame({"step": range(1000, 1010), **{f"m{i}": [1.0] * 10 for i in range(3)}})
+    pd.concat([frame, more]).to_csv(tmp_path / "run.csv", index=False)  # and 10 new steps
+    dry = _align_cli(tmp_path, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "csvrun: 100 point(s) cannot be appended" in dry.stdout and "a/m2 steps 500..599" in dry.stdout, dry.stdout
+    assert "--rebuild" in dry.stdout
+    second = _align_cli(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "csvrun: uploaded 10 step(s)" in second.stdout, second.stdout
+    assert "100 point(s) not sent" in second.stdout and "a/m2 steps 500..599" in second.stdout, second.stdout
+    old_id = experiment_id(cfg.project, "csvrun", "csv", str(tmp_path / "run.csv"))
+    old_dirs = run_dirs(tmp_path / "swanlog", old_id)
+    assert len(old_dirs) == 2
+    assert sorted(scalars(old_dirs[1])) == sorted((f"a/m{i}", s, 1.0) for i in range(3) for s in range(1000, 1010))
+    rebuilt = _align_cli(tmp_path, "--rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    new_id = experiment_id(cfg.project, "csvrun", "csv", str(tmp_path / "run.csv"), version=2)
+    assert new_id != old_id and new_id in rebuilt.stdout and old_id in rebuilt.stdout, rebuilt.stdout
+    [new_dir] = run_dirs(tmp_path / "swanlog", new_id)
+    points = scalars(new_dir)
+    assert len(points) == 3 * 1010 and len({(k, s) for k, s, _ in points}) == 3 * 1010  # every point, once
+    assert {(k, s): v for k, s, v in points}[("a/m2", 550)] == 7.0
+    assert {s for _, s, _ in points} == set(range(1010))
+    assert run_dirs(tmp_path / "swanlog", old_id) == old_dirs  # the old experiment is left alone
+    time.sleep(1.1)
+    again = _align_cli(tmp_path)  # the fresh experiment is the one re-runs add to
+    assert again.returncode == 0, again.stderr
+    assert "uploaded 0 step(s)" in again.stdout and "not sent" not in again.stdout, again.stdout
+    assert len(run_dirs(tmp_path / "swanlog", new_id)) == 1
+
+
+def test_a_malformed_upload_record_of_a_later_framework_stops_before_the_first_uploads(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.csv").write_text("step,reward\n1,0.5\n")
+    doc = {"aligned_metrics": ["algorithm/reward"],
+           "frameworks": {n: {"platform": "csv", "path": f"{n}.csv", "output_file": f"data/{n}.csv",
+                              "mapping": {"reward": "algorithm/reward"}} for n in ("a", "b")},
+           "target": {"project": "p", "mode": "offline", "logdir": "swanlog"}}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "b.csv.uploaded.json").write_text("[]")
+    with pytest.raises(ConfigError, match="upload record .*b.csv.uploaded.json"):
+        run_align(parse_align_config(doc, tmp_path, {}), {}, upload, out=lambda _: None)
+    assert not (tmp_path / "swanlog").exists()
+
+
+def test_rebuild_dry_run_names_the_fresh_experiment_and_uploads_nothing(tmp_path):
+    _, cfg = _numbers_csv_config(tmp_path, 20)
+    run_align(cfg, {}, upload, out=lambda _: None)
+    record = (tmp_path / "cache.csv.uploaded.json").read_text()
+    lines = []
+    run_align(cfg, {}, upload, dry_run=True, rebuild=True, out=lines.append)
+    fw = cfg.frameworks[0]
+    old_id, new_id = (experiment_id(cfg.project, fw.name, fw.platform, fw.source, v) for v in (1, 2))
+    assert lines[-1] == (f"csvrun: --rebuild would upload 20 step(s) into a fresh SwanLab experiment {new_id}; "
+                         f"experiment {old_id} would be left as it is")
+    assert (tmp_path / "cache.csv.uploaded.json").read_text() == record
+    assert len(run_dirs(tmp_path / "swanlog")) == 1
+
+
+def test_points_an_append_cannot_add_are_listed_briefly():
+    import numpy as np
+
+    from sidecar.align import describe_steps
+
+    blocked = {"a/m2": np.array([500, 501, 502, 700]), "a/m0": np.array([3])}
+    assert describe_steps(blocked) == "a/m2 steps 500..502, 700; a/m0 step 3"
+    many = {f"m{i}": np.arange(0, 40, 2) for i in range(10)}
+    text = describe_steps(many)
+    assert text.startswith("m0 steps 0, 2, 4, 6, 8, 10 (+14 more runs); m1 steps")
+    assert text.endswith("; and 2 more metrics")
