@@ -17,6 +17,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Every local eval gets this variable, naming its attempt (saved in state before the eval starts):
+# whatever it leaves behind, even outside its process group, is found by it after a kill -9.
+ATTEMPT_ENV = "EVAL_SIDECAR_ATTEMPT"
 
 
 @dataclass(frozen=True)
@@ -81,22 +84,30 @@ class LocalExecutor:
         """
         argv, cwd, env, log_path, timeout = job.argv, job.cwd, job.env, job.log_path, job.timeout
         started = time.monotonic()
+        # A failure here is the sidecar's own (its disk, its processes), never the eval's: it uses no attempt.
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(log_path, "ab")
         except OSError as exc:
-            return EvalResult(None, 0.0, start_error=f"cannot open log file {log_path}: {exc.strerror or exc}")
+            return EvalResult(None, 0.0, start_error=f"cannot open log file {log_path}: {exc.strerror or exc}",
+                              consume_attempt=False)
         with out:
             header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar runs: {argv!r} (cwd {cwd})\n"
             try:
                 out.write(header.encode("utf-8", "replace"))
                 out.flush()
+            except OSError as exc:
+                return EvalResult(None, 0.0, start_error=f"cannot write log file {log_path}: {exc.strerror or exc}",
+                                  consume_attempt=False)
+            try:
                 proc = subprocess.Popen(
                     argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as exc:
-                return EvalResult(None, time.monotonic() - started, start_error=exc.strerror or str(exc))
+                return EvalResult(None, time.monotonic() - started, start_error=exc.strerror or str(exc),
+                                  consume_attempt=False)
+            crash_point("eval-spawned")  # the child exists; only the attempt's tag names it yet
         with self._lock:
             self._running[proc.pid] = proc
         timed_out = False
@@ -112,7 +123,7 @@ class LocalExecutor:
                 timed_out = True
                 log.warning("eval pid %d timed out after %s s; stopping its process group", proc.pid, timeout)
                 self._stop_group(proc)
-            self._reap_stragglers(proc.pid)
+            self._reap_stragglers(proc.pid, job.tag)
         except BaseException:
             self._stop_group(proc)  # nothing outlives its eval, whatever went wrong here
             raise
@@ -132,16 +143,14 @@ class LocalExecutor:
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def _reap_stragglers(self, pgid: int) -> None:
-        """Processes the eval left behind in its group are stopped too: nothing outlives its eval."""
-        if not group_alive(pgid):
+    def _reap_stragglers(self, pgid: int, tag: str) -> None:
+        """Processes the eval left behind (in its group, or outside it with its attempt tag) are
+        stopped too: nothing outlives its eval."""
+        tagged = tagged_processes(tag)
+        if not group_alive(pgid) and not tagged:
             return
         log.warning("eval process group %d left processes behind; stopping them", pgid)
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _signal_group(pgid, signal.SIGKILL)
+        _stop_all(pgid, tagged, self.grace)
 
     def cancel_all(self) -> None:
         """Called from a signal handler: SIGTERM every running eval group; SIGKILL follows after the grace period.
@@ -175,20 +184,76 @@ def process_start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
-def reap_orphan(pgid: int, start_time: str, grace: float = 10.0) -> bool:
-    """Stop an eval group left running by a sidecar that was killed (-9).
+def tagged_processes(tag: str) -> list[tuple[int, str]]:
+    """(pid, start time) of every process whose environment carries this attempt's tag: an eval's
+    children, also those that left its process group (setsid) or outlived its leader."""
+    if not tag:
+        return []
+    needle = f"{ATTEMPT_ENV}={tag}\0".encode()
+    me = os.getpid()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = b"\0" + fh.read()
+        except OSError:
+            continue
+        if b"\0" + needle in environ or environ.endswith(b"\0" + needle[:-1]):
+            start = process_start_time(int(entry))
+            if start:
+                found.append((int(entry), start))
+    return found
 
-    Only a group whose leader is still the very process that was started (same pid and start
-    time) is touched, so a reused pid of an unrelated program is never signalled. True if stopped.
-    """
-    if not start_time or process_start_time(pgid) != start_time:
-        return False
-    log.warning("stopping eval process group %d left running by a previous sidecar", pgid)
-    _signal_group(pgid, signal.SIGTERM)
+
+def _stop_all(pgid: int | None, tagged: list[tuple[int, str]], grace: float) -> None:
+    """SIGTERM the group `pgid` (if given) and each tagged process that is still the same process,
+    wait up to `grace` for them, then SIGKILL what is left."""
+    def signal_all(sig: int) -> bool:
+        alive = False
+        if pgid:
+            alive = _signal_group(pgid, sig) or alive
+        for pid, start in tagged:
+            if process_start_time(pid) == start:
+                try:
+                    os.kill(pid, sig)
+                    alive = alive or not _is_zombie(pid)
+                except OSError:
+                    pass
+        return alive
+
+    if not signal_all(signal.SIGTERM):
+        return
     deadline = time.monotonic() + grace
-    while group_alive(pgid) and time.monotonic() < deadline:
+    while signal_all(0) and time.monotonic() < deadline:
         time.sleep(0.05)
-    _signal_group(pgid, signal.SIGKILL)
+    signal_all(signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def reap_orphan(pgid: int | None, start_time: str, tag: str = "", grace: float = 10.0) -> bool:
+    """Stop what an eval left running when its sidecar was killed (-9): its process group while
+    its leader is still the very process that was started (same pid and start time, so a reused
+    pid of an unrelated program is never signalled), and every process carrying its attempt tag
+    (children that left the group or outlived the leader). True if anything was stopped."""
+    leader = pgid if pgid and start_time and process_start_time(pgid) == start_time else None
+    tagged = tagged_processes(tag)
+    if leader is None and not tagged:
+        return False
+    log.warning("stopping eval processes left running by a previous sidecar (%s)",
+                ", ".join([f"group {leader}"] * (leader is not None) + [f"pid {p}" for p, _ in tagged]))
+    _stop_all(leader, tagged, grace)
     return True
 
 
@@ -257,7 +322,7 @@ def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = No
 # that moment loses nothing. Read once at import; unset, every crash_point is a no-op.
 _CRASH_AT = os.environ.get("EVAL_SIDECAR_CRASH_AT", "")
 _crash_counts: dict[str, int] = {}
-CRASH_PHASES = ("after-discovery", "eval-running", "eval-finished", "metrics-read", "state-write",
+CRASH_PHASES = ("after-discovery", "eval-spawned", "eval-running", "eval-finished", "metrics-read", "state-write",
                 "state-written", "wandb-row", "table-log", "shutdown", "slurm-submitted")
 
 

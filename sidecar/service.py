@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
-from .executor import EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
+from .executor import ATTEMPT_ENV, EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
 from .files import not_regular
 from .metrics import read_metrics
 from .pins import Pins
@@ -138,11 +138,15 @@ class Sidecar:
                 continue
             self._interrupted.add(step)
             entry["interrupted"] = True
-            pid = entry.get("pid")
-            if pid and entry.get("host") == self.host:
-                reap_orphan(int(pid), str(entry.get("pid_start", "")), grace=cfg.eval_kill_grace_seconds)
+            if entry.get("host") == self.host:
+                pid = entry.get("pid")
+                reap_orphan(pid if isinstance(pid, int) and pid > 1 else None, str(entry.get("pid_start", "")),
+                            str(entry.get("attempt", "")), grace=cfg.eval_kill_grace_seconds)
             log.warning("checkpoint-%s was being evaluated when the previous sidecar stopped; it will be evaluated again",
                         step)
+        redo = self._interrupted & state.processed - self.policy.force_steps
+        if redo:  # a re-evaluation (--force-eval-steps) cut short: finish it, as its flag asked
+            self.policy = replace(self.policy, force_steps=self.policy.force_steps | redo)
         if cfg.retry_failed and state.failed:
             log.info("--retry-failed: %d failed checkpoint(s) get a fresh attempt budget", reset_failures(state))
         if state.upgraded_from == 1 and state.rows and not state.segments:
@@ -339,7 +343,7 @@ class Sidecar:
         first_scan = self._first_scan
         if first_scan:
             self._first_scan = False
-            absent = sorted(self.policy.force_steps - {c.step for c in found})
+            absent = sorted(set(self.config.force_eval_steps) - {c.step for c in found})
             if absent:
                 log.warning("--force-eval-steps: no checkpoint folder for step(s) %s; nothing to re-evaluate there",
                             ", ".join(map(str, absent)))
@@ -363,7 +367,15 @@ class Sidecar:
         """Seen-but-unprocessed steps that are gone now were rotated away before their eval."""
         state = self.state
         present = {c.step for c in found}
-        watched = set(state.pending) | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)}
+        for step in sorted(self._interrupted & state.processed - present):
+            # a re-evaluation a killed sidecar left, of a checkpoint deleted since: the result stands
+            log.warning("checkpoint-%s was deleted while it was being re-evaluated; its earlier result stands", step)
+            state.in_flight.pop(step, None)
+            self._interrupted.discard(step)
+            self.policy = replace(self.policy, force_steps=self.policy.force_steps - {step})
+            self._dirty = True
+        watched = (set(state.pending) | self._interrupted
+                   | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)})
         gone = sorted(s for s in watched if s not in present and s not in state.processed and s not in state.vanished
                       and s not in self._running)
         for step in gone:
@@ -371,6 +383,7 @@ class Sidecar:
             log.warning("%s was deleted before it was evaluated; recorded as vanished", name)
             record_vanished(state, step, name, "deleted before its eval", now_wall)
             self._ready.discard(step)
+            self._interrupted.discard(step)
             self.readiness.forget(step)
         if gone:
             self._dirty = True
@@ -523,8 +536,21 @@ class Sidecar:
             log.info("evaluating %s as a Slurm job (log: %s)", ckpt.name, log_path)
             self._start_worker(ckpt, job, None, self.executor)
         else:
+            # Saved before the child exists: a kill -9 at any moment after leaves a record whose
+            # tag (in the eval's environment) finds every process the eval started.
+            tag = f"{step}-{secrets.token_hex(8)}"
+            state.in_flight[step] = {**self._in_flight_entry(ckpt), "attempt": tag}
+            self._dirty = True
+            if not self._save(force=True):
+                state.in_flight.pop(step, None)
+                record = record_failure(state, ckpt, f"{ckpt.name} was not started: its in-flight record could not be "
+                                        f"saved (state file {self.store.path})", self.clock.time(), self.policy,
+                                        consume_attempt=False)
+                log.warning("%s; not counted as an attempt, retry in %.0f s", record["error"],
+                            record["retry_after"] - self.clock.time())
+                return 0
             log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
-            job = EvalJob(argv, cfg.repo_root, env, log_path, cfg.eval_timeout_seconds)
+            job = EvalJob(argv, cfg.repo_root, {**env, ATTEMPT_ENV: tag}, log_path, cfg.eval_timeout_seconds, tag=tag)
             self._start_worker(ckpt, job, slot, self.executor)
         return 0
 
@@ -672,8 +698,8 @@ class Sidecar:
         """Record what names the running eval (pid and start time, or Slurm job id) before it goes on."""
         entry = self._in_flight_entry(ckpt)
         previous = self.state.in_flight.get(ckpt.step) or {}
-        if previous.get("slurm_tag") or previous.get("job_id"):  # this Slurm attempt's record: keep what it says
-            entry = {**previous, "host": self.host}
+        if previous.get("slurm_tag") or previous.get("job_id") or previous.get("attempt"):
+            entry = {**previous, "host": self.host}  # this attempt's record, saved before it started: keep it
         entry.update(info)
         if slot is not None:
             entry["gpus"] = self.config.gpu_slots[slot]
@@ -703,12 +729,13 @@ class Sidecar:
             crash_point("state-written")
 
     # ----- persistence and reporting -------------------------------------------------------------
-    def _save(self, force: bool = False) -> None:
+    def _save(self, force: bool = False) -> bool:
+        """Write the state if it changed (batched unless `force`); False if the write failed."""
         if not self._dirty and not force:
-            return
+            return True
         now = self.clock.monotonic()
         if not force and now - self._last_save < SAVE_BATCH_SECONDS:
-            return
+            return True
         try:
             self.store.save(self.state, self.clock.time())
         except StateWriteError as exc:
@@ -717,12 +744,13 @@ class Sidecar:
                 self._save_failing = True
             if self.config.once:
                 raise
-            return
+            return False
         if self._save_failing:
             log.info("state file %s written again", self.store.path)
             self._save_failing = False
         self._dirty = False
         self._last_save = now
+        return True
 
     def _report(self) -> None:
         """Hand rows already saved in state to the reporter (it never blocks the evaluator)."""

@@ -41,6 +41,9 @@ case "$mode" in
               exec "$STANDIN_PY" -c 'import time; time.sleep(600)' ;;
   ignore-term) trap '' TERM; echo started > "$ctl/started-$name"; sleep 600 & echo "$!" > "$ctl/grandchild-$name"; wait ;;
   slow) sleep "${STANDIN_SLOW:-1}"; write_metrics ;;
+  slow-bg) sleep 300 & echo "$!" > "$ctl/grandchild-$name"; echo started > "$ctl/started-$name"
+           sleep "${STANDIN_SLOW:-1}"; write_metrics ;;
+  setsid-bg) setsid sleep 300 & echo started > "$ctl/started-$name"; sleep "${STANDIN_SLOW:-1}"; write_metrics ;;
   delete-self) rm -rf -- "$CKPT_LIST"; exit 1 ;;
   *) echo "unknown mode $mode" >&2; exit 9 ;;
 esac

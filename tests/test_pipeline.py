@@ -113,7 +113,8 @@ def test_eval_script_gets_exactly_the_injected_environment_verbatim(ws, tmp_path
     assert {k: env.get(k) for k in expected} == expected
     parent = ws.env()
     extra = set(env) - set(parent) - set(expected)
-    assert extra <= {"PWD", "SHLVL", "_", "OLDPWD"}  # set by bash itself
+    assert env["EVAL_SIDECAR_ATTEMPT"].startswith("100-")  # names this attempt's processes (README)
+    assert extra - {"EVAL_SIDECAR_ATTEMPT"} <= {"PWD", "SHLVL", "_", "OLDPWD"}  # set by bash itself
     assert env["STANDIN_CONTROL"] == parent["STANDIN_CONTROL"]  # the sidecar's own environment is passed on
     assert env["PWD"] == str(ws.repo)  # cwd is the repo root
     assert not [p for p in tmp_path.rglob("pwned*")]

@@ -108,3 +108,85 @@ def test_a_metrics_json_linked_to_dev_zero_is_refused_without_reading_it(ws):
     result = ws.run("--once", timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "is a character device, not a regular file" in ws.state()["failed_steps"]["100"]["error"]
+
+
+# ----- in flight after a kill -9 -------------------------------------------------------------------
+def _kill_9(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def test_a_checkpoint_deleted_during_its_eval_and_a_kill_9_ends_vanished_not_in_flight_forever(ws):
+    ws.checkpoint(100)
+    ws.mode(100, "sleep")
+    proc = ws.start("--poll-interval-seconds", "0.2")
+    wait_for(lambda: ws.state()["in_flight"].get("100", {}).get("pid"))
+    ws.checkpoint(200)  # so that a later pass shows the deletion was seen
+    import shutil
+    shutil.rmtree(ws.sft / "checkpoint-100")
+    wait_for(lambda: ws.state()["pending_steps"] == [] or 100 not in ws.state()["pending_steps"], timeout=30)
+    _kill_9(proc)
+    for _ in range(2):
+        result = ws.run("--once")
+        assert result.returncode == 0, result.stderr[-2000:]
+    state = ws.state()
+    assert state["in_flight"] == {}
+    assert "100" in state["vanished_steps"] and 200 in state["processed_steps"]
+    wait_for(lambda: not stand_in_processes(ws), timeout=20)
+    status = ws.status()
+    in_flight = [line for line in status.stdout.splitlines() if line.startswith("in flight")]
+    assert in_flight and in_flight[0].split()[-1] == "none", status.stdout
+
+
+def test_a_forced_re_evaluation_cut_by_kill_9_is_finished_by_the_next_start(ws):
+    ws.checkpoint(100)
+    assert ws.run("--once").returncode == 0
+    ws.mode(100, "sleep")
+    proc = ws.start("--poll-interval-seconds", "3600", "--force-eval-steps", "100")
+    wait_for(lambda: ws.state()["in_flight"].get("100", {}).get("pid"))
+    _kill_9(proc)
+    ws.mode(100, "ok")
+    result = ws.run("--once")  # without the flag
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = ws.state()
+    assert state["in_flight"] == {} and state["processed_steps"] == [100]
+    assert ws.calls() == ["checkpoint-100"] * 3
+    assert state["table_rows"][0]["calls"] == 3  # the row of the finished re-evaluation
+    wait_for(lambda: not stand_in_processes(ws), timeout=20)
+
+
+def test_kill_9_just_after_the_eval_process_exists_leaves_no_orphan(ws):
+    """The moment between the child existing and its pid being saved (EVAL_SIDECAR_CRASH_AT=eval-spawned)."""
+    ws.checkpoint(100)
+    ws.mode(100, "slow")
+    first = ws.run("--once", env=ws.env(EVAL_SIDECAR_CRASH_AT="eval-spawned", STANDIN_SLOW="120"))
+    assert first.returncode == -9, first.stderr[-2000:]
+    wait_for(lambda: stand_in_processes(ws), timeout=20)  # the orphan runs
+    second = ws.run("--once", env=ws.env(STANDIN_SLOW="0"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "stopping eval processes left running by a previous sidecar" in second.stderr
+    wait_for(lambda: not stand_in_processes(ws), timeout=20)
+    state = ws.state()
+    assert state["processed_steps"] == [100] and state["in_flight"] == {}
+
+
+def test_processes_an_eval_left_behind_are_stopped_after_a_kill_9(ws):
+    """The eval runs `sleep 300 &` and finishes while its sidecar is dead: the restart stops the sleep."""
+    ws.checkpoint(100)
+    ws.mode(100, "slow-bg")
+    first = ws.run("--once", env=ws.env(EVAL_SIDECAR_CRASH_AT="eval-running", STANDIN_SLOW="1"))
+    assert first.returncode == -9
+    left = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").read_text().strip()))
+    wait_for(lambda: ws.results(100).exists(), timeout=20)  # the eval itself finished
+    assert not process_gone(left)
+    ws.mode(100, "ok")
+    assert ws.run("--once").returncode == 0
+    wait_for(lambda: process_gone(left), timeout=20)
+    assert ws.state()["processed_steps"] == [100]
+
+
+def test_a_setsid_child_that_keeps_the_environment_is_stopped_too(ws):
+    ws.checkpoint(100)
+    ws.mode(100, "setsid-bg")
+    assert ws.run("--once", env=ws.env(STANDIN_SLOW="0")).returncode == 0
+    wait_for(lambda: not stand_in_processes(ws), timeout=20)
