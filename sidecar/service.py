@@ -94,6 +94,7 @@ class Sidecar:
         self._last_save = float("-inf")
         self._root_missing = False
         self._save_failing = False
+        self._save_error = ""
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
@@ -543,8 +544,8 @@ class Sidecar:
             self._dirty = True
             if not self._save(force=True):
                 state.in_flight.pop(step, None)
-                record = record_failure(state, ckpt, f"{ckpt.name} was not started: its in-flight record could not be "
-                                        f"saved (state file {self.store.path})", self.clock.time(), self.policy,
+                record = record_failure(state, ckpt, f"{ckpt.name} was not started (its in-flight record must be saved "
+                                        f"first): {self._save_error}", self.clock.time(), self.policy,
                                         consume_attempt=False)
                 log.warning("%s; not counted as an attempt, retry in %.0f s", record["error"],
                             record["retry_after"] - self.clock.time())
@@ -739,6 +740,7 @@ class Sidecar:
         try:
             self.store.save(self.state, self.clock.time())
         except StateWriteError as exc:
+            self._save_error = str(exc)
             if not self._save_failing:
                 log.error("%s; will retry", exc)
                 self._save_failing = True

@@ -190,3 +190,60 @@ def test_a_setsid_child_that_keeps_the_environment_is_stopped_too(ws):
     ws.mode(100, "setsid-bg")
     assert ws.run("--once", env=ws.env(STANDIN_SLOW="0")).returncode == 0
     wait_for(lambda: not stand_in_processes(ws), timeout=20)
+
+
+# ----- disk full -----------------------------------------------------------------------------------
+def _mount_tmpfs(folder: Path, size: str) -> None:
+    import pytest
+
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a small tmpfs is needed to fill a disk and could not be mounted: {done.stderr.strip()}")
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _processed(state_dir: Path) -> list[int] | None:
+    files = list(state_dir.glob("*.json"))
+    return json.loads(files[0].read_text())["processed_steps"] if files else None
+
+
+def test_a_full_disk_under_state_and_logs_uses_no_attempt(ws, tmp_path):
+    """State and logs on a full filesystem (a 1 MB tmpfs): every eval start fails with ENOSPC. That
+    is the sidecar's failure, not the eval's: when space returns, the checkpoint is evaluated."""
+    full = tmp_path / "full"
+    _mount_tmpfs(full, "1m")
+    proc = None
+    try:
+        ws.checkpoint(50)
+        proc = ws.start("--state-dir", str(full / "state"), "--log-dir", str(full / "log"), "--max-attempts", "2",
+                        "--retry-backoff-seconds", "0.5", "--poll-interval-seconds", "0.5")
+        state = full / "state"
+        wait_for(lambda: _processed(state) == [50], timeout=60)
+        filler = _fill(full)
+        ws.checkpoint(100, age=0)
+        out = Path(wait_for(lambda: [p for p in ws.ctl.glob("sidecar-*.out")])[0])
+        wait_for(lambda: out.read_text().count("not counted as an attempt") >= 3, timeout=60)
+        assert ws.calls() == ["checkpoint-50"]
+        filler.unlink()
+        wait_for(lambda: _processed(state) == [50, 100],
+                 timeout=60)
+        assert "giving up" not in out.read_text()
+        _stop(proc)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)
