@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import tempfile
@@ -162,15 +163,19 @@ class State:
 def read_state(path: Path) -> State | None:
     """Read a state file without any lock (atomic replace makes that safe); None if absent."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StateCorrupt(path, f"unreadable: {exc.strerror or exc}") from exc
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StateCorrupt(path, f"not UTF-8 text: byte {raw[exc.start]:#04x} at offset {exc.start}") from exc
+    try:
         return State.from_dict(json.loads(text))
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
-        raise StateCorrupt(path, (str(exc).splitlines() or [type(exc).__name__])[0][:200]) from exc
+        raise StateCorrupt(path, (str(exc).splitlines() or [type(exc).__name__])[0][:300]) from exc
 
 
 def _current_umask() -> int:
@@ -237,12 +242,31 @@ def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
     _fsync_dir(path.parent)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def dump_state(data: dict) -> str:
     """JSON with one top-level field per line and compact values: C-encoder fast (a state of
-    10,000 rows dumps in well under 0.1 s) and still readable with `head` or `jq`."""
+    10,000 rows dumps in well under 0.1 s) and still readable with `head` or `jq`.
+
+    The text always encodes as UTF-8, whatever the strings hold: readable text stays as it is,
+    and a code point UTF-8 cannot hold (a lone surrogate: a path's undecodable byte as Python
+    surrogate-escapes it, or `"\\ud800"` read from a metrics.json) is written as its JSON escape,
+    which json.loads turns back into the very same string. (Only a high surrogate directly
+    followed by a low one reads back as the one character JSON defines that pair to be; no path
+    or parsed JSON holds such a pair.)"""
     body = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
                       for k, v in data.items())
-    return "{\n" + body + "\n}\n"
+    text = "{\n" + body + "\n}\n"
+    try:
+        text.encode("utf-8")  # a C fast path; the regex below scans only text that needs it
+    except UnicodeEncodeError:
+        text = _SURROGATE.sub(_escape, text)  # outside strings the encoder writes only ASCII
+    return text
 
 
 class StateStore:
