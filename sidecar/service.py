@@ -16,7 +16,8 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import Config
+from .attribution import non_default_eval_flags, producer, record_producer
+from .config import FLAGS, Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, MetricsError, StateWriteError
 from .executor import ATTEMPT_ENV, EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
@@ -95,6 +96,7 @@ class Sidecar:
         self._root_missing = False
         self._save_failing = False
         self._save_error = ""
+        self._warned_unattributed = False
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
@@ -514,8 +516,14 @@ class Sidecar:
                 if exc.reason != "not found":
                     log.info("%s; running the eval script for %s", exc, ckpt.name)
             else:
-                self._succeed(ckpt, metrics, metrics_path, evaluated=False)
-                return 1
+                made_by = producer(metrics_path)
+                if made_by is None or made_by == cfg.identity.key:
+                    if made_by is None:
+                        self._warn_unattributed(metrics_path)
+                    self._succeed(ckpt, metrics, metrics_path, evaluated=False)
+                    return 1
+                log.info("%s was produced by another configuration of this model (run eval-%s); evaluating %s "
+                         "with this one (the eval script overwrites it)", metrics_path, made_by, ckpt.name)
         if not ckpt.path.is_dir():
             log.warning("%s was deleted before its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
@@ -554,6 +562,18 @@ class Sidecar:
             job = EvalJob(argv, cfg.repo_root, {**env, ATTEMPT_ENV: tag}, log_path, cfg.eval_timeout_seconds, tag=tag)
             self._start_worker(ckpt, job, slot, self.executor)
         return 0
+
+    def _warn_unattributed(self, metrics_path: Path) -> None:
+        """Once: a metrics.json no sidecar eval produced is reused (as the original tool did) under
+        non-default eval flags, so it may hold another configuration's numbers."""
+        if self._warned_unattributed:
+            return
+        self._warned_unattributed = True
+        changed = non_default_eval_flags(self.config, FLAGS)
+        if changed:
+            log.warning("reusing metrics.json files this sidecar did not produce (e.g. %s) as results of this "
+                        "configuration (%s); if they came from other flags, start once with --force-eval",
+                        metrics_path, ", ".join(changed))
 
     def _start_worker(self, ckpt: Checkpoint, job: EvalJob, slot: int | None, executor) -> None:
         worker = threading.Thread(target=self._run_eval, args=(ckpt, job, executor), name=f"eval-{ckpt.step}",
@@ -714,6 +734,8 @@ class Sidecar:
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
         row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
+        if evaluated:
+            record_producer(metrics_path, self.config.identity.key)
         record_success(self.state, row)
         self._ready.discard(ckpt.step)
         self._interrupted.discard(ckpt.step)

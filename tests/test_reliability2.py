@@ -247,3 +247,30 @@ def test_a_full_disk_under_state_and_logs_uses_no_attempt(ws, tmp_path):
             proc.kill()
             proc.wait()
         subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+# ----- another configuration's numbers ------------------------------------------------------------
+def test_a_metrics_json_of_another_configuration_is_evaluated_again_not_taken(ws):
+    ws.checkpoint(100)
+    assert ws.run("--once").returncode == 0  # --num-beams 50 (the default) writes results/.../metrics.json
+    other = ws.run("--once", "--num-beams", "10")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert ws.calls() == ["checkpoint-100", "checkpoint-100"]
+    assert "was produced by another configuration of this model" in other.stderr
+    rows = {json.loads(f.read_text())["table_rows"][0]["calls"] for f in ws.state_files()}
+    assert rows == {1, 2}  # each configuration records its own eval's numbers
+    assert "reusing metrics.json files" not in other.stderr
+
+
+def test_an_unattributed_metrics_json_is_reused_as_before_with_one_warning_under_other_flags(ws):
+    for step in (100, 200):
+        ws.checkpoint(step)
+        ws.results(step).parent.mkdir(parents=True)
+        ws.results(step).write_text(json.dumps({"HR@10": 0.25}))  # the original tool's, or by hand
+    result = ws.run("--once", "--num-beams", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ws.calls() == []
+    assert result.stderr.count("reusing metrics.json files this sidecar did not produce") == 1
+    warning = next(line for line in result.stderr.splitlines() if "reusing metrics.json" in line)
+    assert "--num-beams 10" in warning and "--force-eval" in warning
+    assert [json.loads(f.read_text())["processed_steps"] for f in ws.state_files()] == [[100, 200]]

@@ -268,3 +268,16 @@ def test_offline_segments_are_written_with_a_resume_mode_wandb_sync_can_join():
 
     assert [effective_resume(r, "offline") for r in ("allow", "auto", "must")] == ["allow", "allow", "must"]
     assert [effective_resume(r, "online") for r in ("allow", "auto", "never")] == ["allow", "auto", "never"]
+
+
+def test_eval_flags_that_differ_from_their_defaults_are_named(tmp_path):
+    from sidecar.attribution import non_default_eval_flags
+    from sidecar.config import FLAGS, build_config, build_parser
+
+    def changed(*argv):
+        args = vars(build_parser().parse_args(["--sft-root", str(tmp_path / "sft"), "--repo-root", str(tmp_path), *argv]))
+        return non_default_eval_flags(build_config(args, {}, tmp_path, check_paths=False), FLAGS)
+
+    assert changed() == []
+    assert changed("--num-beams", "10", "--seed", "1") == ["--num-beams 10", "--seed 1"]
+    assert changed("--test-data-path", "data/x/sft/test.json") == ["--test-data-path " + str(tmp_path / "data/x/sft/test.json")]
