@@ -16,6 +16,11 @@ from .discover import parse_step
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 _CB = re.compile(r"cb\d+(?:-\d+)*")
 
+# A file name holds at most 255 bytes. The longest name made from a state file's is its backup's
+# temp copy, `.<model>_<key>.json.<16 hex>.bak.tmp`: 52 bytes besides `<model>`. Up to this many
+# characters (sanitised names are ASCII) the model part is the original tool's name, unchanged.
+FILE_MODEL_MAX = 200
+
 
 def sanitize(value: str, fallback: str = "unknown") -> str:
     """Replace each run of characters outside [a-zA-Z0-9_.-] by '-', strip '-_.' at both ends."""
@@ -74,6 +79,14 @@ class Identity:
         return sanitize(self.model_name)
 
     @property
+    def file_model(self) -> str:
+        """The model part of the state and lock file names: `safe_model`, or its first
+        FILE_MODEL_MAX characters when longer. The key after it is a hash of the whole
+        configuration, the full name included, so a shortened name still names one configuration."""
+        name = self.safe_model
+        return name if len(name) <= FILE_MODEL_MAX else name[:FILE_MODEL_MAX].rstrip("-_.")
+
+    @property
     def default_run_id(self) -> str:
         return f"eval-{self.key}"
 
@@ -82,10 +95,10 @@ class Identity:
         return f"{self.safe_model}-eval"
 
     def state_file(self, state_dir: Path) -> Path:
-        return state_dir / f"{self.safe_model}_{self.key}.json"
+        return state_dir / f"{self.file_model}_{self.key}.json"
 
     def lock_file(self, state_dir: Path) -> Path:
-        return state_dir / f"{self.safe_model}_{self.key}.lock"
+        return state_dir / f"{self.file_model}_{self.key}.lock"
 
     def wandb_config(self) -> dict:
         """The W&B run config (the original's filter fields)."""

@@ -38,21 +38,127 @@ def utc_iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, timezone.utc).replace(microsecond=0).isoformat()
 
 
+# Bounds of the numbers a state file may hold: JSON integers other tools read as int64, process ids
+# as the kernel's pid_t, wall times up to 2106 (a wait until then still fits threading's timeout).
+MAX_INT = 2 ** 63 - 1
+MAX_PID = 2 ** 31 - 1
+MAX_TIME = 2.0 ** 32
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _bad(where: str, name: str, value: object, what: str) -> ValueError:
+    """`failed_steps['200'] has a bad attempts value 1.5 (it must be a whole number, 0 or more)`."""
+    field = f" {name}" if name else ""
+    return ValueError(f"{where} has a bad{field} value {_show(value)} (it must be {what})")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
+
+
+# Each shape: (test, what the message says it must be).
+_SHAPES = {
+    "text": (lambda v: isinstance(v, str), "text"),
+    "path": (lambda v: isinstance(v, str) and "\0" not in v, "a path (text without NUL characters)"),
+    "name": (_is_name, "a checkpoint folder name"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "text-or-flag": (lambda v: isinstance(v, (str, bool)), "text, true or false"),
+    "step": (lambda v: _is_whole(v, 0, MAX_INT), "a checkpoint step: a whole number, 0 or more"),
+    "count": (lambda v: _is_whole(v, 0, MAX_INT), "a whole number, 0 or more"),
+    "line": (lambda v: _is_whole(v, 0, MAX_INT), "a W&B history line: a whole number, 0 or more"),
+    "version": (lambda v: _is_whole(v, 1, MAX_INT), "a whole number, 1 or more"),
+    "pid": (lambda v: _is_whole(v, 1, MAX_PID), f"a process id: a whole number from 1 to {MAX_PID}"),
+    "time": (lambda v: _is_number(v) and 0 <= v <= MAX_TIME, "a time in seconds since 1970"),  # NaN fails too
+    "number": (_is_number, "a number"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "steps": (lambda v: isinstance(v, list), "a list of checkpoint steps"),
+    "texts": (lambda v: isinstance(v, list), "a list of texts"),
+}
+
+
+def _checked(value: object, kind: str, where: str, name: str = "") -> object:
+    """`value` if it has the shape `kind`, else ValueError naming `where` (and the field `name`).
+    A kind ending in `?` also takes null; elsewhere null is refused, since code reading
+    `entry.get(name, default)` would get None, not its default."""
+    if kind.endswith("?"):
+        if value is None:
+            return value
+        kind = kind[:-1]
+    test, what = _SHAPES[kind]
+    if not test(value):
+        raise _bad(where, name, value, what)
+    inner = {"steps": "step", "texts": "text"}.get(kind)
+    if inner:
+        label = f"{where}.{name}" if name else where
+        for i, item in enumerate(value):
+            _checked(item, inner, f"{label}[{i}]")
+    return value
+
+
 def _steps(value: object, field: str) -> list[int]:
-    if not isinstance(value, list):
-        raise ValueError(f"{field} must be a list")
-    return [int(v) for v in value]
+    return list(_checked(value, "steps", field))
 
 
-def _by_step(value: object, field: str) -> dict[int, dict]:
+def _step_key(key: str, where: str) -> int:
+    if not (key.isascii() and key.isdigit() and len(key) <= 19) or int(key) > MAX_INT:
+        raise ValueError(f"{where} has the key {_show(key)}, not a checkpoint step")
+    return int(key)
+
+
+def _check_entry(entry: dict, where: str, fields: dict[str, str]) -> None:
+    for name, kind in fields.items():
+        if name in entry:
+            _checked(entry[name], kind, where, name)
+
+
+# The fields the sidecar reads in each kind of entry, with their shapes; other fields are kept as they are.
+FAILED_FIELDS = {"checkpoint": "text", "error": "text", "time": "text", "attempts": "count", "retry_after": "time",
+                 "given_up": "flag", "previous_errors": "texts"}
+VANISHED_FIELDS = {"checkpoint": "text", "reason": "text", "time": "text"}
+IN_FLIGHT_FIELDS = {"checkpoint": "name", "path": "path", "started": "text", "started_at": "time", "host": "text",
+                    "pid": "pid", "pid_start": "text", "interrupted": "flag", "gpus": "text", "job_id": "text",
+                    "slurm_tag": "text", "slurm_state": "text", "node": "text", "metrics_before": "number?",
+                    "attempt": "text"}
+ROW_FIELDS = {"checkpoint_name": "text", "metrics_path": "text", "eval_params": "object"}  # all else: "number?"
+SEGMENT_FIELDS = {"dir": "path", "mode": "text", "run_id": "text", "started": "text", "pid": "pid", "host": "text",
+                  "steps": "steps", "closed": "flag", "run": "text", "core_pid": "pid", "core_start": "text",
+                  "synced": "text-or-flag", "reconciled": "text", "origin": "text"}
+
+
+def _by_step(value: object, field: str, fields: dict[str, str]) -> dict[int, dict]:
     if not isinstance(value, dict):
-        raise ValueError(f"{field} must be an object")
+        raise ValueError(f"{field} must be an object (got {_show(value)})")
     out: dict[int, dict] = {}
     for key, entry in value.items():
+        where = f"{field}[{key!r}]"
+        step = _step_key(key, field)
         if not isinstance(entry, dict):
-            raise ValueError(f"{field}[{key!r}] must be an object")
-        out[int(key)] = dict(entry)
+            raise ValueError(f"{where} must be an object (got {_show(entry)})")
+        _check_entry(entry, where, fields)
+        out[step] = dict(entry)
     return out
+
+
+def _row(row: object, where: str) -> tuple[int, dict]:
+    if not isinstance(row, dict) or "checkpoint_step" not in row:
+        raise ValueError(f"{where} must be an object with checkpoint_step (got {_show(row)})")
+    step = _checked(row["checkpoint_step"], "step", where, "checkpoint_step")
+    for name, value in row.items():
+        if name != "checkpoint_step":
+            _checked(value, ROW_FIELDS.get(name, "number?"), where, repr(name))
+    return step, dict(row)
 
 
 class State:
@@ -82,50 +188,57 @@ class State:
 
     @classmethod
     def from_dict(cls, data: dict) -> "State":
-        """Adopt a state object of version 1 (the original) or 2; raises ValueError on a wrong shape."""
+        """Adopt a state object of version 1 (the original) or 2; raises ValueError naming the first
+        field of a wrong shape (every field the sidecar reads is checked here, so nothing later
+        meets a wrong type)."""
         if not isinstance(data, dict):
             raise ValueError("the root is not a JSON object")
-        state = cls(str(data.get("model_config_key", "")), str(data.get("run_id", "")), str(data.get("run_name", "")))
-        version = int(data.get("version", 1))
+        for name in ("model_config_key", "run_id", "run_name", "last_update_time", "wandb_run"):
+            _checked(data.get(name), "text?", "the state", name)
+        state = cls(data.get("model_config_key") or "", data.get("run_id") or "", data.get("run_name") or "")
+        version = _checked(data.get("version", 1), "version", "the state", "version")
         state.processed = set(_steps(data.get("processed_steps", []), "processed_steps"))
         rows = data.get("table_rows", [])
         if not isinstance(rows, list):
-            raise ValueError("table_rows must be a list")
-        for row in rows:
-            if not isinstance(row, dict) or "checkpoint_step" not in row:
-                raise ValueError("table_rows entries must be objects with checkpoint_step")
-            state.rows[int(row["checkpoint_step"])] = dict(row)
-        state.failed = _by_step(data.get("failed_steps", {}) or {}, "failed_steps")
-        for step, entry in state.failed.items():
-            try:
-                entry["attempts"] = int(entry.get("attempts", 1))
-                if "retry_after" in entry:
-                    entry["retry_after"] = float(entry["retry_after"])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"failed_steps[{str(step)!r}] has a bad attempts or retry_after value") from exc
-        state.vanished = _by_step(data.get("vanished_steps", {}) or {}, "vanished_steps")
-        state.in_flight = _by_step(data.get("in_flight", {}) or {}, "in_flight")
+            raise ValueError(f"table_rows must be a list (got {_show(rows)})")
+        for i, row in enumerate(rows):
+            step, row = _row(row, f"table_rows[{i}]")
+            state.rows[step] = row
+        state.failed = _by_step(data.get("failed_steps") or {}, "failed_steps", FAILED_FIELDS)
+        for entry in state.failed.values():
+            entry["attempts"] = entry.get("attempts", 1)  # the original's records: one attempt each
+            if "retry_after" in entry:
+                entry["retry_after"] = float(entry["retry_after"])
+        state.vanished = _by_step(data.get("vanished_steps") or {}, "vanished_steps", VANISHED_FIELDS)
+        state.in_flight = _by_step(data.get("in_flight") or {}, "in_flight", IN_FLIGHT_FIELDS)
         state.unreported = set(_steps(data.get("unreported_steps", []), "unreported_steps"))
         state.pending = _steps(data.get("pending_steps", []), "pending_steps")
         last_seen = data.get("last_seen_step")
-        state.last_seen_step = None if last_seen is None else int(last_seen)
+        state.last_seen_step = _checked(last_seen, "step?", "the state", "last_seen_step")
         state.last_update_time = data.get("last_update_time")
+        _checked(data.get("eval_params"), "object?", "the state", "eval_params")
         state.eval_params = data.get("eval_params")
-        state.pins_dir = data.get("pins_dir") if isinstance(data.get("pins_dir"), str) else None
-        if state.eval_params is not None and not isinstance(state.eval_params, dict):
-            raise ValueError("eval_params must be an object")
-        segments = data.get("wandb_segments", []) or []
-        if not isinstance(segments, list) or not all(isinstance(s, dict) and "dir" in s for s in segments):
-            raise ValueError("wandb_segments must be a list of objects with dir")
-        state.segments = [dict(s) for s in segments]
-        for seg in state.segments:
-            seg["steps"] = _steps(seg.get("steps", []), "wandb_segments[].steps")
+        _checked(data.get("pins_dir"), "path?", "the state", "pins_dir")
+        state.pins_dir = data.get("pins_dir") or None
+        segments = data.get("wandb_segments") or []
+        if not isinstance(segments, list):
+            raise ValueError(f"wandb_segments must be a list (got {_show(segments)})")
+        for i, seg in enumerate(segments):
+            where = f"wandb_segments[{i}]"
+            if not isinstance(seg, dict) or not isinstance(seg.get("dir"), str):
+                raise ValueError(f"{where} must be an object with dir (got {_show(seg)})")
+            _check_entry(seg, where, SEGMENT_FIELDS)
+            seg = dict(seg)
+            seg["steps"] = list(seg.get("steps") or [])
+            state.segments.append(seg)
         sent = data.get("wandb_sent") or {}
         if not isinstance(sent, dict) or not isinstance(sent.get("lines", {}), dict):
-            raise ValueError("wandb_sent must be an object with lines")
-        state.sent = {int(k): int(v) for k, v in sent.get("lines", {}).items()}
-        state.sent_run = str(sent.get("run", ""))
-        state.wandb_run = str(data.get("wandb_run") or "")
+            raise ValueError(f"wandb_sent must be an object with lines (got {_show(sent)})")
+        _checked(sent.get("run"), "text?", "wandb_sent", "run")
+        state.sent = {_step_key(k, "wandb_sent.lines"): _checked(v, "line", f"wandb_sent.lines[{k!r}]")
+                      for k, v in sent.get("lines", {}).items()}
+        state.sent_run = sent.get("run") or ""
+        state.wandb_run = data.get("wandb_run") or ""
         state.extra = {k: v for k, v in data.items() if k not in _KNOWN}
         if version < VERSION:
             state.upgraded_from = version

@@ -5,19 +5,28 @@ its one line; a property test mutates a real state file's fields into wrong type
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from hypothesis import assume, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import ENTRY
 
+import eval_wandb_sidecar
+from sidecar.clock import SystemClock
+from sidecar.config import build_config, build_parser
+from sidecar.errors import SidecarError, StateCorrupt
 from sidecar.plan import RESERVED
-from sidecar.state import State, dump_state
+from sidecar.service import Sidecar
+from sidecar.state import State, dump_state, read_state
 
 PROG = "eval_wandb_sidecar.py"
 
@@ -100,7 +109,7 @@ def test_an_sft_root_named_with_a_non_utf8_byte_is_evaluated_and_restarts(ws):
             assert "model-\\udcff\\udcfe-cb16" in shown.stdout  # the pins folder, its bytes shown as escapes
 
 
-# ----- a state file that is not UTF-8 -------------------------------------------------------------------------
+# ----- 13: damaged shapes are one line, exit 2, for every command -----------------------------------------------
 def _real_state(ws) -> Path:
     """A state file written by the sidecar itself (one row, one failure), with its `.bak`."""
     ws.checkpoint(100)
@@ -113,9 +122,208 @@ def _real_state(ws) -> Path:
     return path
 
 
+def _damage(data: dict, what: str) -> None:
+    now = time.time()
+    entry = {"checkpoint": "checkpoint-300", "started": "2026-01-01T00:00:00+00:00", "started_at": now,
+             "host": "elsewhere", "pid": 4242}
+    if what == "processed_steps: [1e400]":
+        data["processed_steps"] = ["__INF__"]
+    elif what == "in-flight pid 'abc'":
+        data["in_flight"] = {"300": {**entry, "pid": "abc"}}
+    elif what == "HR@10 'x' in a table row":
+        data["table_rows"][0]["HR@10"] = "x"
+    elif what == "started_at 'yesterday'":
+        data["in_flight"] = {"300": {**entry, "started_at": "yesterday"}}
+    elif what == "failed attempts 1.5":
+        data["failed_steps"]["200"]["attempts"] = 1.5
+    elif what == "wandb_segments steps of text":
+        data["wandb_segments"] = [{"dir": "/w/offline-run-1", "mode": "offline", "steps": ["one"], "closed": True}]
+    elif what == "wandb_sent line null":
+        data["wandb_sent"] = {"run": "e/p/r", "lines": {"100": None}}
+    elif what == "negative last_seen_step":
+        data["last_seen_step"] = -3
+    else:
+        raise AssertionError(what)
+
+
+DAMAGE = ["processed_steps: [1e400]", "in-flight pid 'abc'", "HR@10 'x' in a table row", "started_at 'yesterday'",
+          "failed attempts 1.5", "wandb_segments steps of text", "wandb_sent line null", "negative last_seen_step"]
+
+
+def test_a_damaged_state_file_is_exit_2_naming_the_file_and_its_bak_for_every_command(ws):
+    path = _real_state(ws)
+    good = path.read_text()
+    for what in DAMAGE:
+        data = json.loads(good)
+        _damage(data, what)
+        path.write_text(json.dumps(data).replace('"__INF__"', "1e400"))
+        before = path.read_bytes()
+        runs = [ws.status(), ws.status("--json")]
+        if what in DAMAGE[:4]:  # the watch command too (the same loader; four are enough for the time they take)
+            runs.append(ws.run("--once"))
+        for result in runs:
+            assert result.returncode == 2, (what, result.args[2:4], result.stderr)
+            line = _error_line(result)
+            assert line.startswith(f"{PROG}: error: state file {path} is not valid ("), (what, line)
+            assert f"the previous good version is {path}.bak" in line, (what, line)
+        assert path.read_bytes() == before, what  # left untouched
+    path.write_text(good)
+    assert ws.status().returncode == 0
+
+
 def test_a_state_file_that_is_not_utf8_is_exit_2(ws):
     path = _real_state(ws)
     path.write_bytes(path.read_bytes().replace(b'"table_rows"', b'"table_\xff_rows"'))
     for result in (ws.status(), ws.run("--once")):
         assert result.returncode == 2, result.stderr
         assert f"state file {path} is not valid" in _error_line(result)
+
+
+# The property: a real state file with any field turned into a wrong value is either read (and
+# then status, status --json and a watch pass all work) or refused with StateCorrupt.
+ODD_VALUES = st.one_of(
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e300, -1, 0, 2 ** 63, 2 ** 70, 1.5, True, False,
+                     None, "", "abc", "yesterday", "checkpoint-100", "../../x", "a\x00b", "\udcff", [], {}, [1],
+                     {"100": 1}, {"dir": "x"}, ["a"], [1.5], [-1]]),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                 max_leaves=6))
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*prefix, index))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    if rest:
+        copy[head] = _replace(copy[head], rest, new)
+    elif new is _DELETE and isinstance(copy, dict):
+        del copy[head]
+    else:
+        copy[head] = None if new is _DELETE else new
+    return copy
+
+
+_DELETE = object()
+
+
+def _rich_state(ws, path: Path) -> dict:
+    data = json.loads(path.read_text())
+    now = time.time()
+    data["in_flight"] = {"300": {"checkpoint": "checkpoint-300", "path": str(ws.sft / "checkpoint-300"),
+                                 "started": "2026-01-01T00:00:00+00:00", "started_at": now - 60, "host": "elsewhere",
+                                 "pid": 4242, "pid_start": "77", "gpus": "0", "interrupted": True}}
+    data["vanished_steps"] = {"50": {"checkpoint": "checkpoint-50", "reason": "deleted before its eval",
+                                     "time": "2026-01-01T00:00:00+00:00"}}
+    data["wandb_segments"] = [{"dir": str(ws.repo / "wandb" / "offline-run-1-eval-k"), "mode": "offline",
+                               "started": "2026-01-01T00:00:00+00:00", "pid": 4242, "host": "elsewhere",
+                               "steps": [100], "closed": True, "run_id": "eval-k"}]
+    data["wandb_sent"] = {"run": "e/p/eval-k", "lines": {"100": 0}}
+    data["wandb_run"] = "e/p/eval-k"
+    data["unreported_steps"] = [100]
+    data["pending_steps"] = [200]
+    data["pins_dir"] = str(ws.state_dir / "pins" / ws.sft.name)
+    data["failed_steps"]["200"]["previous_errors"] = ["2026-01-01T00:00:00+00:00: boom"]
+    return data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(st.data())
+def test_any_field_of_a_real_state_turned_into_a_wrong_value_is_read_or_refused_never_a_crash(ws_once, data):
+    ws, path, base, config = ws_once
+    mutated = base
+    for _ in range(data.draw(st.integers(1, 3))):
+        where = data.draw(st.sampled_from(sorted((p for p in _paths(mutated) if p), key=repr)))
+        new = data.draw(st.one_of(ODD_VALUES, st.just(_DELETE)))
+        mutated = _replace(mutated, where, new)
+    path.write_text(json.dumps(mutated, allow_nan=True))
+    try:
+        read_state(path)
+    except StateCorrupt as exc:
+        message = str(exc)
+        assert "\n" not in message and str(path) in message and f"{path}.bak" in message, message
+        accepted = False
+    else:
+        accepted = True
+    for argv in (["status", "--state-file", str(path)], ["status", "--state-file", str(path), "--json"],
+                 ["status", "--state-file", str(path), "--rows"]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = eval_wandb_sidecar.main(argv)
+        assert code == (0 if accepted else 2), (argv, err.getvalue())
+    if accepted:  # the watch command's own path: start, one pass, close (what `--once` runs)
+        sidecar = Sidecar(config, SystemClock(), ws.env())
+        try:
+            sidecar.start()
+            sidecar.run_once()
+        except SidecarError as exc:
+            assert exc.exit_code != 1, exc
+        finally:
+            sidecar.close()
+
+
+@pytest.fixture
+def ws_once(ws):
+    path = _real_state(ws)
+    base = _rich_state(ws, path)
+    json.loads(json.dumps(base))
+    path.write_text(json.dumps(base))
+    assert read_state(path) is not None  # the unmutated rich state is valid
+    args = vars(build_parser(PROG).parse_args(ws.args("--once", "--max-attempts", "5")))
+    config = build_config(args, ws.env(), Path.cwd())
+    assert config.state_file == path
+    return ws, path, base, config
+
+
+# ----- 13: very long model names -------------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [220, 240])
+def test_a_very_long_sft_root_name_evaluates_restarts_and_shows_status(ws, length):
+    name = ("m-cb16-" + "x" * 300)[:length]
+    target = ws.sft.parent / name
+    ws.sft.rename(target)
+    ws.sft = target
+    ws.checkpoint(100)
+    first = ws.run("--once")
+    assert first.returncode == 0, first.stderr
+    assert "could not write" not in first.stderr and "internal error" not in first.stderr
+    state_file = ws.state_files()[0]
+    assert state_file.name.startswith("m-cb16-xxxx") and len(state_file.name.encode()) <= 255
+    names = [p.name for p in ws.state_dir.iterdir()]
+    assert all(len(n.encode()) <= 255 for n in names), names
+    ws.checkpoint(200)
+    again = ws.run("--once")
+    assert again.returncode == 0, again.stderr
+    assert ws.calls() == ["checkpoint-100", "checkpoint-200"]
+    shown = ws.status()
+    assert shown.returncode == 0, shown.stderr
+    assert "processed 2" in shown.stdout
+
+
+def test_names_that_fit_keep_the_original_tools_file_names_and_every_derived_name_fits():
+    from sidecar.config import build_config as build
+
+    base = {"repo_root": "/r", "test_data_path": "/r/d/sft/test.json", "index_path": "/r/d/i.json"}
+    for length in (1, 50, 150, 200, 201, 229, 230, 254, 255):
+        model = ("m" * 300)[:length]
+        config = build({**base, "sft_root": f"/r/saves/{model}"}, {}, Path("/"), check_paths=False)
+        key = config.identity.key
+        state, lock = config.state_file.name, config.lock_file.name
+        if length <= 200:  # the original tool's names
+            assert (state, lock) == (f"{model}_{key}.json", f"{model}_{key}.lock")
+        else:
+            assert state.startswith("m" * 150) and state.endswith(f"_{key}.json")
+            assert lock == state[:-len(".json")] + ".lock"
+        # the longest names made beside the state file: its backup's temp copy and the atomic-write temp file
+        longest = [f".{state}.{'0' * 16}.bak.tmp", f".{state}.{'0' * 8}.tmp", f"{state}.bak", f"{state}.synced.json"]
+        assert all(len(n.encode()) <= 255 for n in longest), (length, longest)
