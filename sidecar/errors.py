@@ -57,6 +57,18 @@ class LockHeld(SidecarError):
         super().__init__(f"another sidecar ({holder}) holds {path}" + (f"; {hint}" if hint else ""))
 
 
+class LockLost(LockHeld):
+    """The lock file was removed or replaced under the running sidecar and could not be taken
+    again (another process holds the new file): this sidecar must stop, writing nothing more."""
+
+    def __init__(self, path: Path, what: str, holder: str, reason: str = "") -> None:
+        self.path = path
+        self.holder = holder
+        why = f"another sidecar ({holder}) holds it now" if holder else f"it could not be taken again ({reason})"
+        SidecarError.__init__(self, f"the lock file {path} was {what} while this sidecar ran and {why}; stopping, "
+                                    f"so that one sidecar works on this configuration")
+
+
 class EvalFailed(SidecarError):
     """One evaluation attempt failed; the message is one line naming the log file."""
 

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError, LockHeld, StateCorrupt, StateWriteError
+from .errors import ConfigError, LockHeld, LockLost, StateCorrupt, StateWriteError
 from .executor import crash_point
 
 log = logging.getLogger(__name__)
@@ -449,7 +449,8 @@ class ProcessLock:
 
     `auto` uses flock and falls back to the soft marker where the filesystem has no flock.
     `soft` uses an exclusive-create marker holding pid+host; markers of dead local pids are broken.
-    Lock files are never followed through symlinks.
+    Lock files are never followed through symlinks. `check()` finds a lock file that was removed
+    or replaced under the running sidecar (a flock on a deleted file excludes nobody).
     """
 
     def __init__(self, path: Path, mode: str = "auto") -> None:
@@ -457,6 +458,7 @@ class ProcessLock:
         self.mode = mode
         self._lock = None
         self._marker_fd: int | None = None
+        self._held: tuple[int, int] | None = None  # (st_dev, st_ino) of the file this process holds
         self.kind = ""
 
     def acquire(self) -> None:
@@ -487,23 +489,80 @@ class ProcessLock:
 
     def _flock_marker(self) -> None:
         """Also hold a flock on the soft marker where the filesystem has one, so a sidecar started
-        with --lock-mode auto/flock on this host is excluded too (its flock attempt fails)."""
+        with --lock-mode auto/flock on this host is excluded too (its flock attempt fails). The
+        descriptor stays open either way: the marker's inode number cannot then be reused by a
+        new file while this process holds it, which `check` relies on."""
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return
+        stat = os.fstat(fd)
+        self._held = (stat.st_dev, stat.st_ino)
+        self._marker_fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
-            return
-        self._marker_fd = fd
+            pass
 
-    @staticmethod
-    def _record_owner(fd: int) -> None:
+    def _record_owner(self, fd: int) -> None:
         info = f"{os.getpid()}\n{socket.gethostname()}\n".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)
+        stat = os.fstat(fd)
+        self._held = (stat.st_dev, stat.st_ino)
+
+    def _names_us(self) -> bool:
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        except OSError:
+            return False
+        return len(lines) > 1 and lines[0].strip() == str(os.getpid()) and lines[1].strip() == socket.gethostname()
+
+    def check(self) -> bool:
+        """Whether the lock file is still the one this process holds (one lstat; for a soft marker
+        also one read: it must name this process). If it was removed or replaced, take it again
+        (one warning) and return True; if another process holds it now, raise LockLost naming it:
+        two sidecars work on one configuration, and the one that holds the file goes on."""
+        if self._lock is None or self._held is None:
+            return False
+        try:
+            stat = os.lstat(self.path)
+            now: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return False  # cannot look (a folder without search permission): nothing is known to have changed
+        if now == self._held and (self.kind != "soft" or self._names_us()):
+            return False
+        what = "removed" if now is None else "removed or replaced" if now != self._held else "rewritten"
+        soft = self.kind == "soft"
+        self._drop()
+        try:
+            if soft and now is not None and self._names_us():
+                self.path.unlink()  # a marker naming this process is this process's claim (a restored copy)
+            self.acquire()
+        except LockHeld as exc:
+            raise LockLost(self.path, what, exc.holder) from exc
+        except (OSError, ConfigError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LockLost(self.path, what, "", reason) from exc
+        log.warning("the lock file %s was %s while this sidecar ran; it was re-created and taken again (a sidecar "
+                    "of this configuration started in between would have found no lock)", self.path, what)
+        return True
+
+    def _drop(self) -> None:
+        """Let go of the lock object of a file that is no longer at the path. Neither filelock
+        class removes a path that is not its own file, so the new holder's file is left alone."""
+        lock, self._lock, self._held = self._lock, None, None
+        try:
+            if lock is not None:
+                lock.release()
+        except OSError:
+            pass
+        finally:
+            if self._marker_fd is not None:
+                os.close(self._marker_fd)
+                self._marker_fd = None
 
     def release(self) -> None:
         if self._lock is not None:
@@ -511,6 +570,7 @@ class ProcessLock:
                 self._lock.release()
             finally:
                 self._lock = None
+                self._held = None
                 if self._marker_fd is not None:
                     os.close(self._marker_fd)
                     self._marker_fd = None
