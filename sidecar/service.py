@@ -19,7 +19,7 @@ from pathlib import Path
 from .attribution import non_default_eval_flags, producer, record_producer
 from .config import FLAGS, Config
 from .discover import Checkpoint, Discoverer, RootMissing
-from .errors import ConfigError, MetricsError, StateWriteError
+from .errors import ConfigError, LockLost, MetricsError, StateWriteError
 from .executor import ATTEMPT_ENV, EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
 from .files import not_regular
 from .metrics import read_metrics
@@ -97,6 +97,7 @@ class Sidecar:
         self._save_failing = False
         self._save_error = ""
         self._warned_unattributed = False
+        self._lock_lost = False  # another sidecar holds the lock file now: write nothing more
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
@@ -219,6 +220,11 @@ class Sidecar:
     def close(self) -> None:
         """Flush state, close the reporter, release the lock."""
         crash_point("shutdown")
+        if self._lock_lost:  # another sidecar owns this configuration now: stop our evals, write nothing
+            self.request_stop()
+            self._finish_running(record=False)
+            self.reporter.close()
+            return
         try:
             if self.state is not None:
                 self._finish_running()
@@ -323,6 +329,11 @@ class Sidecar:
         """One pass; returns how many checkpoints got an outcome recorded (success, failure, vanished)."""
         state = self.state
         assert state is not None, "start() first"
+        try:
+            self.lock.check()  # the lock file removed or replaced under us: take it again, or stop
+        except LockLost:
+            self._lock_lost = True
+            raise
         done = self._drain()
         if self._reattach:
             self._start_reattached()
@@ -615,6 +626,18 @@ class Sidecar:
         self._prompt.set()
         self.wake.set()
 
+    def _acknowledge_only(self) -> None:
+        """Let waiting workers go on and forget finished ones, recording nothing (the lock is lost)."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "started":
+                event[3].set()
+            elif event[0] == "finished" and event[1] in self._running:
+                self._running.pop(event[1]).thread.join()
+
     def _drain(self) -> int:
         """Apply what the eval workers reported: in-flight records and outcomes (main thread only)."""
         done = 0
@@ -707,10 +730,14 @@ class Sidecar:
         self._dirty = True
         self._save(force=True)
 
-    def _finish_running(self) -> None:
-        """At shutdown: wait for the (cancelled) evals to end and record them as pending."""
+    def _finish_running(self, record: bool = True) -> None:
+        """At shutdown: wait for the (cancelled) evals to end and record them as pending (or, with
+        `record` False, only wait for them)."""
         while self._running:
-            self._drain()  # also acknowledges `started` events the workers wait for
+            if not record:
+                self._acknowledge_only()
+            else:
+                self._drain()  # also acknowledges `started` events the workers wait for
             if self._running:
                 self.wake.wait(0.1)
                 self.wake.clear()
