@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -684,9 +685,31 @@ def effective_resume(resume: str, mode: str) -> str:
     return resume
 
 
+def same_value(stored, wanted) -> bool:
+    """Whether `stored`, a value read back from a run folder, is `wanted` as W&B stores it.
+
+    wandb-core writes numbers as JSON in the shortest form that reads back as the same float64, so
+    what comes back is a number of another type or spelling: 2.830516740245975e19 comes back as the
+    int 28305167402459750000 (not the float's exact value), 1.0 as 1, -0.0 as 0. Numbers are equal
+    when they are the same float64, or within a relative 1e-12 of each other (a float that went
+    through text once more); an int and a float count as numbers, a bool does not."""
+    if stored == wanted and type(stored) is type(wanted):
+        return True
+    numbers = [v for v in (stored, wanted) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != 2:
+        return stored == wanted and isinstance(stored, bool) == isinstance(wanted, bool)
+    try:
+        a, b = float(stored), float(wanted)
+    except OverflowError:  # an int beyond any float: only the same int is itself
+        return stored == wanted
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+
+
 def _same(item: dict, row: dict) -> bool:
-    """A history item read back from a segment carries exactly this state row's values."""
-    return all(item.get(k) == v for k, v in history_row(row).items())
+    """A history item read back from a segment carries this state row's values, as W&B stores them."""
+    return all(k in item and same_value(item[k], v) for k, v in history_row(row).items())
 
 
 def read_records(folder: Path) -> list[dict] | None:
