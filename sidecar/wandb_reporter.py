@@ -35,8 +35,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .executor import child_processes, crash_point, kill_orphan, run_command
-from .report import (Delivery, Reconciled, Snapshot, metric_names, run_key, same_run, summary_from_rows,
-                     table_columns)
+from .report import (BASE_METRICS, MAX_WANDB_METRICS, Delivery, Reconciled, Snapshot, metric_names, run_key, same_run,
+                     summary_from_rows, table_columns, wandb_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,29 @@ def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbO
     )
 
 
-def history_row(row: dict) -> dict:
-    """The history record of one checkpoint (SPEC §4.2); never logged with `step=`."""
+def history_row(row: dict, first: tuple[str, ...] = ()) -> dict:
+    """The history record of one checkpoint (SPEC §4.2); never logged with `step=`. At most
+    MAX_WANDB_METRICS metrics (HR@K, NDCG@K and the summary metrics `first`, then by name)."""
     item = {"checkpoint_step": int(row["checkpoint_step"])}
-    for name in metric_names(row):
-        if isinstance(row[name], (int, float)) and not isinstance(row[name], bool):
-            item[f"eval/{name}"] = row[name]
+    for name in wandb_metrics(row, first)[0]:
+        item[f"eval/{name}"] = row[name]
     item["eval/checkpoint_name"] = row.get("checkpoint_name", f"checkpoint-{row['checkpoint_step']}")
     item["eval/metrics_path"] = row.get("metrics_path", "")
     return item
 
 
-def table_data(rows: dict[int, dict]) -> tuple[list[str], list[list]]:
-    """Columns and one row per checkpoint, sorted by step."""
+def table_data(rows: dict[int, dict], first: tuple[str, ...] = ()) -> tuple[list[str], list[list], int]:
+    """Columns and one row per checkpoint, sorted by step; and how many metric columns were left
+    out (beyond MAX_WANDB_METRICS)."""
     ordered = [rows[s] for s in sorted(rows)]
-    columns = table_columns(ordered)
-    return columns, [[row.get(c) for c in columns] for row in ordered]
+    columns = table_columns(ordered, first)
+    shown, left = len(columns) - 3, 0  # not checkpoint_step, checkpoint_name, metrics_path
+    if shown >= MAX_WANDB_METRICS:
+        names = set(BASE_METRICS)
+        for row in ordered:
+            names.update(metric_names(row))
+        left = len(names) - shown
+    return columns, [[row.get(c) for c in columns] for row in ordered], left
 
 
 def _utc_now() -> str:
@@ -247,10 +254,11 @@ class WandbReporter:
                     if kill_orphan(int(seg["core_pid"]), str(seg.get("core_start", ""))):
                         log.info("stopped the wandb-core process %s a killed sidecar left behind", seg["core_pid"])
                 if not seg.get("run"):
-                    self._adopt_old_online(seg, claimed, rows, out)
+                    self._adopt_old_online(seg, claimed, rows, out, self.options.summary_metrics)
             else:
                 held = read_segment(Path(seg["dir"]))
-                holds = {s for s, items in held.items() if s in rows and any(_same(i, rows[s]) for i in items)}
+                first = self.options.summary_metrics
+                holds = {s for s, items in held.items() if s in rows and any(_same(i, rows[s], first) for i in items)}
                 out.lost |= {s for s in claimed if s not in holds}
                 out.found |= {s for s in unreported if s in holds}
                 seg["steps"] = sorted(holds)
@@ -262,14 +270,15 @@ class WandbReporter:
         return out
 
     @staticmethod
-    def _adopt_old_online(seg: dict, claimed: set[int], rows: dict[int, dict], out: Reconciled) -> None:
+    def _adopt_old_online(seg: dict, claimed: set[int], rows: dict[int, dict], out: Reconciled,
+                          first: tuple[str, ...]) -> None:
         records = read_records(Path(seg["dir"])) or []
         run = next((r["run"] for r in records if r.get("type") == "run"), {})
         key = run_key(run.get("entity"), run.get("project", ""), run.get("run_id", seg.get("run_id", "")))
         for record in records:
             item = record.get("history", {}).get("item", {}) if record.get("type") == "history" else {}
             step = item.get("checkpoint_step")
-            if step in claimed and "_step" in item and _same(item, rows.get(step, {"checkpoint_step": step})):
+            if step in claimed and "_step" in item and _same(item, rows.get(step, {"checkpoint_step": step}), first):
                 out.sent[int(step)] = int(item["_step"])
         out.sent_run = key
         out.lost |= claimed - set(out.sent)
@@ -385,11 +394,13 @@ class WandbReporter:
     def _write(self, w: "_Worker", todo: dict[int, dict]) -> None:
         run = w.run
         online = self.mode == "online"
+        first = self.options.summary_metrics
         base = w.next_line  # `run.step` reads 0 in a resumed run until the first log (wandb 0.31)
         lines: dict[int, int] = {}
         for step in sorted(todo):
             lines[step] = base + len(lines)
-            run.log(history_row(todo[step]))
+            run.log(history_row(todo[step], first))
+            self._warn_capped(w, step, todo[step])
         w.next_line = base + len(lines)
         w.written.update(todo)
         for step in todo:
@@ -407,6 +418,18 @@ class WandbReporter:
         self._log_table(w)
         w.sealed = True
 
+    def _warn_capped(self, w: "_Worker", step: int, row: dict) -> None:
+        """One warning per row that has more metrics than W&B gets (MAX_WANDB_METRICS)."""
+        if w.capped.get(step) is row:
+            return
+        logged, left = wandb_metrics(row, self.options.summary_metrics)
+        if left:
+            log.warning("%s: metrics.json has %s metrics; W&B gets %s of them (HR@K, NDCG@K and the summary "
+                        "metrics first, then by name): %s metric(s) left out of W&B (the state file keeps all of "
+                        "them)", row.get("checkpoint_name", f"checkpoint-{step}"), f"{len(logged) + left:,}",
+                        f"{len(logged):,}", f"{left:,}")
+        w.capped[step] = row
+
     def _log_table(self, w: "_Worker") -> None:
         """The table and summary of all rows. Online, only while the server answers: logging a
         Table then waits ~20 s on a W&B lookup; it is logged when the server is back (or at
@@ -416,7 +439,12 @@ class WandbReporter:
         rows = w.latest.rows if w.latest is not None else {}
         if not w.table_due or not rows or (self.mode == "online" and not self._answers(w)):
             return
-        columns, data = table_data(rows)
+        columns, data, left = table_data(rows, self.options.summary_metrics)
+        if left and not w.table_capped:
+            log.warning("the W&B table shows %s of the %s metric columns of the rows (at most %s; the state file "
+                        "keeps every metric)", f"{len(columns) - 3:,}", f"{len(columns) - 3 + left:,}",
+                        f"{MAX_WANDB_METRICS:,}")
+            w.table_capped = True
         # A new Table each time: W&B silently writes a stale file for a mutated, re-logged one.
         w.run.log({"eval/checkpoint_table": wandb.Table(columns=columns, data=data)})
         w.next_line += 1  # a logged Table takes a history line too
@@ -424,7 +452,7 @@ class WandbReporter:
         summary = summary_from_rows(rows, self.options.summary_metrics)
         # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
         # the last step, so the eval/* summary is set from the last step's row.
-        summary.update(history_row(rows[max(rows)]))
+        summary.update(history_row(rows[max(rows)], self.options.summary_metrics))
         w.run.summary.update(summary)
         w.table_due = False
 
@@ -646,6 +674,8 @@ class _Worker:
         self.server_count = 0
         self.next_line = 0  # index of the next history line on the server (online)
         self.table_due = False  # the newest rows are not in a logged table yet
+        self.table_capped = False  # warned that the table shows MAX_WANDB_METRICS metric columns
+        self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
 
     def take(self, snapshot: Snapshot) -> None:
@@ -707,9 +737,9 @@ def same_value(stored, wanted) -> bool:
     return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
 
-def _same(item: dict, row: dict) -> bool:
+def _same(item: dict, row: dict, first: tuple[str, ...] = ()) -> bool:
     """A history item read back from a segment carries this state row's values, as W&B stores them."""
-    return all(k in item and same_value(item[k], v) for k, v in history_row(row).items())
+    return all(k in item and same_value(item[k], v) for k, v in history_row(row, first).items())
 
 
 def read_records(folder: Path) -> list[dict] | None:

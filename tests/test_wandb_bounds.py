@@ -48,3 +48,34 @@ def test_a_metric_of_2_to_the_53_or_more_is_not_copied_again_by_every_kill_9(ws,
     [first] = [r for seg in segments(isolated_env / "wandb_dir") for r in eval_rows(seg)][:1]
     assert float(first["eval/total_flops"]) == float(FLOPS)
     assert ws.state()["unreported_steps"] == []
+
+
+def test_a_100k_key_metrics_json_reaches_wandb_capped_and_the_next_row_follows(ws, isolated_env):
+    huge = {"HR@10": 0.2, "NDCG@10": 0.1, "probe": {f"head{i:06d}": i / 7 for i in range(100_000)}}
+    ws.checkpoint(100)
+    ws.results(100).parent.mkdir(parents=True)
+    ws.results(100).write_text(json.dumps(huge))
+    backfilled(ws, 200)
+    result = run_offline(ws, "--once")  # within run_offline's deadline (180 s)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "left out of W&B" in line]
+    assert len(warnings) == 1, result.stderr[-2000:]
+    assert "checkpoint-100" in warnings[0] and "99,002 metric(s)" in warnings[0] and "state file" in warnings[0]
+    state = ws.state()
+    assert len([k for k in state["table_rows"][0] if k.startswith("probe/")]) == 100_000  # the state keeps all
+    [seg] = segments(isolated_env / "wandb_dir")
+    rows = {r["checkpoint_step"]: r for r in eval_rows(seg)}
+    assert sorted(rows) == [100, 200]
+    logged = [k for k in rows[100] if k.startswith("eval/") and k not in ("eval/checkpoint_name", "eval/metrics_path")]
+    assert len(logged) == 1000 and rows[100]["eval/HR@10"] == 0.2 and rows[100]["eval/NDCG@10"] == 0.1
+    assert "eval/probe/head000000" in rows[100] and "eval/probe/head099999" not in rows[100]
+    assert rows[200]["eval/HR@10"] == backfilled_hr(200)
+    [table] = tables(seg)
+    assert [r[0] for r in table["data"]] == [100, 200] and len(table["columns"]) <= 1000 + 3
+    assert state["unreported_steps"] == []
+
+
+def backfilled_hr(step: int) -> float:
+    from test_wandb import metrics_for
+
+    return metrics_for(step)["HR@10"]
