@@ -101,6 +101,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("wandb-fallback", "choice", "none", choices=("none", "offline"),
          help="offline: write an offline segment when the online run cannot start"),
     Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
+    Flag("wandb-table-minutes", "float", 5.0, minimum=0, maximum=30 * 24 * 60,
+         help="log the W&B table at most once per this many minutes while rows come, and at exit (0 = every pass)"),
     Flag("summary-metrics", "str", "HR@10,NDCG@10", help="metrics with best/last summary keys"),
     Flag("executor", "choice", "local", choices=EXECUTORS, help="local: evals run here; slurm: each eval is a Slurm job"),
     Flag("slurm-args", "args", "", help='sbatch options for each eval job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00"'),
@@ -166,6 +168,7 @@ class Config:
     wandb_init_timeout: float
     wandb_fallback: str
     wandb_system_stats: bool
+    wandb_table_minutes: float
     summary_metrics: tuple[str, ...]
     executor: str
     slurm_args: tuple[str, ...]

@@ -69,6 +69,7 @@ class WandbOptions:
     summary_metrics: tuple[str, ...] = ("HR@10", "NDCG@10")
     flush_interval: float = 1.0  # seconds between wandb-core writes of the .wandb file
     one_shot: bool = False  # `sync`: no evaluation goes on behind it, no retry later
+    table_seconds: float = 300.0  # at most one table per this long while rows come (0: every pass); always at exit
 
 
 def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbOptions:
@@ -79,6 +80,7 @@ def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbO
         resume=settings.wandb_resume, job_type=settings.wandb_job_type, mode=mode or settings.wandb_mode,
         config=wandb_config, init_timeout=settings.wandb_init_timeout, system_stats=settings.wandb_system_stats,
         fallback=settings.wandb_fallback, summary_metrics=settings.summary_metrics,
+        table_seconds=60.0 * settings.wandb_table_minutes,
     )
 
 
@@ -310,6 +312,11 @@ class WandbReporter:
             if w.run is not None and w.sent and w.ref is not None and time.monotonic() >= w.confirm_at \
                     and not closing:
                 self._confirm(w)
+            if w.run is not None and w.table_wait() == 0.0 and not closing:
+                try:
+                    self._log_table(w)
+                except Exception as exc:  # noqa: BLE001
+                    self._lose_run(w, exc)
             self._in_outage = w.in_outage
             if closing and w.run is None and w.todo() and not w.in_outage and time.monotonic() >= w.next_attempt:
                 continue  # e.g. just switched to the offline fallback: write before finishing
@@ -329,6 +336,8 @@ class WandbReporter:
             deadlines.append(w.next_attempt)
         if w.run is not None and w.sent and w.ref is not None:
             deadlines.append(w.confirm_at)
+        if w.run is not None and w.table_wait() is not None:
+            deadlines.append(time.monotonic() + w.table_wait())
         if w.closing:
             wait = 0.0
         elif deadlines:
@@ -394,6 +403,7 @@ class WandbReporter:
     def _write(self, w: "_Worker", todo: dict[int, dict]) -> None:
         run = w.run
         online = self.mode == "online"
+        seal = w.seal_due()
         first = self.options.summary_metrics
         base = w.next_line  # `run.step` reads 0 in a resumed run until the first log (wandb 0.31)
         lines: dict[int, int] = {}
@@ -415,7 +425,9 @@ class WandbReporter:
                                    run=w.sent_run if online else ""))
         crash_point("wandb-row")
         w.table_due = True
-        self._log_table(w)
+        self._log_table(w, force=seal)  # with the summary
+        if w.table_due:  # the table waits for its interval (or the server): the summary does not
+            self._log_summary(w)
         w.sealed = True
 
     def _warn_capped(self, w: "_Worker", step: int, row: dict) -> None:
@@ -430,14 +442,34 @@ class WandbReporter:
                         f"{len(logged):,}", f"{left:,}")
         w.capped[step] = row
 
-    def _log_table(self, w: "_Worker") -> None:
-        """The table and summary of all rows. Online, only while the server answers: logging a
-        Table then waits ~20 s on a W&B lookup; it is logged when the server is back (or at
-        shutdown, or by the next start)."""
+    def _log_summary(self, w: "_Worker") -> None:
+        """The summary of all rows (cheap: written on every pass that adds rows)."""
+        rows = w.latest.rows if w.latest is not None else {}
+        if not rows:
+            return
+        summary = summary_from_rows(rows, self.options.summary_metrics)
+        # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
+        # the last step, so the eval/* summary is set from the last step's row.
+        summary.update(history_row(rows[max(rows)], self.options.summary_metrics))
+        w.run.summary.update(summary)
+
+    def _log_table(self, w: "_Worker", force: bool = False) -> None:
+        """The table of all rows, at most once per `table_seconds` unless `force`d (at exit, and
+        when sealing): each log writes the whole table again, so logging it on every pass made
+        W&B's files grow with the square of the rows. Online, only while the server answers:
+        logging a Table then waits ~20 s on a W&B lookup; it is logged when the server is back (or
+        at shutdown, or by the next start)."""
         import wandb
 
         rows = w.latest.rows if w.latest is not None else {}
-        if not w.table_due or not rows or (self.mode == "online" and not self._answers(w)):
+        if not rows:
+            w.table_due = False
+        if not w.table_due:
+            return
+        if not force and time.monotonic() < w.table_next:
+            return  # the worker wakes for it at table_next
+        if self.mode == "online" and not self._answers(w):
+            w.table_held = True  # until the server answers again (`_confirm`), the next write or the finish
             return
         columns, data, left = table_data(rows, self.options.summary_metrics)
         if left and not w.table_capped:
@@ -449,12 +481,9 @@ class WandbReporter:
         w.run.log({"eval/checkpoint_table": wandb.Table(columns=columns, data=data)})
         w.next_line += 1  # a logged Table takes a history line too
         crash_point("table-log")
-        summary = summary_from_rows(rows, self.options.summary_metrics)
-        # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
-        # the last step, so the eval/* summary is set from the last step's row.
-        summary.update(history_row(rows[max(rows)], self.options.summary_metrics))
-        w.run.summary.update(summary)
-        w.table_due = False
+        self._log_summary(w)  # wandb adds the last checkpoint_step logged to the table's line, and so to the summary
+        w.table_due, w.table_held = False, False
+        w.table_next = time.monotonic() + self.options.table_seconds
 
     def _answers(self, w: "_Worker") -> bool:
         """Whether the server answers right now (asked its line count, else its port)."""
@@ -498,6 +527,7 @@ class WandbReporter:
             w.confirm_delay = min(w.confirm_delay * 2, CONFIRM_MAX)
             w.confirm_at = now + w.confirm_delay
             return
+        w.table_held = False
         done = {s for s, (_, line) in w.sent.items() if line < count}
         if done:
             for step in done:
@@ -538,7 +568,11 @@ class WandbReporter:
                 if w.segment.get("core_pid"):
                     kill_orphan(int(w.segment["core_pid"]), str(w.segment.get("core_start", "")))
                 return
-            self._log_table(w)
+        try:
+            self._log_table(w, force=True)  # the rows since the last table (not logged on every pass)
+        except Exception as exc:  # noqa: BLE001 - the rows are logged; finish them
+            log.warning("W&B table could not be logged at exit (%s); the next start that adds a row logs it",
+                        _redact(f"{type(exc).__name__}: {exc}"))
         end = w.next_line
         try:
             w.run.finish()
@@ -674,6 +708,8 @@ class _Worker:
         self.server_count = 0
         self.next_line = 0  # index of the next history line on the server (online)
         self.table_due = False  # the newest rows are not in a logged table yet
+        self.table_next = 0.0  # monotonic time from which a due table may be logged (the first at once)
+        self.table_held = False  # a due table waits for the server to answer (online outage)
         self.table_capped = False  # warned that the table shows MAX_WANDB_METRICS metric columns
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
@@ -700,6 +736,13 @@ class _Worker:
 
     def seal_due(self) -> bool:
         return self.latest is not None and self.latest.seal and not self.sealed and bool(self.latest.rows)
+
+    def table_wait(self) -> float | None:
+        """Seconds until a due table may be logged (0.0: now); None when none is due, or it waits
+        for the server rather than for time."""
+        if not self.table_due or self.table_held:
+            return None
+        return max(0.0, self.table_next - time.monotonic())
 
 
 def _finish_timeout(opts: WandbOptions) -> float:

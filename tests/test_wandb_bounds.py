@@ -79,3 +79,52 @@ def backfilled_hr(step: int) -> float:
     from test_wandb import metrics_for
 
     return metrics_for(step)["HR@10"]
+
+
+def _watch_rows_one_at_a_time(ws, proc, steps):
+    for step in steps:
+        backfilled(ws, step)
+        wait_for(lambda: any(step in s["steps"] for s in ws.state()["wandb_segments"]), timeout=60)
+
+
+def test_watching_logs_the_table_at_most_once_per_interval_and_at_exit_with_every_row(ws, isolated_env):
+    proc = start_offline(ws, "--poll-interval-seconds", "0.3", "--ready-marker", "trainer_state.json")
+    try:
+        _watch_rows_one_at_a_time(ws, proc, (100, 200, 300, 400))  # four passes, each adding a row
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    [seg] = segments(isolated_env / "wandb_dir")
+    assert [r["checkpoint_step"] for r in eval_rows(seg)] == [100, 200, 300, 400]
+    logged = tables(seg)
+    # the first pass's table, then (default --wandb-table-minutes 5) none until the one at exit
+    assert len(logged) == 2, [[r[0] for r in t["data"]] for t in logged]
+    assert len(list((seg / "files" / "media" / "table").rglob("*.table.json"))) == 2
+    assert [r[0] for r in logged[-1]["data"]] == [100, 200, 300, 400]
+
+
+def test_a_due_table_is_logged_when_its_interval_ends_without_waiting_for_exit(ws, isolated_env, tmp_path):
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("wandb-table-minutes: 0.02\n")  # 1.2 s, from the config file
+    proc = start_offline(ws, "--poll-interval-seconds", "0.3", "--config", str(config))
+    try:
+        _watch_rows_one_at_a_time(ws, proc, (100,))
+        [seg] = wait_for(lambda: segments(isolated_env / "wandb_dir"))
+        wait_for(lambda: len(tables(seg)) == 1, timeout=60, interval=0.3)
+        _watch_rows_one_at_a_time(ws, proc, (200,))
+        wait_for(lambda: [[r[0] for r in t["data"]] for t in tables(seg)] == [[100], [100, 200]], timeout=60,
+                 interval=0.3)
+        assert proc.poll() is None  # logged while watching, not at exit
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert len(tables(seg)) == 2  # nothing new since: no table at exit
+
+
+def test_a_bad_table_interval_is_one_line_and_exit_2(ws):
+    for value, message in (("-1", "--wandb-table-minutes: must be at least 0, got '-1'"),
+                           ("soon", "--wandb-table-minutes: expected a finite number, got 'soon'")):
+        result = ws.run("--once", "--wandb-table-minutes", value)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [f"eval_wandb_sidecar.py: error: {message}"], result.stderr
+        assert not ws.state_dir.exists()
