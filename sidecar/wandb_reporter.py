@@ -436,10 +436,11 @@ class WandbReporter:
             return
         logged, left = wandb_metrics(row, self.options.summary_metrics)
         if left:
-            log.warning("%s: metrics.json has %s metrics; W&B gets %s of them (HR@K, NDCG@K and the summary "
-                        "metrics first, then by name): %s metric(s) left out of W&B (the state file keeps all of "
-                        "them)", row.get("checkpoint_name", f"checkpoint-{step}"), f"{len(logged) + left:,}",
-                        f"{len(logged):,}", f"{left:,}")
+            log.warning("%s: metrics.json has %s metrics; W&B gets %s of them in its history, summary and table "
+                        "(HR@K, NDCG@K and the summary metrics first, then by name): %s metric(s) left out of W&B "
+                        "(the state file keeps all of them)", row.get("checkpoint_name", f"checkpoint-{step}"),
+                        f"{len(logged) + left:,}", f"{len(logged):,}", f"{left:,}")
+            w.table_capped = True  # this warning says it for the table too
         w.capped[step] = row
 
     def _log_summary(self, w: "_Worker") -> None:
@@ -710,7 +711,7 @@ class _Worker:
         self.table_due = False  # the newest rows are not in a logged table yet
         self.table_next = 0.0  # monotonic time from which a due table may be logged (the first at once)
         self.table_held = False  # a due table waits for the server to answer (online outage)
-        self.table_capped = False  # warned that the table shows MAX_WANDB_METRICS metric columns
+        self.table_capped = False  # warned that metrics are left out of the table (or of a row)
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
 

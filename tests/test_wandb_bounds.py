@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from conftest import wait_for
-from test_wandb import backfilled, run_offline, start_offline
+from test_wandb import backfilled, metrics_for, run_offline, start_offline
 from wandb_reader import eval_rows, segments, tables
 
 FLOPS = 28305167402459750400  # >= 2**53: wandb's reader gives it back as an int, the state holds a float
@@ -58,8 +58,8 @@ def test_a_100k_key_metrics_json_reaches_wandb_capped_and_the_next_row_follows(w
     backfilled(ws, 200)
     result = run_offline(ws, "--once")  # within run_offline's deadline (180 s)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "left out of W&B" in line]
-    assert len(warnings) == 1, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "left out of W&B" in line or "W&B table" in line]
+    assert len(warnings) == 1 and "[WARNING]" in warnings[0], result.stderr[-2000:]  # one, for row and table
     assert "checkpoint-100" in warnings[0] and "99,002 metric(s)" in warnings[0] and "state file" in warnings[0]
     state = ws.state()
     assert len([k for k in state["table_rows"][0] if k.startswith("probe/")]) == 100_000  # the state keeps all
@@ -69,16 +69,11 @@ def test_a_100k_key_metrics_json_reaches_wandb_capped_and_the_next_row_follows(w
     logged = [k for k in rows[100] if k.startswith("eval/") and k not in ("eval/checkpoint_name", "eval/metrics_path")]
     assert len(logged) == 1000 and rows[100]["eval/HR@10"] == 0.2 and rows[100]["eval/NDCG@10"] == 0.1
     assert "eval/probe/head000000" in rows[100] and "eval/probe/head099999" not in rows[100]
-    assert rows[200]["eval/HR@10"] == backfilled_hr(200)
+    assert {k[5:]: v for k, v in rows[200].items() if k[5:] in metrics_for(200)} == metrics_for(200)
     [table] = tables(seg)
-    assert [r[0] for r in table["data"]] == [100, 200] and len(table["columns"]) <= 1000 + 3
+    assert [r[0] for r in table["data"]] == [100, 200] and len(table["columns"]) == 1000 + 3
+    assert table["data"][0][table["columns"].index("HR@10")] == 0.2
     assert state["unreported_steps"] == []
-
-
-def backfilled_hr(step: int) -> float:
-    from test_wandb import metrics_for
-
-    return metrics_for(step)["HR@10"]
 
 
 def _watch_rows_one_at_a_time(ws, proc, steps):
@@ -128,3 +123,26 @@ def test_a_bad_table_interval_is_one_line_and_exit_2(ws):
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == [f"eval_wandb_sidecar.py: error: {message}"], result.stderr
         assert not ws.state_dir.exists()
+
+
+def test_values_read_back_compare_as_wandb_stores_them():
+    from sidecar.wandb_reporter import same_value
+
+    assert same_value(28305167402459750000, 2.830516740245975e19)  # what `wandb leet inspect` gives back
+    assert same_value(1, 1.0) and same_value(0, -0.0) and same_value(0.1 + 0.2, 0.30000000000000004)
+    assert same_value(12345678901234568, 1.2345678901234568e16) and same_value(5e-324, 5e-324)
+    assert same_value("checkpoint-100 ü", "checkpoint-100 ü") and same_value(float("nan"), float("nan"))
+    assert not same_value(0.1, 0.1001) and not same_value(1, True) and not same_value("1", 1)
+    assert not same_value(None, 0.0) and not same_value(10**400, 1e308)
+
+
+def test_the_metrics_w_and_b_gets_of_a_huge_row_keep_hr_ndcg_and_summary_metrics_first():
+    from sidecar.report import wandb_metrics
+
+    row = {"checkpoint_step": 1, "checkpoint_name": "checkpoint-1", "metrics_path": "m", "eval_params": {},
+           **{f"a{i:04d}": 0.5 for i in range(2000)}, "zz/HR@10": 0.3, "HR@10": 0.2, "NDCG@1": 0.1}
+    names, left = wandb_metrics(row, first=("zz/HR@10",), limit=1000)
+    assert names[:3] == ["HR@10", "NDCG@1", "zz/HR@10"] and names[3:] == [f"a{i:04d}" for i in range(997)]
+    assert left == 2003 - 1000
+    small = {"checkpoint_step": 1, "B": 1.0, "A": 2.0, "flag": True}
+    assert wandb_metrics(small) == (["B", "A"], 0)  # order as in metrics.json, numbers only
