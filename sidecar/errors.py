@@ -57,6 +57,14 @@ class LockHeld(SidecarError):
         super().__init__(f"another sidecar ({holder}) holds {path}" + (f"; {hint}" if hint else ""))
 
 
+class LockUnavailable(SidecarError):
+    """The lock file cannot be created or written (a full disk, a read-only --state-dir)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"cannot take the lock file {path}: {reason}; nothing was started")
+
+
 class LockLost(LockHeld):
     """The lock file was removed or replaced under the running sidecar and could not be taken
     again (another process holds the new file): this sidecar must stop, writing nothing more."""

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError, LockHeld, LockLost, StateCorrupt, StateWriteError
+from .errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateWriteError
 from .executor import crash_point
 
 log = logging.getLogger(__name__)
@@ -462,7 +462,14 @@ class ProcessLock:
         self.kind = ""
 
     def acquire(self) -> None:
-        """Take the lock now or raise LockHeld naming the holder."""
+        """Take the lock now or raise LockHeld naming the holder (LockUnavailable when the file
+        cannot be made or written at all)."""
+        try:
+            self._acquire()
+        except OSError as exc:
+            raise LockUnavailable(self.path, exc.strerror or str(exc)) from exc
+
+    def _acquire(self) -> None:
         import filelock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -543,7 +550,7 @@ class ProcessLock:
             self.acquire()
         except LockHeld as exc:
             raise LockLost(self.path, what, exc.holder) from exc
-        except (OSError, ConfigError) as exc:
+        except (OSError, ConfigError, LockUnavailable) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise LockLost(self.path, what, "", reason) from exc
         log.warning("the lock file %s was %s while this sidecar ran; it was re-created and taken again (a sidecar "

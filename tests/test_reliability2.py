@@ -274,3 +274,18 @@ def test_an_unattributed_metrics_json_is_reused_as_before_with_one_warning_under
     warning = next(line for line in result.stderr.splitlines() if "reusing metrics.json" in line)
     assert "--num-beams 10" in warning and "--force-eval" in warning
     assert [json.loads(f.read_text())["processed_steps"] for f in ws.state_files()] == [[100, 200]]
+
+
+def test_starting_on_a_full_disk_is_one_line_not_an_internal_error(ws, tmp_path):
+    full = tmp_path / "full"
+    _mount_tmpfs(full, "1m")
+    try:
+        _fill(full)
+        ws.checkpoint(100)
+        result = ws.run("--once", "--state-dir", str(full / "state"))
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "cannot take the lock file" in result.stderr and "No space left on device" in result.stderr
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+        assert ws.calls() == []
+    finally:
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)
