@@ -177,7 +177,8 @@ def test_processes_an_eval_left_behind_are_stopped_after_a_kill_9(ws):
     first = ws.run("--once", env=ws.env(EVAL_SIDECAR_CRASH_AT="eval-running", STANDIN_SLOW="1"))
     assert first.returncode == -9
     left = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").read_text().strip()))
-    wait_for(lambda: ws.results(100).exists(), timeout=20)  # the eval itself finished
+    leader = ws.state()["in_flight"]["100"]["pid"]
+    wait_for(lambda: ws.results(100).exists() and process_gone(leader), timeout=20)  # the eval itself ended
     assert not process_gone(left)
     ws.mode(100, "ok")
     assert ws.run("--once").returncode == 0
