@@ -184,21 +184,23 @@ def process_start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def _other_pids() -> list[str]:
+    """The pids in /proc (as its folder names), this process left out; empty without /proc."""
+    me = str(os.getpid())
+    try:
+        return [e for e in os.listdir("/proc") if e.isdigit() and e != me]
+    except OSError:
+        return []
+
+
 def tagged_processes(tag: str) -> list[tuple[int, str]]:
     """(pid, start time) of every process whose environment carries this attempt's tag: an eval's
     children, also those that left its process group (setsid) or outlived its leader."""
     if not tag:
         return []
     needle = f"{ATTEMPT_ENV}={tag}\0".encode()
-    me = os.getpid()
     found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
-            continue
+    for entry in _other_pids():
         try:
             with open(f"/proc/{entry}/environ", "rb") as fh:
                 environ = b"\0" + fh.read()
@@ -261,13 +263,7 @@ def child_processes(name: str) -> list[tuple[int, str]]:
     """(pid, start time) of this process's children whose command name is `name` (Linux /proc)."""
     me = str(os.getpid())
     found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    for entry in _other_pids():
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
