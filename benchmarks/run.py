@@ -36,6 +36,7 @@ FULL = {
     "align": lambda: scenarios.align(3, 100_000, 30),
     "pinning": lambda: scenarios.pinning(1000),
     "delivery": lambda: scenarios.delivery_latency(25, 2.0) + scenarios.kill_loop(30),
+    "one at a time": lambda: scenarios.one_at_a_time([500, 1_000, 2_000]),
 }
 QUICK = {
     "idle tick": lambda: scenarios.idle_tick([100, 1_000], ticks=5),
@@ -46,6 +47,7 @@ QUICK = {
     "align": lambda: scenarios.align(2, 1_000, 5),
     "pinning": lambda: scenarios.pinning(20),
     "delivery": lambda: scenarios.delivery_latency(2, 0.5, baseline=False) + scenarios.kill_loop(1),
+    "one at a time": lambda: scenarios.one_at_a_time([10, 20], baseline=False),
 }
 
 

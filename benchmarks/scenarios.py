@@ -428,5 +428,74 @@ def kill_loop(kills: int, seed: int = 13) -> list[dict]:
             row(name, kills, "rows on the server twice (in flight at a kill)", extra, "rows")]
 
 
+# ----- W&B bytes while watching (Reliability round 2, item 11) -----------------------------------------
+def _reported(tree: Tree, step: int, timeout: float = 600.0) -> None:
+    """Wait until `step` is processed and written to W&B (not unreported) in the state file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = tree.state()[1]
+            if step in state["processed_steps"] and step not in state["unreported_steps"]:
+                return
+        except (OSError, ValueError, StopIteration, KeyError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"checkpoint-{step} was never reported to W&B")
+
+
+def one_at_a_time(sizes: list[int], baseline: bool = True) -> list[dict]:
+    """A watching sidecar (events, ready marker, W&B offline) gets checkpoints one at a time, each
+    once the row before it was written to W&B (so every row is its own pass, as when a trainer
+    saves more slowly than a row is reported). W&B bytes (the offline run folder, plus wandb's
+    staging and cache folders) and table files when the run holds N rows, and after the sidecar
+    stopped; this version (default --wandb-table-minutes) and the version before (`baseline`),
+    which logged the whole table on every pass."""
+    rows: list[dict] = []
+    top = max(sizes)
+    for which in ("this sidecar", f"before ({BASELINE_REF})")[:2 if baseline else 1]:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            tree = Tree(base, "arrive-cb8")
+            entry = ROOT / "eval_wandb_sidecar.py" if which == "this sidecar" else _baseline_checkout(base)
+            if entry is None:
+                continue
+            env = tree.env()
+            folders = (base / "wandb_dir", base / "wandb_data_dir", base / "wandb_cache_dir")
+            proc = subprocess.Popen([sys.executable, str(entry), *tree.args(
+                "--wandb-mode", "offline", "--ready-marker", ".ready", "--watch-mode", "events",
+                "--poll-interval-seconds", "3600")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            name = f"{top:,} checkpoints arriving one at a time, W&B offline, {which}"
+            started = time.perf_counter()
+            try:
+                for step in range(1, top + 1):
+                    res = tree.repo / "results" / tree.sft.name / f"checkpoint-{step}"
+                    res.mkdir(parents=True)
+                    (res / "metrics.json").write_text(json.dumps({"HR@1": 0.01, "HR@10": step / top,
+                                                                  "NDCG@10": step / top / 2}))
+                    ckpt = tree.sft / f"checkpoint-{step}"
+                    ckpt.mkdir()
+                    (ckpt / "model.safetensors").write_bytes(b"x")
+                    (ckpt / ".ready").write_text("{}")
+                    _reported(tree, step)
+                    if step in sizes:
+                        tables = sum(1 for _ in (base / "wandb_dir").rglob("*.table.json"))
+                        rows += [row(name, step, "W&B bytes while watching", folder_bytes(*folders) / 2**20, "MB"),
+                                 row(name, step, "table files", tables, "files"),
+                                 row(name, step, "wall time since the start", time.perf_counter() - started, "s")]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            tables = sum(1 for _ in (base / "wandb_dir").rglob("*.table.json"))
+            rows += [row(name, top, "W&B bytes after exit", folder_bytes(*folders) / 2**20, "MB"),
+                     row(name, top, "table files after exit", tables, "files")]
+    ours = {r["figure"]: r["value"] for r in rows if r["n"] == top and "this sidecar" in r["scenario"]}
+    theirs = {r["figure"]: r["value"] for r in rows if r["n"] == top and "before" in r["scenario"]}
+    if ours and theirs:
+        rows.append(row(f"{top:,} checkpoints arriving one at a time, W&B offline", top,
+                        "W&B bytes after exit, ratio (before / this)",
+                        theirs["W&B bytes after exit"] / max(ours["W&B bytes after exit"], 1e-9), "×"))
+    return rows
+
+
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "align-child":
     print(json.dumps(_align_child(*(int(a) for a in sys.argv[2:]))))
