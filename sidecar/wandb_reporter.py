@@ -48,6 +48,7 @@ TRANSMIT_SECONDS = 1
 RETRY_WAIT_MAX_SECONDS = 10  # wandb-core's longest wait between retries after an outage (default 60)
 CONFIRM_FIRST = 2.5  # seconds after a write before the server is asked whether it holds the lines
 CONFIRM_MAX = 15.0  # longest wait between two such questions while lines are missing
+TABLE_GROWTH = 0.1  # with an interval, a table is logged again only once the rows grew by a tenth (or one)
 STALL_SECONDS = 120.0  # the server answers but takes no line for this long: open the run again
 QUERY_TIMEOUT = 10.0
 _CLOSE = object()
@@ -312,7 +313,7 @@ class WandbReporter:
             if w.run is not None and w.sent and w.ref is not None and time.monotonic() >= w.confirm_at \
                     and not closing:
                 self._confirm(w)
-            if w.run is not None and w.table_wait() == 0.0 and not closing:
+            if w.run is not None and w.table_wait(self.options.table_seconds) == 0.0 and not closing:
                 try:
                     self._log_table(w)
                 except Exception as exc:  # noqa: BLE001
@@ -336,8 +337,8 @@ class WandbReporter:
             deadlines.append(w.next_attempt)
         if w.run is not None and w.sent and w.ref is not None:
             deadlines.append(w.confirm_at)
-        if w.run is not None and w.table_wait() is not None:
-            deadlines.append(time.monotonic() + w.table_wait())
+        if w.run is not None and w.table_wait(self.options.table_seconds) is not None:
+            deadlines.append(time.monotonic() + w.table_wait(self.options.table_seconds))
         if w.closing:
             wait = 0.0
         elif deadlines:
@@ -467,8 +468,8 @@ class WandbReporter:
             w.table_due = False
         if not w.table_due:
             return
-        if not force and time.monotonic() < w.table_next:
-            return  # the worker wakes for it at table_next
+        if not force and (time.monotonic() < w.table_next or not w.table_grown(self.options.table_seconds)):
+            return  # the worker wakes for it at table_next, or for the next rows
         if self.mode == "online" and not self._answers(w):
             w.table_held = True  # until the server answers again (`_confirm`), the next write or the finish
             return
@@ -485,6 +486,7 @@ class WandbReporter:
         self._log_summary(w)  # wandb adds the last checkpoint_step logged to the table's line, and so to the summary
         w.table_due, w.table_held = False, False
         w.table_next = time.monotonic() + self.options.table_seconds
+        w.table_rows = len(rows)
 
     def _answers(self, w: "_Worker") -> bool:
         """Whether the server answers right now (asked its line count, else its port)."""
@@ -711,6 +713,7 @@ class _Worker:
         self.table_due = False  # the newest rows are not in a logged table yet
         self.table_next = 0.0  # monotonic time from which a due table may be logged (the first at once)
         self.table_held = False  # a due table waits for the server to answer (online outage)
+        self.table_rows = 0  # rows in the last table logged
         self.table_capped = False  # warned that metrics are left out of the table (or of a row)
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
@@ -738,10 +741,20 @@ class _Worker:
     def seal_due(self) -> bool:
         return self.latest is not None and self.latest.seal and not self.sealed and bool(self.latest.rows)
 
-    def table_wait(self) -> float | None:
+    def table_grown(self, interval: float) -> bool:
+        """Whether there are enough new rows for another table: with an interval, a tenth more than
+        the last table held (at least one), so that however slowly checkpoints come, the tables
+        logged add up to about 11 times the last one (bytes linear in the rows, not their square);
+        the table lags by at most a tenth of its rows, the history and the summary never. Without
+        an interval (0), any new or changed row."""
+        if interval <= 0 or self.latest is None:
+            return True
+        return len(self.latest.rows) >= self.table_rows + max(1, math.ceil(TABLE_GROWTH * self.table_rows))
+
+    def table_wait(self, interval: float = 0.0) -> float | None:
         """Seconds until a due table may be logged (0.0: now); None when none is due, or it waits
-        for the server rather than for time."""
-        if not self.table_due or self.table_held:
+        for the server or for more rows rather than for time."""
+        if not self.table_due or self.table_held or not self.table_grown(interval):
             return None
         return max(0.0, self.table_next - time.monotonic())
 

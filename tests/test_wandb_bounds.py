@@ -146,3 +146,23 @@ def test_the_metrics_w_and_b_gets_of_a_huge_row_keep_hr_ndcg_and_summary_metrics
     assert left == 2003 - 1000
     small = {"checkpoint_step": 1, "B": 1.0, "A": 2.0, "flag": True}
     assert wandb_metrics(small) == (["B", "A"], 0)  # order as in metrics.json, numbers only
+
+
+def test_with_an_interval_tables_are_spaced_by_a_tenth_of_their_rows_so_bytes_stay_linear():
+    """However slowly checkpoints come (every one after the interval), a table is logged again only
+    once the rows grew by a tenth: for 2,000 rows one at a time, the tables logged hold about 11
+    times the rows of the last one, not the ~2,000,000 of a table per row."""
+    from sidecar.report import Snapshot
+    from sidecar.wandb_reporter import _Worker
+
+    worker, logged = _Worker(), []
+    for n in range(1, 2001):
+        rows = {s: {"checkpoint_step": s} for s in range(1, n + 1)}
+        worker.take(Snapshot({n: rows[n]}, rows))
+        if worker.table_grown(300.0):
+            logged.append(n)
+            worker.table_rows = n
+    assert logged[:10] == list(range(1, 11))  # small tables: every row
+    assert sum(logged) < 12 * 2000 and len(logged) < 90
+    assert 2000 - logged[-1] <= 200  # the table lags by at most a tenth of its rows (exit logs the rest)
+    assert _Worker().table_grown(0.0)  # --wandb-table-minutes 0: every pass, as before
