@@ -11,7 +11,7 @@ from conftest import ROOT
 SCENARIOS = ("idle tick", "backfill, W&B disabled", "backfill, W&B offline", "backfill with W&B offline vs the original",
              "ready → eval start, marker",
              "ready → eval start, 1 s quiet period", "backlog of", "idle watching", "align", "pin a checkpoint",
-             "row recorded in state → on the W&B server", "kill -9 loop")
+             "row recorded in state → on the W&B server", "kill -9 loop", "20 checkpoints arriving one at a time")
 
 
 def test_quick_benchmark_run_completes_and_writes_well_formed_results(tmp_path):
@@ -39,5 +39,5 @@ def test_unknown_scenario_is_one_line_and_exit_2(tmp_path):
                            "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == ("run.py: --only: unknown scenario 'nope' (choose from idle tick, backfill, "
-                                   "latency, parallel, idle watching, align, pinning, delivery)")
+                                   "latency, parallel, idle watching, align, pinning, delivery, one at a time)")
     assert not (tmp_path / "r.json").exists()

@@ -239,7 +239,8 @@ def test_missing_api_key_without_a_terminal_is_reported_once_clearly(ws, isolate
     finally:
         listener.close()
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "[WARNING]" in line]
+    warnings = [line for line in result.stderr.splitlines() if "[WARNING]" in line
+                and "reusing metrics.json files" not in line]  # the backfill's own, once (README)
     assert len(warnings) == 1 and "no W&B API key" in warnings[0]
     assert ws.state()["unreported_steps"] == [100]
 
