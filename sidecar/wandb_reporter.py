@@ -73,13 +73,25 @@ class WandbOptions:
     table_seconds: float = 300.0  # at most one table per this long while rows come (0: every pass); always at exit
 
 
+def wandb_text(value):
+    """`value`, with a str made valid UTF-8 (W&B cannot send a lone surrogate: a folder name with a
+    byte that is not UTF-8 reaches Python as one); the bad character is kept as its escape."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbOptions:
     """W&B options from a Config (or any object with its wandb_* attributes); the run id and
     name come from the state file (`bind`)."""
     return WandbOptions(
         project=settings.wandb_project, entity=settings.wandb_entity, run_id="", run_name="",
         resume=settings.wandb_resume, job_type=settings.wandb_job_type, mode=mode or settings.wandb_mode,
-        config=wandb_config, init_timeout=settings.wandb_init_timeout, system_stats=settings.wandb_system_stats,
+        config={k: wandb_text(v) for k, v in wandb_config.items()}, init_timeout=settings.wandb_init_timeout, system_stats=settings.wandb_system_stats,
         fallback=settings.wandb_fallback, summary_metrics=settings.summary_metrics,
         table_seconds=60.0 * settings.wandb_table_minutes,
     )
@@ -91,8 +103,8 @@ def history_row(row: dict, first: tuple[str, ...] = ()) -> dict:
     item = {"checkpoint_step": int(row["checkpoint_step"])}
     for name in wandb_metrics(row, first)[0]:
         item[f"eval/{name}"] = row[name]
-    item["eval/checkpoint_name"] = row.get("checkpoint_name", f"checkpoint-{row['checkpoint_step']}")
-    item["eval/metrics_path"] = row.get("metrics_path", "")
+    item["eval/checkpoint_name"] = wandb_text(row.get("checkpoint_name", f"checkpoint-{row['checkpoint_step']}"))
+    item["eval/metrics_path"] = wandb_text(row.get("metrics_path", ""))
     return item
 
 
@@ -107,7 +119,7 @@ def table_data(rows: dict[int, dict], first: tuple[str, ...] = ()) -> tuple[list
         for row in ordered:
             names.update(metric_names(row))
         left = len(names) - shown
-    return columns, [[row.get(c) for c in columns] for row in ordered], left
+    return columns, [[wandb_text(row.get(c)) for c in columns] for row in ordered], left
 
 
 def _utc_now() -> str:
@@ -200,7 +212,7 @@ class WandbReporter:
     # ----- called by the service (main thread) ------------------------------------------------
     def bind(self, run_id: str, run_name: str, on_delivery=None) -> None:
         """Use the run id and name persisted in state; `on_delivery()` is called after each write."""
-        self.options = replace(self.options, run_id=run_id, run_name=run_name)
+        self.options = replace(self.options, run_id=wandb_text(run_id), run_name=wandb_text(run_name))
         self._on_delivery = on_delivery
 
     def report(self, snapshot: Snapshot) -> None:
@@ -601,6 +613,7 @@ class WandbReporter:
         self._deliver(Delivery(dict(w.segment), run=w.sent_run, confirmed=count, closed=True))
 
     def _lose_run(self, w: "_Worker", exc: Exception) -> None:
+        log.debug("W&B run lost", exc_info=exc)
         self._teardown(w.run)
         w.run = None
         w.next_attempt, w.in_outage = self._outage(exc, w.in_outage)
@@ -624,6 +637,9 @@ class WandbReporter:
             finish_timeout=_finish_timeout(opts),  # an outage must not hang the exit
             finish_timeout_raises=True,  # ...and a finish that gave up uploading must not look clean
         )
+        # wandb sends the command line with the run: an argument holding a path's non-UTF-8 byte
+        # would make every init fail (the arguments were parsed long ago; only their text changes)
+        sys.argv[:] = [wandb_text(a) for a in sys.argv]
         run = wandb.init(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
                          resume=effective_resume(opts.resume, self.mode), job_type=opts.job_type, mode=self.mode,
                          config=opts.config, settings=settings)

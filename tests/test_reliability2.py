@@ -74,6 +74,22 @@ def test_a_metric_name_that_is_not_valid_text_is_recorded_and_reported_not_a_cra
     assert [r["checkpoint_step"] for r in rows] == [100]
 
 
+def test_an_sft_root_named_with_a_non_utf8_byte_reaches_wandb(ws, isolated_env):
+    from wandb_reader import eval_rows, segments
+
+    target = ws.sft.parent / os.fsdecode(b"model-\xff-cb16")
+    ws.sft.rename(target)
+    ws.sft = target
+    ws.checkpoint(100)
+    args = [a for a in ws.args("--once", "--wandb-mode", "offline") if a != "--disable-wandb"]
+    result = subprocess.run([sys.executable, str(ENTRY), *args], env=ws.env(), capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ws.state()["unreported_steps"] == [] and "could not be written" not in result.stderr, result.stderr[-3000:]
+    rows = [r for seg in segments(isolated_env / "wandb_dir") for r in eval_rows(seg)]
+    assert [r["checkpoint_step"] for r in rows] == [100]
+
+
 # ----- hostile files -------------------------------------------------------------------------------
 def test_a_shard_index_nested_100000_levels_deep_is_a_pending_reason_not_a_crash(ws):
     bad = ws.checkpoint(100)
