@@ -448,22 +448,27 @@ def one_at_a_time(sizes: list[int], baseline: bool = True) -> list[dict]:
     once the row before it was written to W&B (so every row is its own pass, as when a trainer
     saves more slowly than a row is reported). W&B bytes (the offline run folder, plus wandb's
     staging and cache folders) and table files when the run holds N rows, and after the sidecar
-    stopped; this version (default --wandb-table-minutes) and the version before (`baseline`),
-    which logged the whole table on every pass."""
+    stopped; this version (default --wandb-table-minutes), this version with a table interval so
+    short that a table is due on every pass (checkpoints slower than the interval: only the
+    growth rule spaces the tables), and the version before (`baseline`), which logged the whole
+    table on every pass."""
     rows: list[dict] = []
     top = max(sizes)
-    for which in ("this sidecar", f"before ({BASELINE_REF})")[:2 if baseline else 1]:
+    variants = [("this sidecar", ()), ("this sidecar, a table due on every pass", ("--wandb-table-minutes", "0.0001"))]
+    if baseline:
+        variants.append((f"before ({BASELINE_REF})", ()))
+    for which, extra in variants:
         with tempfile.TemporaryDirectory() as tmp:
             base = Path(tmp)
             tree = Tree(base, "arrive-cb8")
-            entry = ROOT / "eval_wandb_sidecar.py" if which == "this sidecar" else _baseline_checkout(base)
+            entry = ROOT / "eval_wandb_sidecar.py" if which.startswith("this sidecar") else _baseline_checkout(base)
             if entry is None:
                 continue
             env = tree.env()
             folders = (base / "wandb_dir", base / "wandb_data_dir", base / "wandb_cache_dir")
             proc = subprocess.Popen([sys.executable, str(entry), *tree.args(
                 "--wandb-mode", "offline", "--ready-marker", ".ready", "--watch-mode", "events",
-                "--poll-interval-seconds", "3600")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                "--poll-interval-seconds", "3600", *extra)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             name = f"{top:,} checkpoints arriving one at a time, W&B offline, {which}"
             started = time.perf_counter()
             try:
@@ -488,7 +493,7 @@ def one_at_a_time(sizes: list[int], baseline: bool = True) -> list[dict]:
             tables = sum(1 for _ in (base / "wandb_dir").rglob("*.table.json"))
             rows += [row(name, top, "W&B bytes after exit", folder_bytes(*folders) / 2**20, "MB"),
                      row(name, top, "table files after exit", tables, "files")]
-    ours = {r["figure"]: r["value"] for r in rows if r["n"] == top and "this sidecar" in r["scenario"]}
+    ours = {r["figure"]: r["value"] for r in rows if r["n"] == top and r["scenario"].endswith("this sidecar")}
     theirs = {r["figure"]: r["value"] for r in rows if r["n"] == top and "before" in r["scenario"]}
     if ours and theirs:
         rows.append(row(f"{top:,} checkpoints arriving one at a time, W&B offline", top,
