@@ -22,7 +22,7 @@ from pathlib import Path
 from .files import FileProblem, read_capped
 
 _INDEX_SUFFIXES = (".safetensors.index.json", "pytorch_model.bin.index.json")
-CONFIRM_MAX_SECONDS = 5.0  # the confirmation interval: a quarter of the quiet period, at most this
+CONFIRM_MAX_SECONDS = 2.0  # the confirmation interval: a quarter of the quiet period, at most this
 INDEX_MAX_BYTES = 16 * 1024 * 1024  # a shard index is ~100 KB; a bigger one is not read
 
 

@@ -152,7 +152,7 @@ def test_marker_makes_it_ready_at_once_and_a_missing_shard_keeps_it_waiting(tmp_
 
 def test_old_mtimes_never_decide_alone(tmp_path):
     """A folder there at start-up whose files are older than the quiet period is ready after one
-    unchanged confirmation interval (5 s here); one that appears later, or changes while being
+    unchanged confirmation interval (2 s here); one that appears later, or changes while being
     confirmed, waits the whole quiet period (its old mtimes may come from a clock behind ours)."""
     folder = tmp_path / "checkpoint-3"
     folder.mkdir()
@@ -160,18 +160,18 @@ def test_old_mtimes_never_decide_alone(tmp_path):
     old = time.time() - 500
     os.utime(folder / "w", (old, old))
     at_start = ReadinessTracker(120, None)
-    assert at_start.check(3, folder, 0.0, time.time(), at_startup=True) == (False, "confirming", 5.0)
-    assert not at_start.check(3, folder, 4.9, time.time())[0]
-    assert at_start.check(3, folder, 5.0, time.time())[0]
+    assert at_start.check(3, folder, 0.0, time.time(), at_startup=True) == (False, "confirming", 2.0)
+    assert not at_start.check(3, folder, 1.9, time.time())[0]
+    assert at_start.check(3, folder, 2.0, time.time())[0]
     later = ReadinessTracker(120, None)
     assert later.check(3, folder, 0.0, time.time()) == (False, "settling", 120.0)
     changing = ReadinessTracker(120, None)
     assert changing.check(3, folder, 0.0, time.time(), at_startup=True)[1] == "confirming"
     (folder / "w2").write_bytes(b"y")
     os.utime(folder / "w2", (old, old))
-    assert changing.check(3, folder, 5.0, time.time()) == (False, "still being written", 125.0)
-    assert not changing.check(3, folder, 124.0, time.time())[0]
-    assert changing.check(3, folder, 125.0, time.time())[0]
+    assert changing.check(3, folder, 2.0, time.time()) == (False, "still being written", 122.0)
+    assert not changing.check(3, folder, 121.0, time.time())[0]
+    assert changing.check(3, folder, 122.0, time.time())[0]
 
 
 def test_discovery_sees_entries_change_type_under_the_same_names(tmp_path):
