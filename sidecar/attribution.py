@@ -33,7 +33,8 @@ def record_path(metrics_path: Path) -> Path:
     return metrics_path.with_name(RECORD_NAME)
 
 
-def _fingerprint(metrics_path: Path) -> tuple[int, int] | None:
+def fingerprint(metrics_path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file, None if it cannot be seen."""
     try:
         info = os.stat(metrics_path)
     except OSError:
@@ -41,12 +42,10 @@ def _fingerprint(metrics_path: Path) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
-def record_producer(metrics_path: Path, key: str) -> None:
-    """Note that configuration `key` produced this metrics.json (best effort: a failure is logged)."""
-    fingerprint = _fingerprint(metrics_path)
-    if fingerprint is None:
-        return
-    record = {"model_config_key": key, "size": fingerprint[0], "mtime_ns": fingerprint[1]}
+def record_producer(metrics_path: Path, key: str, read: tuple[int, int]) -> None:
+    """Note that configuration `key` produced this metrics.json as it was when read (`read`: its
+    size and mtime then; best effort: a failure is logged)."""
+    record = {"model_config_key": key, "size": read[0], "mtime_ns": read[1]}
     try:
         write_atomic(record_path(metrics_path), json.dumps(record) + "\n")
     except OSError as exc:
@@ -62,7 +61,7 @@ def producer(metrics_path: Path) -> str | None:
         key, size, mtime = record["model_config_key"], record["size"], record["mtime_ns"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(key, str) or _fingerprint(metrics_path) != (size, mtime):
+    if not isinstance(key, str) or fingerprint(metrics_path) != (size, mtime):
         return None
     return key
 

@@ -6,6 +6,7 @@ environment strings and argv items, never through a shell command line.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+_RESOURCE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM, errno.EAGAIN, errno.EMFILE, errno.ENFILE)
 
 # Every local eval gets this variable, naming its attempt (saved in state before the eval starts):
 # whatever it leaves behind, even outside its process group, is found by it after a kill -9.
@@ -104,9 +107,10 @@ class LocalExecutor:
                     argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
-            except OSError as exc:
+            except OSError as exc:  # no memory or processes left is the machine's doing; a missing
+                # bash or --repo-root is the set-up's and uses attempts like any failure
                 return EvalResult(None, time.monotonic() - started, start_error=exc.strerror or str(exc),
-                                  consume_attempt=False)
+                                  consume_attempt=exc.errno not in _RESOURCE_ERRORS)
             crash_point("eval-spawned")  # the child exists; only the attempt's tag names it yet
         with self._lock:
             self._running[proc.pid] = proc

@@ -231,6 +231,8 @@ class Reporter(Protocol):
 
     def close(self) -> None: ...
 
+    def abandon(self) -> None: ...
+
 
 class NullReporter:
     """Reports nothing (W&B disabled)."""
@@ -250,4 +252,7 @@ class NullReporter:
         return Reconciled()
 
     def close(self) -> None:
+        return None
+
+    def abandon(self) -> None:
         return None

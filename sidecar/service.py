@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .attribution import non_default_eval_flags, producer, record_producer
+from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
 from .config import FLAGS, Config
 from .discover import Checkpoint, Discoverer, RootMissing
 from .errors import ConfigError, LockLost, MetricsError, StateWriteError
@@ -97,10 +97,12 @@ class Sidecar:
         self._save_failing = False
         self._save_error = ""
         self._warned_unattributed = False
-        self._lock_lost = False  # another sidecar holds the lock file now: write nothing more
+        self._lock_lost = False
+        self._foreign: dict[int, tuple | None] = {}  # step -> another configuration's metrics.json (size, mtime)  # another sidecar holds the lock file now: write nothing more
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
+        self._startup = True  # the first scan lists the folders there at start-up (readiness)
         self._running: dict[int, _Running] = {}  # step -> eval in a worker thread
         self._reattach: dict[int, dict] = {}  # Slurm jobs a previous sidecar left in flight
         self.pins = Pins(config.state_dir, config.sft_root.name) if config.pin_checkpoints else None
@@ -221,9 +223,11 @@ class Sidecar:
         """Flush state, close the reporter, release the lock."""
         crash_point("shutdown")
         if self._lock_lost:  # another sidecar owns this configuration now: stop our evals, write nothing
+            for slurm in {id(x): x for x in (self._slurm, self.executor) if isinstance(x, SlurmExecutor)}.values():
+                slurm.cancel_on_exit = False  # its jobs are the new holder's (it re-attaches to them)
+            self.reporter.abandon()
             self.request_stop()
             self._finish_running(record=False)
-            self.reporter.close()
             return
         try:
             if self.state is not None:
@@ -344,6 +348,7 @@ class Sidecar:
                 log.warning("--sft-root is missing or unreadable (%s); waiting for it to come back", exc)
                 self._root_missing = True
             self._quiet_deadlines, self._confirm_deadlines = [], []  # quiet periods of checkpoints gone with it
+            self._startup = False  # what appears with the root was not there at start-up
             self._save(force=self._dirty)
             return done
         if self._root_missing:
@@ -354,8 +359,8 @@ class Sidecar:
             found = sorted(found + [p for p in self.pins.existing() if p.step not in names])
         crash_point("after-discovery")
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
-        first_scan = self._first_scan
-        if first_scan:
+        first_scan, self._startup = self._startup, False
+        if self._first_scan:
             self._first_scan = False
             absent = sorted(set(self.config.force_eval_steps) - {c.step for c in found})
             if absent:
@@ -381,7 +386,7 @@ class Sidecar:
         """Seen-but-unprocessed steps that are gone now were rotated away before their eval."""
         state = self.state
         present = {c.step for c in found}
-        for step in sorted(self._interrupted & state.processed - present):
+        for step in sorted(self._interrupted & state.processed - present - set(self._running)):
             # a re-evaluation a killed sidecar left, of a checkpoint deleted since: the result stands
             log.warning("checkpoint-%s was deleted while it was being re-evaluated; its earlier result stands", step)
             state.in_flight.pop(step, None)
@@ -535,6 +540,7 @@ class Sidecar:
                     return 1
                 log.info("%s was produced by another configuration of this model (run eval-%s); evaluating %s "
                          "with this one (the eval script overwrites it)", metrics_path, made_by, ckpt.name)
+                self._foreign[step] = fingerprint(metrics_path)
         if not ckpt.path.is_dir():
             log.warning("%s was deleted before its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
@@ -552,7 +558,8 @@ class Sidecar:
             state.in_flight[step] = {**self._in_flight_entry(ckpt), "slurm_tag": tag, "slurm_state": "SUBMITTING",
                                      "metrics_before": self._metrics_mtime(ckpt)}
             self._dirty = True
-            self._save(force=True)
+            if not self._save(force=True):
+                return self._not_started(ckpt)
             log.info("evaluating %s as a Slurm job (log: %s)", ckpt.name, log_path)
             self._start_worker(ckpt, job, None, self.executor)
         else:
@@ -562,16 +569,20 @@ class Sidecar:
             state.in_flight[step] = {**self._in_flight_entry(ckpt), "attempt": tag}
             self._dirty = True
             if not self._save(force=True):
-                state.in_flight.pop(step, None)
-                record = record_failure(state, ckpt, f"{ckpt.name} was not started (its in-flight record must be saved "
-                                        f"first): {self._save_error}", self.clock.time(), self.policy,
-                                        consume_attempt=False)
-                log.warning("%s; not counted as an attempt, retry in %.0f s", record["error"],
-                            record["retry_after"] - self.clock.time())
-                return 0
+                return self._not_started(ckpt)
             log.info("evaluating %s on GPUs %s (log: %s)", ckpt.name, cuda or "-", log_path)
             job = EvalJob(argv, cfg.repo_root, {**env, ATTEMPT_ENV: tag}, log_path, cfg.eval_timeout_seconds, tag=tag)
             self._start_worker(ckpt, job, slot, self.executor)
+        return 0
+
+    def _not_started(self, ckpt: Checkpoint) -> int:
+        """The in-flight record could not be saved: the eval is not started (a kill -9 would leave it
+        untracked); retried later, using no attempt (the failure is the sidecar's disk's)."""
+        self.state.in_flight.pop(ckpt.step, None)
+        now = self.clock.time()
+        record = record_failure(self.state, ckpt, f"{ckpt.name} was not started (its in-flight record must be saved "
+                                f"first): {self._save_error}", now, self.policy, consume_attempt=False)
+        log.warning("%s; not counted as an attempt, retry in %.0f s", record["error"], record["retry_after"] - now)
         return 0
 
     def _warn_unattributed(self, metrics_path: Path) -> None:
@@ -610,6 +621,7 @@ class Sidecar:
             self._events.put(("update", ckpt.step, info))
             self.wake.set()
 
+        read = None  # (size, mtime_ns) of the metrics.json read, taken as it was read
         try:
             result = executor.run(job, on_start=started, on_update=updated)
             crash_point("eval-finished")
@@ -617,12 +629,13 @@ class Sidecar:
             if result.returncode == 0 and not result.cancelled and not result.timed_out:
                 try:
                     metrics = read_metrics(metrics_path, REREAD_DELAY_SECONDS, self.clock.sleep)
+                    read = fingerprint(metrics_path)
                     crash_point("metrics-read")
                 except MetricsError as exc:
                     metrics = exc
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread as a failed start
             result, metrics = EvalResult(None, 0.0, start_error=f"{type(exc).__name__}: {exc}"), None
-        self._events.put(("finished", ckpt.step, result, metrics))
+        self._events.put(("finished", ckpt.step, result, metrics, read))
         self._prompt.set()
         self.wake.set()
 
@@ -663,10 +676,12 @@ class Sidecar:
             elif running is not None:
                 running.thread.join()
                 del self._running[step]
-                self._record(running, event[2], event[3])
+                self._record(running, event[2], event[3], event[4])
                 done += 1
 
-    def _record(self, running: "_Running", result: EvalResult, metrics) -> None:
+    def _record(self, running: "_Running", result: EvalResult, metrics, read=None) -> None:
+        """Decide and record the outcome of one eval; `read`: the (size, mtime) of the metrics.json
+        its metrics come from."""
         cfg, state, ckpt, log_path = self.config, self.state, running.ckpt, running.log_path
         step = ckpt.step
         now = self.clock.time()
@@ -692,7 +707,7 @@ class Sidecar:
             before = state.in_flight.get(step, {}).get("metrics_before")  # saved before sbatch
             fresh = written is not None and (not isinstance(before, int) or written > before)
             if isinstance(metrics, dict) and fresh:
-                self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
+                self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True, read=read)
                 return
             reason = metrics if not isinstance(metrics, dict) else "its metrics.json is older than the job"
             error = f"eval of {ckpt.name}: {result.error}, and {reason}"
@@ -708,10 +723,18 @@ class Sidecar:
             error = f"eval of {ckpt.name} {how} after {result.duration:.1f} s"
         elif isinstance(metrics, MetricsError):
             error = f"eval of {ckpt.name} exited 0 but {metrics}"
+        elif read is not None and self._foreign.get(step) == read:
+            error = (f"eval of {ckpt.name} exited 0 but did not write {self.metrics_path(ckpt)}: the file there is "
+                     f"another configuration's")
         else:
-            self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True)
+            self._foreign.pop(step, None)
+            self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True, read=read)
             return
-        if not ckpt.path.is_dir():
+        if not ckpt.path.is_dir() and step in state.processed:  # a re-evaluation (--force-eval-steps)
+            state.in_flight.pop(step, None)
+            self.policy = replace(self.policy, force_steps=self.policy.force_steps - {step})
+            log.warning("%s was deleted during its re-evaluation (%s); its earlier result stands", ckpt.name, error)
+        elif not ckpt.path.is_dir():
             log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted during its eval", now)
         else:
@@ -755,14 +778,14 @@ class Sidecar:
         self._dirty = True
         self._save(force=True)
 
-    def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool) -> None:
+    def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool, read=None) -> None:
         self._unpin(ckpt.name)
         clashing = [k for k in metrics if k in RESERVED]
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
         row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
-        if evaluated:
-            record_producer(metrics_path, self.config.identity.key)
+        if evaluated and read is not None:
+            record_producer(metrics_path, self.config.identity.key, read)
         record_success(self.state, row)
         self._ready.discard(ckpt.step)
         self._interrupted.discard(ckpt.step)

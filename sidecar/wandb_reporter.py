@@ -203,6 +203,7 @@ class WandbReporter:
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._opening = False
+        self._abandoned = threading.Event()  # another sidecar took the lock: write nothing more
         self._in_outage = False
         self._server_down = False  # the last delivery question found the server unreachable
         self.finished_cleanly = False
@@ -227,6 +228,16 @@ class WandbReporter:
         with self._lock:
             out, self._deliveries = self._deliveries, []
         return out
+
+    def abandon(self, timeout: float = 10.0) -> None:
+        """Stop writing at once, finishing nothing: another sidecar holds this configuration's lock
+        now and writes to the same run. This process's wandb-core is stopped, so no more lines of
+        ours reach the run (rows it had not delivered are the new holder's to send)."""
+        self._abandoned.set()
+        if self._thread is None:
+            return
+        self._queue.put(_CLOSE)
+        self._thread.join(timeout)
 
     def close(self, timeout: float | None = None, progress=None) -> None:
         """Finish the run (flushing the last rows and table); waits for the worker, calling
@@ -311,6 +322,10 @@ class WandbReporter:
         w = _Worker()
         while True:
             latest, closing = self._next_items(w)
+            if self._abandoned.is_set():
+                for pid, start in child_processes("wandb-core"):  # ours: nothing more of ours is sent
+                    kill_orphan(pid, start)
+                return
             if latest is not None:
                 w.take(latest)
             if self._wants_run(w) and w.run is None and time.monotonic() >= w.next_attempt \
@@ -498,7 +513,7 @@ class WandbReporter:
         self._log_summary(w)  # wandb adds the last checkpoint_step logged to the table's line, and so to the summary
         w.table_due, w.table_held = False, False
         w.table_next = time.monotonic() + self.options.table_seconds
-        w.table_rows = len(rows)
+        w.table_rows, w.tabled = len(rows), dict(rows)
 
     def _answers(self, w: "_Worker") -> bool:
         """Whether the server answers right now (asked its line count, else its port)."""
@@ -551,7 +566,11 @@ class WandbReporter:
         if count > w.server_count:
             w.progress_at, w.stalled = now, False
         w.server_count = max(w.server_count, count)
-        self._log_table(w)  # one the outage held back
+        try:
+            self._log_table(w)  # one the outage held back
+        except Exception as exc:  # noqa: BLE001 - any failure of the SDK is an outage
+            self._lose_run(w, exc)
+            return
         if not w.sent:
             w.confirm_at = float("inf")
             return
@@ -730,6 +749,7 @@ class _Worker:
         self.table_next = 0.0  # monotonic time from which a due table may be logged (the first at once)
         self.table_held = False  # a due table waits for the server to answer (online outage)
         self.table_rows = 0  # rows in the last table logged
+        self.tabled: dict[int, dict] = {}  # the rows of the last table logged (to see re-evaluated ones)
         self.table_capped = False  # warned that metrics are left out of the table (or of a row)
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
@@ -761,11 +781,15 @@ class _Worker:
         """Whether there are enough new rows for another table: with an interval, a tenth more than
         the last table held (at least one), so that however slowly checkpoints come, the tables
         logged add up to about 11 times the last one (bytes linear in the rows, not their square);
-        the table lags by at most a tenth of its rows, the history and the summary never. Without
-        an interval (0), any new or changed row."""
+        the table lags by at most a tenth of its rows (a re-evaluated row by one interval), the
+        history and the summary never. Without an interval (0), any new or changed row."""
         if interval <= 0 or self.latest is None:
             return True
-        return len(self.latest.rows) >= self.table_rows + max(1, math.ceil(TABLE_GROWTH * self.table_rows))
+        rows = self.latest.rows
+        if len(rows) >= self.table_rows + max(1, math.ceil(TABLE_GROWTH * self.table_rows)):
+            return True
+        # a re-evaluated row (rare: --force-eval-steps) is shown at the next interval
+        return any(self.tabled.get(s, row) is not row for s, row in rows.items())
 
     def table_wait(self, interval: float = 0.0) -> float | None:
         """Seconds until a due table may be logged (0.0: now); None when none is due, or it waits

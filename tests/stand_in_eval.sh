@@ -34,6 +34,7 @@ case "$mode" in
   slow-once) if [[ "$calls" -le 1 ]]; then echo started > "$ctl/started-$name"; sleep 600; fi; write_metrics ;;
   fail-once) if [[ "$calls" -le 1 ]]; then exit 4; fi; write_metrics ;;
   no-metrics) rm -f -- "$out/metrics.json"; exit 0 ;;
+  keep) exit 0 ;;
   invalid-json) printf '{"HR@10": 0.1,' > "$out/metrics.json" ;;
   no-numbers) printf '{"HR@10": "n/a", "flag": true}' > "$out/metrics.json" ;;
   sleep) echo started > "$ctl/started-$name"; sleep 600 & echo "$!" > "$ctl/grandchild-$name"; wait ;;

@@ -306,3 +306,15 @@ def test_starting_on_a_full_disk_is_one_line_not_an_internal_error(ws, tmp_path)
         assert ws.calls() == []
     finally:
         subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+def test_an_eval_that_leaves_another_configurations_metrics_json_in_place_fails(ws):
+    ws.checkpoint(100)
+    assert ws.run("--once").returncode == 0
+    ws.mode(100, "keep")  # exits 0 without writing: the file there is --num-beams 50's
+    other = ws.run("--once", "--num-beams", "10", "--max-attempts", "1")
+    assert other.returncode == 0, other.stderr[-2000:]
+    state = next(json.loads(f.read_text()) for f in ws.state_files()
+                 if json.loads(f.read_text())["processed_steps"] == [])
+    assert "did not write" in state["failed_steps"]["100"]["error"]
+    assert "another configuration's" in state["failed_steps"]["100"]["error"]
