@@ -36,7 +36,7 @@ def test_fifty_random_kill_9s_with_rotation_leave_everything_settled(ws):
     args = ("--ready-marker", "trainer_state.json", "--poll-interval-seconds", "0.2")
     for _ in range(KILLS):
         proc = ws.start(*args, env=ws.env(STANDIN_SLOW="0.4"))
-        deadline = time.monotonic() + rng.uniform(0.3, 1.5)
+        deadline = time.monotonic() + rng.uniform(0.25, 1.0)
         while time.monotonic() < deadline:  # the trainer saves and rotates while the sidecar runs
             step += 10
             folder = ws.checkpoint(step, age=0, marker=False)
