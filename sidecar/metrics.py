@@ -17,8 +17,8 @@ METRICS_MAX_BYTES = 32 * 1024 * 1024  # a metrics.json larger than this is refus
 
 
 def clean_name(name: str) -> str:
-    """A metric name that is valid text: a lone surrogate (JSON `"\\ud800"`) cannot be written
-    to the state file or to W&B, so it is kept as its escape, `\\ud800`."""
+    """Text that is valid UTF-8: a lone surrogate (JSON `"\\ud800"` in a metric name, a path's
+    non-UTF-8 byte) cannot be sent to W&B, so it is kept as its escape, `\\ud800`."""
     try:
         name.encode("utf-8")
         return name

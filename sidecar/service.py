@@ -97,8 +97,8 @@ class Sidecar:
         self._save_failing = False
         self._save_error = ""
         self._warned_unattributed = False
-        self._lock_lost = False
-        self._foreign: dict[int, tuple | None] = {}  # step -> another configuration's metrics.json (size, mtime)  # another sidecar holds the lock file now: write nothing more
+        self._lock_lost = False  # another sidecar holds the lock file now: write nothing more
+        self._foreign: dict[int, tuple | None] = {}  # step -> another configuration's metrics.json (size, mtime)
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self._first_scan = True
@@ -387,12 +387,8 @@ class Sidecar:
         state = self.state
         present = {c.step for c in found}
         for step in sorted(self._interrupted & state.processed - present - set(self._running)):
-            # a re-evaluation a killed sidecar left, of a checkpoint deleted since: the result stands
-            log.warning("checkpoint-%s was deleted while it was being re-evaluated; its earlier result stands", step)
-            state.in_flight.pop(step, None)
-            self._interrupted.discard(step)
-            self.policy = replace(self.policy, force_steps=self.policy.force_steps - {step})
-            self._dirty = True
+            # a re-evaluation a killed sidecar left, of a checkpoint deleted since
+            self._drop_reevaluation(step, "it was deleted while it was being re-evaluated")
         watched = (set(state.pending) | self._interrupted
                    | {s for s, f in state.failed.items() if not is_given_up(f, self.policy)})
         gone = sorted(s for s in watched if s not in present and s not in state.processed and s not in state.vanished
@@ -490,10 +486,8 @@ class Sidecar:
         return f"sidecar-{self.config.identity.safe_model}-{ckpt.step}"
 
     def _metrics_mtime(self, ckpt: Checkpoint) -> int | None:
-        try:
-            return self.metrics_path(ckpt).stat().st_mtime_ns
-        except OSError:
-            return None
+        seen = fingerprint(self.metrics_path(ckpt))
+        return seen[1] if seen else None
 
     def _start_reattached(self) -> None:
         """Track the Slurm jobs a previous sidecar submitted instead of submitting them again."""
@@ -574,6 +568,14 @@ class Sidecar:
             job = EvalJob(argv, cfg.repo_root, {**env, ATTEMPT_ENV: tag}, log_path, cfg.eval_timeout_seconds, tag=tag)
             self._start_worker(ckpt, job, slot, self.executor)
         return 0
+
+    def _drop_reevaluation(self, step: int, why: str) -> None:
+        """Give up re-evaluating a processed step whose checkpoint is gone: its recorded result stands."""
+        log.warning("checkpoint-%s: %s; its earlier result stands", step, why)
+        self.state.in_flight.pop(step, None)
+        self._interrupted.discard(step)
+        self.policy = replace(self.policy, force_steps=self.policy.force_steps - {step})
+        self._dirty = True
 
     def _not_started(self, ckpt: Checkpoint) -> int:
         """The in-flight record could not be saved: the eval is not started (a kill -9 would leave it
@@ -731,9 +733,7 @@ class Sidecar:
             self._succeed(ckpt, metrics, self.metrics_path(ckpt), evaluated=True, read=read)
             return
         if not ckpt.path.is_dir() and step in state.processed:  # a re-evaluation (--force-eval-steps)
-            state.in_flight.pop(step, None)
-            self.policy = replace(self.policy, force_steps=self.policy.force_steps - {step})
-            log.warning("%s was deleted during its re-evaluation (%s); its earlier result stands", ckpt.name, error)
+            self._drop_reevaluation(step, f"it was deleted during its re-evaluation ({error})")
         elif not ckpt.path.is_dir():
             log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted during its eval", now)

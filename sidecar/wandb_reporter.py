@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .executor import child_processes, crash_point, kill_orphan, run_command
+from .metrics import clean_name
 from .report import (BASE_METRICS, MAX_WANDB_METRICS, Delivery, Reconciled, Snapshot, metric_names, run_key, same_run,
                      summary_from_rows, table_columns, wandb_metrics)
 
@@ -76,13 +77,7 @@ class WandbOptions:
 def wandb_text(value):
     """`value`, with a str made valid UTF-8 (W&B cannot send a lone surrogate: a folder name with a
     byte that is not UTF-8 reaches Python as one); the bad character is kept as its escape."""
-    if not isinstance(value, str):
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean_name(value) if isinstance(value, str) else value
 
 
 def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbOptions:
