@@ -41,12 +41,12 @@ def setup_logging(level: str) -> None:
 
 def make_reporter(config):
     """The W&B reporter for an enabled mode, else the null one (wandb is then never imported)."""
-    from sidecar.report import NullReporter
+    from sidecar.reporters.base import NullReporter
 
     if not config.reporting:
         return NullReporter()
     require_wandb(config.wandb_mode)
-    from sidecar.wandb_reporter import WandbReporter, options_for
+    from sidecar.reporters.wandb import WandbReporter, options_for
 
     return WandbReporter(options_for(config, config.identity.wandb_config()))
 
@@ -60,7 +60,7 @@ def require_wandb(mode: str) -> None:
 
 
 def cmd_watch(argv: list[str]) -> int:
-    from sidecar.service import Sidecar
+    from sidecar.watch.service import Sidecar
     from sidecar.signals import relay_signals
 
     args = vars(build_parser(PROG).parse_args(argv))
@@ -91,7 +91,7 @@ def cmd_watch(argv: list[str]) -> int:
             done = sidecar.run_once()
             log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
         else:
-            from sidecar.watcher import Watcher
+            from sidecar.watch.watcher import Watcher
 
             markers = (config.ready_marker,) if config.ready_marker else ()
             watcher = Watcher(config.sft_root, sidecar.notify, markers) if config.watch_mode != "poll" else None
@@ -107,7 +107,7 @@ STATE_FILE_FLAG = ("--state-file", {"metavar": "FILE", "help": "read this state 
 def load_state_for(args: dict):
     """(state file path, state, W&B mode, config or None) from `--state-file` or the identity
     flags; reads only."""
-    from sidecar.state import read_state
+    from sidecar.watch.state import read_state
 
     state_file = args.pop("state_file", None)
     mode, config = "", None
@@ -121,7 +121,7 @@ def load_state_for(args: dict):
 
 
 def cmd_status(argv: list[str]) -> int:
-    from sidecar.status import format_rows, format_status, summarize
+    from sidecar.watch.status import format_rows, format_status, summarize
 
     extra = (STATE_FILE_FLAG,
              ("--json", {"action": "store_true", "help": "print JSON"}),
@@ -137,7 +137,7 @@ def cmd_status(argv: list[str]) -> int:
     if state is None:
         print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
         return EXIT_RUNTIME
-    from sidecar.state import legacy_synced
+    from sidecar.watch.state import legacy_synced
 
     info = summarize(state, time.time(), mode=mode, synced_elsewhere=frozenset(legacy_synced(path)))
     if as_json:
@@ -172,9 +172,9 @@ def cmd_sync(argv: list[str]) -> int:
         print(f"no state file at {path}: nothing to sync", file=sys.stderr)
         return EXIT_RUNTIME
     require_wandb("online")
-    from sidecar.state import ProcessLock, StateStore
-    from sidecar.wandb_reporter import options_for
-    from sidecar.wandb_sync import run_sync, sync_target
+    from sidecar.watch.state import ProcessLock, StateStore
+    from sidecar.reporters.wandb import options_for
+    from sidecar.reporters.sync import run_sync, sync_target
 
     repo = Path(values["repo_root"]).expanduser().resolve()
     search = [*more, repo / "wandb", Path.cwd() / "wandb", path.parent.parent.parent / "wandb"]
@@ -205,10 +205,10 @@ def cmd_align(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    from sidecar.align import run_align
-    from sidecar.align_config import load_align_config
-    from sidecar.swanlab_io import make_api, upload
-    from sidecar.wandb_reporter import make_wandb_api
+    from sidecar.align.run import run_align
+    from sidecar.align.config import load_align_config
+    from sidecar.align.swanlab_io import make_api, upload
+    from sidecar.reporters.wandb import make_wandb_api
 
     config = load_align_config(Path(args.config).expanduser().resolve(), dict(os.environ), Path.cwd())
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None

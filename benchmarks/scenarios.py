@@ -29,7 +29,7 @@ def idle_tick(sizes: list[int], ticks: int) -> list[dict]:
     after a real `--once` backfill made them processed), and the first tick after the start."""
     from sidecar.clock import SystemClock
     from sidecar.config import build_config
-    from sidecar.service import Sidecar
+    from sidecar.watch.service import Sidecar
 
     rows = []
     for n in sizes:
@@ -228,8 +228,8 @@ def _align_child(sources: int, steps: int, metrics: int) -> dict:
     import pandas as pd
 
     from sidecar import align as align_mode
-    from sidecar.align_config import parse_align_config
-    from sidecar.swanlab_io import upload
+    from sidecar.align.config import parse_align_config
+    from sidecar.align.swanlab_io import upload
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -262,8 +262,8 @@ def _align_child(sources: int, steps: int, metrics: int) -> dict:
 # ----- pinning (issue 7's figure) -----------------------------------------------------------------------
 def pinning(megabytes: int) -> list[dict]:
     """Hard-linking a checkpoint of 20 files into the pins folder (same filesystem as the repo)."""
-    from sidecar.discover import Checkpoint
-    from sidecar.pins import Pins
+    from sidecar.watch.discover import Checkpoint
+    from sidecar.watch.pins import Pins
 
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         base = Path(tmp)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .identity import Identity, derive_identity
-from .slurm import check_sbatch_args
+from .executors.slurm import check_sbatch_args
 
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_RESUMES = ("allow", "must", "never", "auto")

@@ -1,6 +1,6 @@
 """Hugging Face Trainer callback: mark each checkpoint ready for the sidecar (SPEC §2.9).
 
-    from sidecar.hf_callback import SidecarReadyCallback
+    from .hf_callback import SidecarReadyCallback
     trainer = Trainer(..., callbacks=[SidecarReadyCallback()])
 
 Then run the sidecar with `--ready-marker .sidecar_ready`: a checkpoint is evaluated as soon as

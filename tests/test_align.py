@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from conftest import ENTRY
-from sidecar.align import run_align
+from sidecar.align.run import run_align
 from sidecar.errors import ConfigError
-from sidecar.align_config import parse_align_config
-from sidecar.state import State, StateStore
-from sidecar.swanlab_io import experiment_id, upload
+from sidecar.align.config import parse_align_config
+from sidecar.watch.state import State, StateStore
+from sidecar.align.swanlab_io import experiment_id, upload
 from swanlab_reader import run_dirs, scalars
 
 ALIGNED = ["algorithm/reward", "actor/loss", "eval/score", "perf/throughput", "HR@10"]
@@ -402,7 +402,7 @@ def test_rebuild_dry_run_names_the_fresh_experiment_and_uploads_nothing(tmp_path
 def test_points_an_append_cannot_add_are_listed_briefly():
     import numpy as np
 
-    from sidecar.align import describe_steps
+    from sidecar.align.run import describe_steps
 
     blocked = {"a/m2": np.array([500, 501, 502, 700]), "a/m0": np.array([3])}
     assert describe_steps(blocked) == "a/m2 steps 500..502, 700; a/m0 step 3"

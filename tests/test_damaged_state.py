@@ -24,9 +24,9 @@ import eval_wandb_sidecar
 from sidecar.clock import SystemClock
 from sidecar.config import build_config, build_parser
 from sidecar.errors import SidecarError, StateCorrupt
-from sidecar.plan import RESERVED
-from sidecar.service import Sidecar
-from sidecar.state import State, dump_state, read_state
+from sidecar.watch.plan import RESERVED
+from sidecar.watch.service import Sidecar
+from sidecar.watch.state import State, dump_state, read_state
 
 PROG = "eval_wandb_sidecar.py"
 

@@ -116,7 +116,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from sidecar.state import State, StateStore
+    from sidecar.watch.state import State, StateStore
     store = StateStore(Path(sys.argv[2]))
     state = State("k", "r", "n")
     step = 0

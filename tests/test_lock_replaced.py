@@ -22,7 +22,7 @@ import pytest
 from conftest import ENTRY, ROOT, wait_for
 
 from sidecar.errors import LockLost
-from sidecar.state import ProcessLock
+from sidecar.watch.state import ProcessLock
 
 HOST = socket.gethostname()
 CONTENDER = textwrap.dedent(f"""
@@ -30,7 +30,7 @@ CONTENDER = textwrap.dedent(f"""
     sys.path.insert(0, {str(ROOT)!r})
     from pathlib import Path
     from sidecar.errors import LockHeld
-    from sidecar.state import ProcessLock
+    from sidecar.watch.state import ProcessLock
     lock = ProcessLock(Path(sys.argv[1]), sys.argv[2])
     try:
         lock.acquire()

@@ -300,7 +300,7 @@ def test_an_unreachable_controller_at_submission_does_not_use_up_attempts(ws, sl
 
 def test_finished_jobs_are_found_in_the_job_completion_record(slurm):
     """sacct reads finished jobs (here from jobcomp/filetxt, as without a database)."""
-    from sidecar.slurm import SlurmExecutor
+    from sidecar.executors.slurm import SlurmExecutor
 
     out = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 5"], env=slurm.env,
                          capture_output=True, text=True, check=True)
@@ -385,7 +385,7 @@ def test_a_local_sidecar_without_slurm_commands_refuses_to_drop_jobs_in_flight(w
 def test_final_states_map_to_outcomes(state, exit_field, consumed, text):
     """Final states one node cannot produce (PREEMPTED without a preemption set-up, OUT_OF_MEMORY
     without cgroups) go through the same mapping as those produced for real above."""
-    from sidecar.slurm import SlurmExecutor, parse_scontrol
+    from sidecar.executors.slurm import SlurmExecutor, parse_scontrol
 
     line = (f"JobId=7 JobName=x JobState={state} Reason={'NodeDown' if 'FAIL' in state and state != 'FAILED' else 'None'} "
             f"ExitCode={exit_field} RunTime=1-02:03:04 BatchHost=gpu07 Comment=eval-sidecar:k:1:ab")

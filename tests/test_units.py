@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from sidecar.discover import Checkpoint, parse_step
-from sidecar.metrics import parse_metrics, read_metrics
-from sidecar.plan import Policy, backoff_delay, next_wake, plan, record_failure
-from sidecar.readiness import ReadinessTracker
-from sidecar.report import summary_from_rows, table_columns
-from sidecar.state import State
+from sidecar.watch.discover import Checkpoint, parse_step
+from sidecar.watch.metrics import parse_metrics, read_metrics
+from sidecar.watch.plan import Policy, backoff_delay, next_wake, plan, record_failure
+from sidecar.watch.readiness import ReadinessTracker
+from sidecar.reporters.rows import summary_from_rows, table_columns
+from sidecar.watch.state import State
 
 
 def test_parse_step_accepts_only_exact_checkpoint_names():
@@ -177,7 +177,7 @@ def test_old_mtimes_never_decide_alone(tmp_path):
 def test_discovery_sees_entries_change_type_under_the_same_names(tmp_path):
     """The scan keeps its last result only while the listing of folders is the same: a folder
     replaced by a file or by a symlink leaving the root, or a file replaced by a folder, counts."""
-    from sidecar.discover import Discoverer
+    from sidecar.watch.discover import Discoverer
 
     root = tmp_path / "root"
     outside = tmp_path / "outside"
@@ -201,7 +201,7 @@ def test_discovery_sees_entries_change_type_under_the_same_names(tmp_path):
 
 
 def _state_with(*steps):
-    from sidecar.plan import record_success
+    from sidecar.watch.plan import record_success
 
     state = State("k", "eval-k", "m-eval")
     for step in steps:
@@ -210,7 +210,8 @@ def _state_with(*steps):
 
 
 def test_a_row_is_sent_when_logged_online_and_reported_only_when_the_server_holds_its_line():
-    from sidecar.report import Delivery, apply_delivery
+    from sidecar.reporters.base import Delivery
+    from sidecar.watch.reporting import apply_delivery
 
     state = _state_with(100, 200)
     seg = {"dir": "/w/run-1", "mode": "online"}
@@ -227,8 +228,9 @@ def test_a_row_is_sent_when_logged_online_and_reported_only_when_the_server_hold
 
 
 def test_a_row_replaced_by_a_re_evaluation_is_neither_reported_nor_sent_by_the_old_delivery():
-    from sidecar.plan import record_success
-    from sidecar.report import Delivery, apply_delivery
+    from sidecar.watch.plan import record_success
+    from sidecar.reporters.base import Delivery
+    from sidecar.watch.reporting import apply_delivery
 
     state = _state_with(100)
     old = dict(state.rows)
@@ -238,7 +240,7 @@ def test_a_row_replaced_by_a_re_evaluation_is_neither_reported_nor_sent_by_the_o
 
 
 def test_sent_lines_survive_the_state_file_and_an_original_state_has_none(tmp_path):
-    from sidecar.state import StateStore, read_state
+    from sidecar.watch.state import StateStore, read_state
 
     state = _state_with(100)
     state.sent, state.sent_run = {100: 7}, "e/p/eval-k"
@@ -251,7 +253,7 @@ def test_sent_lines_survive_the_state_file_and_an_original_state_has_none(tmp_pa
 
 
 def test_delivery_status_separates_unreported_sent_and_offline_unsynced():
-    from sidecar.status import delivery
+    from sidecar.watch.status import delivery
 
     state = _state_with(100, 200, 300, 400)
     state.unreported = {400}
@@ -264,14 +266,14 @@ def test_delivery_status_separates_unreported_sent_and_offline_unsynced():
 
 
 def test_offline_segments_are_written_with_a_resume_mode_wandb_sync_can_join():
-    from sidecar.wandb_reporter import effective_resume
+    from sidecar.reporters.wandb import effective_resume
 
     assert [effective_resume(r, "offline") for r in ("allow", "auto", "must")] == ["allow", "allow", "must"]
     assert [effective_resume(r, "online") for r in ("allow", "auto", "never")] == ["allow", "auto", "never"]
 
 
 def test_eval_flags_that_differ_from_their_defaults_are_named(tmp_path):
-    from sidecar.attribution import non_default_eval_flags
+    from sidecar.watch.attribution import non_default_eval_flags
     from sidecar.config import FLAGS, build_config, build_parser
 
     def changed(*argv):

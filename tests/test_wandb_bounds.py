@@ -126,7 +126,7 @@ def test_a_bad_table_interval_is_one_line_and_exit_2(ws):
 
 
 def test_values_read_back_compare_as_wandb_stores_them():
-    from sidecar.wandb_reporter import same_value
+    from sidecar.reporters.wandb import same_value
 
     assert same_value(28305167402459750000, 2.830516740245975e19)  # what `wandb leet inspect` gives back
     assert same_value(1, 1.0) and same_value(0, -0.0) and same_value(0.1 + 0.2, 0.30000000000000004)
@@ -137,7 +137,7 @@ def test_values_read_back_compare_as_wandb_stores_them():
 
 
 def test_the_metrics_w_and_b_gets_of_a_huge_row_keep_hr_ndcg_and_summary_metrics_first():
-    from sidecar.report import wandb_metrics
+    from sidecar.reporters.rows import wandb_metrics
 
     row = {"checkpoint_step": 1, "checkpoint_name": "checkpoint-1", "metrics_path": "m", "eval_params": {},
            **{f"a{i:04d}": 0.5 for i in range(2000)}, "zz/HR@10": 0.3, "HR@10": 0.2, "NDCG@1": 0.1}
@@ -152,8 +152,8 @@ def test_with_an_interval_tables_are_spaced_by_a_tenth_of_their_rows_so_bytes_st
     """However slowly checkpoints come (every one after the interval), a table is logged again only
     once the rows grew by a tenth: for 2,000 rows one at a time, the tables logged hold about 11
     times the rows of the last one, not the ~2,000,000 of a table per row."""
-    from sidecar.report import Snapshot
-    from sidecar.wandb_reporter import _Worker
+    from sidecar.reporters.base import Snapshot
+    from sidecar.reporters.wandb import _Worker
 
     worker, logged = _Worker(), []
     for n in range(1, 2001):

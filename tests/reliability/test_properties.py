@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import ENTRY  # noqa: E402
 from sidecar.config import FLAGS, build_config  # noqa: E402
-from sidecar.discover import Discoverer  # noqa: E402
+from sidecar.watch.discover import Discoverer  # noqa: E402
 from sidecar.errors import ConfigError, MetricsError  # noqa: E402
-from sidecar.metrics import read_metrics  # noqa: E402
+from sidecar.watch.metrics import read_metrics  # noqa: E402
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PLATFORMS = {"wandb": "run_path", "swanlab": "exp_id", "sidecar": "state_file", "csv": "path"}
 MODES = ("online", "cloud", "local", "offline", "disabled")
@@ -142,6 +142,6 @@ def _resolve(raw: str, base: Path) -> Path:
 
 
 def load_align_config(path: Path, environ: dict[str, str], base: Path) -> AlignConfig:
-    from .config import read_yaml
+    from ..config import read_yaml
 
     return parse_align_config(read_yaml(path), base, environ)

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .errors import MetricsError
-from .files import FileProblem, read_capped
+from ..errors import MetricsError
+from ..files import FileProblem, read_capped
 
 log = logging.getLogger(__name__)
 

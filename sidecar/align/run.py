@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .align_config import AlignConfig, Framework
-from .errors import ConfigError
+from .config import AlignConfig, Framework
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def fetch_sidecar(fw: Framework):
     """Rows of a sidecar state file: step = checkpoint_step, metrics named as in metrics.json."""
     import pandas as pd
 
-    from .state import read_state
+    from ..watch.state import read_state
 
     state = read_state(Path(fw.source))
     if state is None:
@@ -254,7 +254,7 @@ class UploadRecord:
     def save(self, base: str, version: int, key: str, sent: dict | None) -> None:
         """Write this target's version and (if given) its sent steps; other targets are kept as
         the file holds them now."""
-        from .state import write_atomic
+        from ..watch.state import write_atomic
 
         try:
             data = json.loads(self.path.read_text())

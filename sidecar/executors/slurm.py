@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .executor import EvalJob, EvalResult, crash_point, run_command
+from ..crash import crash_point
+from .base import EvalJob, EvalResult
+from .processes import run_command
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .executor import child_processes, crash_point, kill_orphan, run_command
-from .metrics import clean_name
-from .report import (BASE_METRICS, MAX_WANDB_METRICS, Delivery, Reconciled, Snapshot, metric_names, run_key, same_run,
-                     summary_from_rows, table_columns, wandb_metrics)
+from ..crash import crash_point
+from ..executors.processes import child_processes, kill_orphan, run_command
+from ..watch.metrics import clean_name
+from .base import Delivery, Reconciled, Snapshot, run_key, same_run
+from .rows import BASE_METRICS, MAX_WANDB_METRICS, metric_names, summary_from_rows, table_columns, wandb_metrics
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateWriteError
-from .executor import crash_point
+from ..errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateWriteError
+from ..crash import crash_point
 
 log = logging.getLogger(__name__)
 

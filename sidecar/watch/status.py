@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .report import summary_from_rows
+from ..reporters.rows import summary_from_rows
 from .state import State
 
 
@@ -168,7 +168,7 @@ def format_rows(rows: dict[int, dict]) -> str:
     """One line per evaluated checkpoint: step, HR@K and NDCG@K for the K present."""
     if not rows:
         return "(no rows yet)"
-    from .report import BASE_METRICS
+    from ..reporters.rows import BASE_METRICS
 
     names = [m for m in BASE_METRICS if any(m in r for r in rows.values())]
     header = f"{'step':>8}  " + "  ".join(f"{m:>8}" for m in names)

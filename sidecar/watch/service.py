@@ -17,18 +17,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
-from .config import FLAGS, Config
+from ..config import FLAGS, Config
 from .discover import Checkpoint, Discoverer, RootMissing
-from .errors import ConfigError, LockLost, MetricsError, StateWriteError
-from .executor import ATTEMPT_ENV, EvalJob, EvalResult, LocalExecutor, crash_point, reap_orphan
-from .files import not_regular
+from ..errors import ConfigError, LockLost, MetricsError, StateWriteError
+from ..crash import crash_point
+from ..executors.base import EvalJob, EvalResult
+from ..executors.local import LocalExecutor
+from ..executors.processes import ATTEMPT_ENV, reap_orphan
+from ..files import not_regular
 from .metrics import read_metrics
 from .pins import Pins
-from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure,
-                   record_success, record_vanished, reset_failures)
+from .plan import (RESERVED, Policy, build_row, is_given_up, next_retry, next_wake, plan, record_failure, record_success, record_vanished, reset_failures)
 from .readiness import ReadinessTracker
-from .report import NullReporter, Reporter, Snapshot, apply_delivery, reconcile_state, retarget, run_key
-from .slurm import SlurmExecutor
+from ..reporters.base import NullReporter, Reporter, Snapshot, run_key
+from .reporting import apply_delivery, reconcile_state, retarget
+from ..executors.slurm import SlurmExecutor
 from .state import ProcessLock, State, StateStore, utc_iso
 from .watcher import Watcher, WatcherUnavailable
 

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import FileProblem, read_capped
+from ..files import FileProblem, read_capped
 
 _INDEX_SUFFIXES = (".safetensors.index.json", "pytorch_model.bin.index.json")
 CONFIRM_MAX_SECONDS = 2.0  # the confirmation interval: a quarter of the quiet period, at most this

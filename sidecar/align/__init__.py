@@ -1,0 +1,1 @@
+"""Align mode: RL framework runs aligned into one SwanLab project."""

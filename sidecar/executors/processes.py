@@ -1,0 +1,174 @@
+"""Processes: signals to process groups, /proc lookups, short helper commands.
+
+With `local` the only modules that import subprocess or send signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Every local eval gets this variable, naming its attempt (saved in state before the eval starts):
+# whatever it leaves behind, even outside its process group, is found by it after a kill -9.
+ATTEMPT_ENV = "EVAL_SIDECAR_ATTEMPT"
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)
+
+
+def process_start_time(pid: int) -> str:
+    """The start time of a local pid in clock ticks since boot ('' if unknown): with the pid it
+    names one process for good, so a reused pid is never mistaken for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _other_pids() -> list[str]:
+    """The pids in /proc (as its folder names), this process left out; empty without /proc."""
+    me = str(os.getpid())
+    try:
+        return [e for e in os.listdir("/proc") if e.isdigit() and e != me]
+    except OSError:
+        return []
+
+
+def tagged_processes(tag: str) -> list[tuple[int, str]]:
+    """(pid, start time) of every process whose environment carries this attempt's tag: an eval's
+    children, also those that left its process group (setsid) or outlived its leader."""
+    if not tag:
+        return []
+    needle = f"{ATTEMPT_ENV}={tag}\0".encode()
+    found = []
+    for entry in _other_pids():
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = b"\0" + fh.read()
+        except OSError:
+            continue
+        if b"\0" + needle in environ or environ.endswith(b"\0" + needle[:-1]):
+            start = process_start_time(int(entry))
+            if start:
+                found.append((int(entry), start))
+    return found
+
+
+def _stop_all(pgid: int | None, tagged: list[tuple[int, str]], grace: float) -> None:
+    """SIGTERM the group `pgid` (if given) and each tagged process that is still the same process,
+    wait up to `grace` for them, then SIGKILL what is left."""
+    def signal_all(sig: int) -> bool:
+        alive = False
+        if pgid:
+            alive = _signal_group(pgid, sig) or alive
+        for pid, start in tagged:
+            if process_start_time(pid) == start:
+                try:
+                    os.kill(pid, sig)
+                    alive = alive or not _is_zombie(pid)
+                except OSError:
+                    pass
+        return alive
+
+    if not signal_all(signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while signal_all(0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signal_all(signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def reap_orphan(pgid: int | None, start_time: str, tag: str = "", grace: float = 10.0) -> bool:
+    """Stop what an eval left running when its sidecar was killed (-9): its process group while
+    its leader is still the very process that was started (same pid and start time, so a reused
+    pid of an unrelated program is never signalled), and every process carrying its attempt tag
+    (children that left the group or outlived the leader). True if anything was stopped."""
+    leader = pgid if pgid and start_time and process_start_time(pgid) == start_time else None
+    tagged = tagged_processes(tag)
+    if leader is None and not tagged:
+        return False
+    log.warning("stopping eval processes left running by a previous sidecar (%s)",
+                ", ".join([f"group {leader}"] * (leader is not None) + [f"pid {p}" for p, _ in tagged]))
+    _stop_all(leader, tagged, grace)
+    return True
+
+
+def child_processes(name: str) -> list[tuple[int, str]]:
+    """(pid, start time) of this process's children whose command name is `name` (Linux /proc)."""
+    me = str(os.getpid())
+    found = []
+    for entry in _other_pids():
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        fields = stat.rsplit(")", 1)[-1].split()
+        if comm == name and fields[1] == me:
+            found.append((int(entry), fields[19]))
+    return found
+
+
+def kill_orphan(pid: int, start_time: str) -> bool:
+    """SIGKILL one process a killed sidecar left behind (its wandb-core, which could still send
+    old history lines after a restarted sidecar counted the server's), only if `pid` is still that
+    very process (same start time). True if it was killed."""
+    if not start_time or process_start_time(pid) != start_time:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            break
+        if fields[0] == "Z" or fields[19] != start_time:
+            break
+        time.sleep(0.02)
+    return True
+
+
+def run_command(argv: list[str], timeout: float, env: dict[str, str] | None = None,
+                capture: bool = True) -> tuple[int, str, str]:
+    """Run a short helper command (wandb's own tools) without a shell; (returncode, stdout, stderr).
+
+    A command that cannot start returns 127; one that exceeds `timeout` is killed and returns 124.
+    """
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=timeout, text=True,
+                              capture_output=capture, start_new_session=True)
+    except FileNotFoundError as exc:
+        return 127, "", str(exc)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"timed out after {timeout:g} s"
+    return proc.returncode, proc.stdout or "", proc.stderr or ""
+

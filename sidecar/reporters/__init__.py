@@ -1,0 +1,1 @@
+"""Reporters: deliver state rows somewhere (W&B, or nowhere) behind one protocol."""

@@ -1,0 +1,77 @@
+"""What is reported, computed from state rows (SPEC §4.2): metric names, table columns, summary."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+BASE_METRICS = ["HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10"]
+ROW_FIELDS = ("checkpoint_step", "checkpoint_name", "metrics_path", "eval_params")
+# The most metrics of one row that go to W&B (history line, summary), and the most metric columns
+# of the table; the state file keeps every metric. Real eval outputs hold tens of metrics; a
+# metrics.json of 100,000 keys made wandb spend minutes on every table (building a wandb.Table
+# costs ~0.2 ms per cell), so nothing else reached W&B. At 1,000 a row's history line is ~40 KB
+# and a table with 1,000 columns and one row builds in ~0.2 s.
+MAX_WANDB_METRICS = 1000
+
+
+def metric_names(row: dict) -> list[str]:
+    """The metric keys of a state row (everything but the bookkeeping fields)."""
+    return [k for k in row if k not in ROW_FIELDS]
+
+
+def _capped(names: Iterable[str], first: Iterable[str], limit: int) -> list[str]:
+    """`names` in the order W&B gets them: those in `first` (in its order), then the others
+    sorted by name; at most `limit`."""
+    names = set(names)
+    head = list(dict.fromkeys(n for n in first if n in names))
+    rest = sorted(names.difference(head))
+    return (head + rest)[:limit]
+
+
+def wandb_metrics(row: dict, first: Iterable[str] = (), limit: int = MAX_WANDB_METRICS) -> tuple[list[str], int]:
+    """The metric keys of `row` that go to W&B, and how many are left out: HR@K / NDCG@K and the
+    `first` ones (the summary metrics) before the others, which follow by name, up to `limit`.
+    Numbers only (a value that is not one is not counted either way)."""
+    numeric = [k for k in metric_names(row)
+               if isinstance(row[k], (int, float)) and not isinstance(row[k], bool)]
+    if len(numeric) <= limit:
+        return numeric, 0
+    return _capped(numeric, [*BASE_METRICS, *first], limit), len(numeric) - limit
+
+
+def table_columns(rows: Iterable[dict], first: Iterable[str] = (), limit: int = MAX_WANDB_METRICS) -> list[str]:
+    """`checkpoint_step, checkpoint_name, HR@1/3/5/10, NDCG@1/3/5/10`, other metrics seen (sorted), `metrics_path`;
+    at most `limit` metric columns (the `first` ones, the summary metrics, kept before the others)."""
+    others: set[str] = set()
+    for row in rows:
+        others.update(k for k in metric_names(row) if k not in BASE_METRICS)
+    if len(others) + len(BASE_METRICS) > limit:
+        others = set(_capped(others, first, max(0, limit - len(BASE_METRICS))))
+    return ["checkpoint_step", "checkpoint_name", *BASE_METRICS, *sorted(others), "metrics_path"]
+
+
+def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", "NDCG@10")) -> dict:
+    """best_<m>, best_step_for_<m>, last_<m> (m lower-cased) and last_step over all rows.
+
+    The best value wins by strictly greater, so the earliest step keeps a tie (as the original).
+    """
+    summary: dict = {}
+    if not rows:
+        return summary
+    steps = sorted(rows)
+    summary["last_step"] = steps[-1]
+    last = rows[steps[-1]]
+    for metric in metrics:
+        name = metric.lower()
+        if last.get(metric) is not None:
+            summary[f"last_{name}"] = float(last[metric])
+        best = best_step = None
+        for step in steps:
+            value = rows[step].get(metric)
+            if value is not None and (best is None or float(value) > best):
+                best, best_step = float(value), step
+        if best is not None:
+            summary[f"best_{name}"] = best
+            summary[f"best_step_for_{name}"] = best_step
+    return summary
+

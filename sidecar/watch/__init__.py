@@ -1,0 +1,1 @@
+"""The watch pipeline: discover -> readiness -> plan -> evaluate -> judge -> state -> report."""
