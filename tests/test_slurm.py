@@ -385,13 +385,13 @@ def test_a_local_sidecar_without_slurm_commands_refuses_to_drop_jobs_in_flight(w
 def test_final_states_map_to_outcomes(state, exit_field, consumed, text):
     """Final states one node cannot produce (PREEMPTED without a preemption set-up, OUT_OF_MEMORY
     without cgroups) go through the same mapping as those produced for real above."""
-    from sidecar.executors.slurm import SlurmExecutor, parse_scontrol
+    from sidecar.executors.slurm import final_result, parse_scontrol
 
     line = (f"JobId=7 JobName=x JobState={state} Reason={'NodeDown' if 'FAIL' in state and state != 'FAILED' else 'None'} "
             f"ExitCode={exit_field} RunTime=1-02:03:04 BatchHost=gpu07 Comment=eval-sidecar:k:1:ab")
     info = parse_scontrol(line)
     assert (info.runtime, info.node, info.comment) == (93784, "gpu07", "eval-sidecar:k:1:ab")
-    result = SlurmExecutor()._outcome("7", info, 1.0, timed_out=False, cancelling=False)
+    result = final_result("7", info, 1.0, timed_out=False, cancelling=False)
     if consumed is None:
         assert result.returncode == 0 and not result.error
     else:
