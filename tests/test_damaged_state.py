@@ -24,7 +24,7 @@ import eval_wandb_sidecar
 from sidecar.clock import SystemClock
 from sidecar.config import build_config, build_parser
 from sidecar.errors import SidecarError, StateCorrupt
-from sidecar.watch.plan import RESERVED
+from sidecar.reporters.rows import ROW_FIELDS
 from sidecar.watch.service import Sidecar
 from sidecar.watch.state import State, dump_state, read_state
 
@@ -53,7 +53,7 @@ def _has_surrogate_pair(text: str) -> bool:
 def test_the_state_writer_stores_any_python_text_and_reads_it_back_identically(metrics, path_text):
     assume(not any(_has_surrogate_pair(t) for t in [*metrics, *[v for v in metrics.values() if isinstance(v, str)],
                                                     path_text]))
-    metrics = {k: v for k, v in metrics.items() if not isinstance(v, str) and k not in RESERVED}
+    metrics = {k: v for k, v in metrics.items() if not isinstance(v, str) and k not in ROW_FIELDS}
     state = State("k", "eval-k", path_text)
     state.processed = {100}
     state.rows[100] = {"checkpoint_step": 100, "checkpoint_name": "checkpoint-100", **metrics,

@@ -16,7 +16,14 @@ log = logging.getLogger(__name__)
 
 # Every local eval gets this variable, naming its attempt (saved in state before the eval starts):
 # whatever it leaves behind, even outside its process group, is found by it after a kill -9.
+# Its value is `<step>-<16 random hex digits>-<sidecar pid>-<sidecar start time>`: the end names
+# the sidecar that started it, so the manager's `stop` finds every eval of a sidecar it had to kill.
 ATTEMPT_ENV = "EVAL_SIDECAR_ATTEMPT"
+
+
+def owner_tag() -> str:
+    """`<pid>-<start time>` of this process: the end of its evals' attempt tags."""
+    return f"{os.getpid()}-{process_start_time(os.getpid())}"
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -73,9 +80,11 @@ def tagged_processes(tag: str) -> list[tuple[int, str]]:
     return found
 
 
-def _stop_all(pgid: int | None, tagged: list[tuple[int, str]], grace: float) -> None:
-    """SIGTERM the group `pgid` (if given) and each tagged process that is still the same process,
-    wait up to `grace` for them, then SIGKILL what is left."""
+def terminate(pgid: int | None, tagged=(), grace: float = 10.0, reap=None) -> None:
+    """The one way the sidecar stops processes: SIGTERM to the group `pgid` (if given) and to each
+    tagged (pid, start time) that is still the same process, up to `grace` seconds for them to go,
+    then SIGKILL to what is left. `reap` (e.g. `Popen.poll`) is called while waiting, so that a
+    leader this process started does not linger as a zombie that keeps its group alive."""
     def signal_all(sig: int) -> bool:
         alive = False
         if pgid:
@@ -92,7 +101,11 @@ def _stop_all(pgid: int | None, tagged: list[tuple[int, str]], grace: float) -> 
     if not signal_all(signal.SIGTERM):
         return
     deadline = time.monotonic() + grace
-    while signal_all(0) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if not signal_all(0):
+            return
         time.sleep(0.05)
     signal_all(signal.SIGKILL)
 
@@ -115,7 +128,7 @@ def reap_orphan(pgid: int | None, start_time: str, tag: str = "", grace: float =
         return False
     log.warning("stopping eval processes left running by a previous sidecar (%s)",
                 ", ".join([f"group {leader}"] * (leader is not None) + [f"pid {p}" for p, _ in tagged]))
-    _stop_all(leader, tagged, grace)
+    terminate(leader, tagged, grace)
     return True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..reporters.rows import ROW_FIELDS
 from .discover import Checkpoint
 from .state import State, utc_iso
 
@@ -30,17 +31,21 @@ def is_given_up(failure: dict, policy: Policy) -> bool:
     return int(failure.get("attempts", 1)) >= policy.max_attempts
 
 
-def wants(step: int, state: State, now_wall: float, policy: Policy) -> bool:
-    """Whether a ready checkpoint at `step` should be evaluated now."""
+def still_wanted(step: int, state: State, policy: Policy) -> bool:
+    """Whether `step` still needs an outcome: not processed (or asked to be re-evaluated) and
+    not given up. The one place that says so (readiness walks, vanished checks and `plan` ask it)."""
     if step in state.processed and step not in policy.force_steps:
         return False
     failure = state.failed.get(step)
-    if failure is not None:
-        if is_given_up(failure, policy):
-            return False
-        if now_wall < float(failure.get("retry_after", 0.0)):
-            return False
-    return True
+    return failure is None or not is_given_up(failure, policy)
+
+
+def wants(step: int, state: State, now_wall: float, policy: Policy) -> bool:
+    """Whether a ready checkpoint at `step` should be evaluated now (wanted, and its retry is due)."""
+    if not still_wanted(step, state, policy):
+        return False
+    failure = state.failed.get(step)
+    return failure is None or now_wall >= float(failure.get("retry_after", 0.0))
 
 
 def plan(ready: list[Checkpoint], state: State, now_wall: float, policy: Policy) -> list[Checkpoint]:
@@ -62,16 +67,13 @@ def next_retry(state: State, policy: Policy, after: float) -> float | None:
     return min(later) if later else None
 
 
-RESERVED = ("checkpoint_step", "checkpoint_name", "metrics_path", "eval_params")
-
-
 def build_row(ckpt: Checkpoint, metrics: dict[str, float], metrics_path: str, eval_params: dict | None) -> dict:
     """A table row: step, name, every metric, metrics_path (and the decoding parameters used).
 
     Metrics named like a bookkeeping field (`checkpoint_step`, ...) are left out: the row's own
     step and name always win."""
     row: dict = {"checkpoint_step": ckpt.step, "checkpoint_name": ckpt.name}
-    row.update((k, v) for k, v in metrics.items() if k not in RESERVED)
+    row.update((k, v) for k, v in metrics.items() if k not in ROW_FIELDS)
     row["metrics_path"] = metrics_path
     if eval_params is not None:
         row["eval_params"] = dict(eval_params)

@@ -27,7 +27,7 @@ INDEX_MAX_BYTES = 16 * 1024 * 1024  # a shard index is ~100 KB; a bigger one is 
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class FolderWalk:
     """One walk of a checkpoint folder."""
 
     fingerprint: tuple  # sorted (relative path, size, mtime_ns)
@@ -35,7 +35,7 @@ class Snapshot:
     indexes: tuple  # relative paths of shard index files
 
 
-def snapshot(folder: Path) -> Snapshot | None:
+def walk(folder: Path) -> FolderWalk | None:
     """Walk `folder` recursively; None if it vanished. Unreadable entries count as changing."""
     entries: list[tuple[str, int, int]] = []
     indexes: list[str] = []
@@ -68,7 +68,7 @@ def snapshot(folder: Path) -> Snapshot | None:
         except OSError:
             entries.append((rel, -1, -1))
     entries.sort()
-    return Snapshot(tuple(entries), newest / 1e9, tuple(sorted(indexes)))
+    return FolderWalk(tuple(entries), newest / 1e9, tuple(sorted(indexes)))
 
 
 def parse_shard_index(text: str) -> set[str] | None:
@@ -81,7 +81,7 @@ def parse_shard_index(text: str) -> set[str] | None:
         return None
 
 
-def missing_shards(folder: Path, snap: Snapshot) -> list[str]:
+def missing_shards(folder: Path, snap: FolderWalk) -> list[str]:
     """Shards named by the folder's index files that do not exist (an unreadable index counts)."""
     present = {name for name, _, _ in snap.fingerprint}
     missing: list[str] = []
@@ -106,7 +106,8 @@ class _Watch:
 
 
 class ReadinessTracker:
-    """Remembers fingerprints of not-yet-ready checkpoints between ticks.
+    """Remembers fingerprints of not-yet-ready checkpoints between ticks, the steps found ready
+    (never walked again), and when the loop must wake for a quiet period to end.
 
     `check` returns (ready, reason, wake_at): wake_at is the monotonic time the quiet period
     ends for a checkpoint that is still settling, so the loop can wake exactly then.
@@ -116,9 +117,32 @@ class ReadinessTracker:
         self.quiet = quiet_seconds
         self.marker = marker
         self._watch: dict[int, _Watch] = {}
+        self.ready: set[int] = set()  # steps found ready: never walked again
+        self.deadlines: list[float] = []  # this pass: when quiet periods end (the loop wakes then)
+        self.confirm_deadlines: list[float] = []  # ... of folders there at start-up, confirming they are still
 
     def forget(self, step: int) -> None:
         self._watch.pop(step, None)
+        self.ready.discard(step)
+
+    def new_pass(self) -> None:
+        """A new walk of the root begins (or the root is gone): no quiet period is pending."""
+        self.deadlines, self.confirm_deadlines = [], []
+
+    def is_ready(self, step: int, folder: Path, now_mono: float, now_wall: float,
+                 at_startup: bool = False) -> tuple[bool, str]:
+        """Whether the checkpoint is ready (walking it only if not known ready yet); a folder still
+        settling adds the end of its quiet period to this pass's deadlines."""
+        if step in self.ready:
+            return True, "found ready before"
+        ok, reason, wake_at = self.check(step, folder, now_mono, now_wall, at_startup)
+        if ok:
+            self.ready.add(step)
+        elif wake_at is not None:
+            self.deadlines.append(wake_at)
+            if reason == "confirming":
+                self.confirm_deadlines.append(wake_at)
+        return ok, reason
 
     @property
     def confirm_seconds(self) -> float:
@@ -127,7 +151,7 @@ class ReadinessTracker:
     def check(self, step: int, folder: Path, now_mono: float, now_wall: float,
               at_startup: bool = False) -> tuple[bool, str, float | None]:
         """`at_startup`: the folder was there when the sidecar started (its first scan)."""
-        snap = snapshot(folder)
+        snap = walk(folder)
         if snap is None:
             self._watch.pop(step, None)
             return False, "vanished", None

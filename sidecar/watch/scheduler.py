@@ -1,0 +1,185 @@
+"""The scheduler: which evals run where, and the messages their threads send back.
+
+It owns the executors (the configured one, plus a Slurm one a local sidecar gets to follow jobs
+a Slurm sidecar left behind, routed by `Executor.owns`), the slots of the configured executor,
+and the running evals. It knows nothing of state files or W&B: a pipeline (one model) hands it
+prepared jobs and receives its events, so many pipelines can later share one scheduler.
+
+Threads: executors send `Started`/`Updated`/`Finished` from their own threads; a finished eval's
+metrics.json is read in a short reader thread (a half-written file is read again after a
+delay); everything reaches the main thread through one queue as typed events (`drain`).
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..crash import crash_point
+from ..errors import MetricsError
+from ..executors.base import EvalJob, EvalResult, Executor, Finished, Started
+from .attribution import fingerprint
+from .metrics import read_metrics
+from .outcome import wants_metrics
+
+REREAD_DELAY_SECONDS = 2.0  # a half-written metrics.json is read again after this delay
+
+
+@dataclass(frozen=True)
+class EvalKey:
+    """Names one eval across threads: the model (pipeline) and the checkpoint step."""
+
+    model: str
+    step: int
+
+
+class Phase(enum.Enum):
+    """A running eval's life: started by us, or followed after an earlier sidecar started it; then
+    reported by its executor to exist (its pid or job id saved); then ended (metrics being read)."""
+
+    LAUNCHED = "launched"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+@dataclass
+class Running:
+    key: EvalKey
+    executor: Executor
+    slot: int | None  # the slot of the configured executor it holds (None: it holds none)
+    metrics_path: Path
+    log_path: Path
+    subject: object = None  # what the pipeline evaluates (its Checkpoint); opaque here
+    phase: Phase = Phase.LAUNCHED
+
+
+@dataclass(frozen=True)
+class Completed:
+    """An eval ended and its metrics.json was read (if it may have succeeded): for the pipeline's
+    judge. `read`: the (size, mtime_ns) of the file as it was read."""
+
+    key: EvalKey
+    result: EvalResult
+    metrics: dict | MetricsError | None
+    read: tuple | None
+    running: Running
+
+
+class Scheduler:
+    """Starts prepared evals on free slots and turns what executor threads say into events."""
+
+    def __init__(self, executor: Executor, spare: Callable[[], Executor] | None = None, sleep=None,
+                 on_event: Callable[[bool], None] | None = None) -> None:
+        self.executor = executor
+        self._spare_factory = spare  # builds the executor for records the configured one does not own
+        self._spare: Executor | None = None
+        self._sleep = sleep
+        self._on_event = on_event or (lambda urgent: None)
+        self._events: queue.Queue = queue.Queue()
+        self.running: dict[EvalKey, Running] = {}
+        self._stopping = False
+
+    # ----- routing and slots --------------------------------------------------------------------
+    def route(self, record: dict) -> Executor:
+        """The executor that owns an in-flight record an earlier sidecar left."""
+        if self.executor.owns(record) or self._spare_factory is None:
+            return self.executor
+        if self._spare is None:
+            self._spare = self._spare_factory()
+            if self._stopping:
+                self._spare.cancel_all()
+        return self._spare
+
+    def free_slot(self) -> int | None:
+        """A free slot of the configured executor, or None when every slot is busy."""
+        slots = len(self.executor.slots())
+        mine = [r for r in self.running.values() if r.executor is self.executor]
+        if len(mine) >= slots:
+            return None
+        taken = {r.slot for r in mine}
+        return next((i for i in range(slots) if i not in taken), None)
+
+    def cuda(self, slot: int) -> str:
+        return self.executor.slots()[slot]
+
+    # ----- starting -----------------------------------------------------------------------------
+    def start(self, key: EvalKey, job: EvalJob, slot: int, metrics_path: Path, subject=None) -> None:
+        """Start a prepared eval on `slot` of the configured executor."""
+        self.running[key] = Running(key, self.executor, slot, metrics_path, job.log_path, subject)
+        self.executor.start(key, job, self._emit)
+
+    def resume(self, key: EvalKey, record: dict, job: EvalJob, metrics_path: Path, subject=None) -> None:
+        """Follow an eval an earlier sidecar started, on the executor that owns its record."""
+        executor = self.route(record)
+        slot = self.free_slot() if executor is self.executor else None
+        self.running[key] = Running(key, executor, slot, metrics_path, job.log_path, subject)
+        executor.resume(key, record, job, self._emit)
+
+    # ----- messages -----------------------------------------------------------------------------
+    def _emit(self, event) -> None:
+        """From executor threads. A finished eval's metrics are read in a reader thread first."""
+        if isinstance(event, Finished):
+            threading.Thread(target=self._read, args=(event, self.running[event.key]), name=f"read-{event.key.step}",
+                             daemon=True).start()
+            return
+        self._events.put(event)
+        self._on_event(isinstance(event, Started))
+
+    def _read(self, event: Finished, running: Running) -> None:
+        metrics: dict | MetricsError | None = None
+        read = None
+        path = running.metrics_path
+        try:
+            crash_point("eval-finished")
+            if wants_metrics(event.result):
+                try:
+                    metrics = read_metrics(path, REREAD_DELAY_SECONDS, self._sleep)
+                    read = fingerprint(path)
+                    crash_point("metrics-read")
+                except MetricsError as exc:
+                    metrics = exc
+        finally:
+            self._events.put(Completed(event.key, event.result, metrics, read, running))
+            self._on_event(True)
+
+    def drain(self) -> list:
+        """The events that arrived (main thread). A `Completed` eval leaves `running` here."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return events
+            running = self.running.get(event.key)
+            if isinstance(event, Started) and running is not None:
+                running.phase = Phase.RUNNING
+            elif isinstance(event, Completed):
+                self.running.pop(event.key, None)
+            events.append(event)
+
+    # ----- stopping -----------------------------------------------------------------------------
+    def cancel_all(self) -> None:
+        """Signal-safe: every executor stops (or leaves running) what it runs."""
+        self._stopping = True
+        self.executor.cancel_all()
+        if self._spare is not None:
+            self._spare.cancel_all()
+
+    def leave_running(self) -> None:
+        for executor in (self.executor, self._spare):
+            if executor is not None:
+                executor.leave_running()
+
+    def missing_commands(self, records: list[dict]) -> list[str]:
+        """Commands the executors of these in-flight records need that are not on PATH."""
+        needed: list[str] = []
+        for record in records:
+            for command in self.route(record).missing_commands():
+                if command not in needed:
+                    needed.append(command)
+        return needed
+
