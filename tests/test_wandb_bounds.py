@@ -152,13 +152,13 @@ def test_with_an_interval_tables_are_spaced_by_a_tenth_of_their_rows_so_bytes_st
     """However slowly checkpoints come (every one after the interval), a table is logged again only
     once the rows grew by a tenth: for 2,000 rows one at a time, the tables logged hold about 11
     times the rows of the last one, not the ~2,000,000 of a table per row."""
-    from sidecar.reporters.base import Snapshot
+    from sidecar.reporters.base import ReportBatch
     from sidecar.reporters.wandb import _Worker
 
     worker, logged = _Worker(), []
     for n in range(1, 2001):
         rows = {s: {"checkpoint_step": s} for s in range(1, n + 1)}
-        worker.take(Snapshot({n: rows[n]}, rows))
+        worker.take(ReportBatch({n: rows[n]}, rows))
         if worker.table_grown(300.0):
             logged.append(n)
             worker.table_rows = n

@@ -7,7 +7,7 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class ReportBatch:
     """What to report: the unreported rows and all rows (row dicts are never mutated, only replaced).
 
     `sent` are rows logged to the online run `sent_run` that the server has not confirmed yet

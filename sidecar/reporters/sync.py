@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, LockHeld
 from ..executors.processes import run_command
-from .base import Snapshot
+from .base import ReportBatch
 from ..watch.reporting import apply_delivery, reconcile_state
 from ..watch.state import State, StateStore, legacy_synced
 from .wandb import (Outage, QueryUnsupported, WandbOptions, WandbReporter, _redact, _utc_now, history_line_count, read_history)
@@ -115,7 +115,7 @@ class _Sync:
         state = self.state
         reporter = WandbReporter(self.options)
         reporter.bind(state.run_id, state.run_name)
-        reporter.report(Snapshot({s: state.rows[s] for s in state.unreported if s in state.rows}, dict(state.rows),
+        reporter.report(ReportBatch({s: state.rows[s] for s in state.unreported if s in state.rows}, dict(state.rows),
                                  dict(state.sent), state.sent_run, seal=seal))
 
         def record() -> None:

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 from ..crash import crash_point
 from ..executors.processes import child_processes, kill_orphan, run_command
 from ..watch.metrics import clean_name
-from .base import Delivery, Reconciled, Snapshot, run_key, same_run
+from .base import Delivery, Reconciled, ReportBatch, run_key, same_run
 from .rows import BASE_METRICS, MAX_WANDB_METRICS, metric_names, summary_from_rows, table_columns, wandb_metrics
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class WandbReporter:
         self.options = replace(self.options, run_id=wandb_text(run_id), run_name=wandb_text(run_name))
         self._on_delivery = on_delivery
 
-    def report(self, snapshot: Snapshot) -> None:
+    def report(self, snapshot: ReportBatch) -> None:
         """Queue a snapshot; returns at once."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="wandb-reporter", daemon=True)
@@ -726,7 +726,7 @@ class _Worker:
         self.run = None
         self.segment: dict = {}
         self.ref: ServerRef | None = None
-        self.latest: Snapshot | None = None
+        self.latest: ReportBatch | None = None
         self.written: dict[int, dict] = {}  # step -> row object written by this process (any segment)
         self.sent: dict[int, tuple[dict, int]] = {}  # online, unconfirmed: step -> (row, history line)
         self.resend: dict[int, dict] = {}  # sent rows the server turned out not to hold
@@ -750,7 +750,7 @@ class _Worker:
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
 
-    def take(self, snapshot: Snapshot) -> None:
+    def take(self, snapshot: ReportBatch) -> None:
         """A newer snapshot; the first one brings the rows earlier processes sent unconfirmed."""
         self.latest = snapshot
         if not self.adopted:
