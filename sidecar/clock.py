@@ -1,7 +1,8 @@
-"""Time, injected: the service reads the clock through this so tests can use a fake one."""
+"""Time, injected: the service reads the clock and waits through this, so tests can use a fake one."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 
@@ -16,3 +17,7 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        """Wait until `event` is set or `timeout` seconds passed (None: no limit); whether it was set."""
+        return event.wait(timeout)

@@ -73,7 +73,9 @@ class Scheduler:
     """Starts prepared evals on free slots and turns what executor threads say into events."""
 
     def __init__(self, executor: Executor, spare: Callable[[], Executor] | None = None, sleep=None,
-                 on_event: Callable[[bool], None] | None = None) -> None:
+                 on_event: Callable[[bool], None] | None = None, spawn=None) -> None:
+        """`spawn(fn, name)` runs the metrics reader of a finished eval (default: a daemon thread;
+        the in-process loop tests run it inline)."""
         self.executor = executor
         self._spare_factory = spare  # builds the executor for records the configured one does not own
         self._spare: Executor | None = None
@@ -82,6 +84,7 @@ class Scheduler:
         self._events: queue.Queue = queue.Queue()
         self.running: dict[EvalKey, Running] = {}
         self._stopping = False
+        self._spawn = spawn or _thread
 
     # ----- routing and slots --------------------------------------------------------------------
     def route(self, record: dict) -> Executor:
@@ -123,8 +126,8 @@ class Scheduler:
     def _emit(self, event) -> None:
         """From executor threads. A finished eval's metrics are read in a reader thread first."""
         if isinstance(event, Finished):
-            threading.Thread(target=self._read, args=(event, self.running[event.key]), name=f"read-{event.key.step}",
-                             daemon=True).start()
+            running = self.running[event.key]
+            self._spawn(lambda: self._read(event, running), f"read-{event.key.step}")
             return
         self._events.put(event)
         self._on_event(isinstance(event, Started))
@@ -183,3 +186,7 @@ class Scheduler:
                     needed.append(command)
         return needed
 
+
+
+def _thread(fn, name: str) -> None:
+    threading.Thread(target=fn, name=name, daemon=True).start()

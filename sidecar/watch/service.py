@@ -48,7 +48,7 @@ class Sidecar:
     """One model configuration's pipeline over one scheduler, under the configuration's lock."""
 
     def __init__(self, config: Config, clock, environ: dict[str, str], executor=None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None, spawn=None) -> None:
         self.config = config
         self.clock = clock
         environ = dict(environ)
@@ -57,7 +57,7 @@ class Sidecar:
         self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
         self.scheduler = Scheduler(executor or make_executor(config, environ),
                                    spare=lambda: slurm_executor(config, environ), sleep=clock.sleep,
-                                   on_event=self.notify)
+                                   on_event=self.notify, spawn=spawn)
         self.pipeline = ModelPipeline(config, clock, environ, reporter or NullReporter(), self.scheduler,
                                       wake=self.wake.set)
         self.lock = ProcessLock(config.lock_file, config.lock_mode)
@@ -119,7 +119,7 @@ class Sidecar:
         while self.scheduler.running:
             self._drain(record)
             if self.scheduler.running:
-                self.wake.wait(0.1)
+                self.clock.wait(self.wake, 0.1)
                 self.wake.clear()
 
     def _drain(self, record: bool = True) -> int:
@@ -145,10 +145,10 @@ class Sidecar:
                 if not confirming:
                     break
                 # checkpoints there at start-up become ready after a short confirmation (readiness)
-                self.stop_event.wait(max(0.0, min(confirming) - self.clock.monotonic()))
+                self.clock.wait(self.stop_event, max(0.0, min(confirming) - self.clock.monotonic()))
                 continue
             if running and done == 0:
-                self.wake.wait()  # an eval finishing (or a signal) wakes us
+                self.clock.wait(self.wake, None)  # an eval finishing (or a signal) wakes us
                 self.wake.clear()
         return total
 
@@ -204,14 +204,14 @@ class Sidecar:
             deadlines = pipeline.wake_deadlines(now)
             if pipeline.root_missing:  # its return wakes the watcher's parent watch; this is the safety net
                 deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
-            self.wake.wait(next_wake(now, poll_deadline if use_poll else None, deadlines))
+            self.clock.wait(self.wake, next_wake(now, poll_deadline if use_poll else None, deadlines))
             self.wake.clear()
             # A burst of events (a trainer writing a big file) wakes the loop at most every
             # EVENT_MIN_GAP seconds: each tick re-lists the root. A ready marker appearing, an
             # eval starting or finishing, or a stop cuts the wait short.
             gap = EVENT_MIN_GAP - (self.clock.monotonic() - started)
             if gap > 0:
-                self._prompt.wait(gap)
+                self.clock.wait(self._prompt, gap)
             self._prompt.clear()
 
     # ----- one tick -----------------------------------------------------------------------------
