@@ -170,7 +170,7 @@ def test_prepare_tags_each_attempt_and_slurm_records_are_owned_and_recovered(tmp
     assert executor.owns(record) and executor.owns({"job_id": "12"}) and not executor.owns({"attempt": "x"})
     assert executor.recover(record)
     assert executor.slots() == ["0 1"] * 3
-    assert executor.name == "slurm"
+    assert executor.name == "slurm" and executor.where(first) == "as a Slurm job"
 
 
 def test_missing_commands_are_named(tmp_path, cluster):

@@ -262,6 +262,9 @@ class SlurmExecutor:
         """Submit a prepared attempt (in a thread of its own: sbatch may take long)."""
         self._helper(f"slurm-submit-{job.name}", self._submit_and_follow, key, job, emit)
 
+    def where(self, job: EvalJob) -> str:
+        return "as a Slurm job"
+
     def missing_commands(self) -> list[str]:
         path = (self.environ if self.environ is not None else os.environ).get("PATH")
         return [c for c in COMMANDS if shutil.which(c, path=path) is None]
