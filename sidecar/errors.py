@@ -77,16 +77,6 @@ class LockLost(LockHeld):
                                     f"so that one sidecar works on this configuration")
 
 
-class EvalFailed(SidecarError):
-    """One evaluation attempt failed; the message is one line naming the log file."""
-
-    def __init__(self, step: int, reason: str, log_path: Path | None = None) -> None:
-        self.step = step
-        self.log_path = log_path
-        where = f"; see {log_path}" if log_path else ""
-        super().__init__(f"{reason}{where}")
-
-
 class MetricsError(SidecarError):
     """metrics.json is missing, unreadable or holds no usable metric."""
 

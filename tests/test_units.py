@@ -100,11 +100,6 @@ def test_next_wake_takes_the_soonest_deadline():
     assert next_wake(10.0, None, []) is None
 
 
-class FakeClock:
-    def __init__(self):
-        self.mono = 1000.0
-
-
 def test_quiet_period_uses_own_clock_and_a_changing_subfolder_resets_it(tmp_path):
     folder = tmp_path / "checkpoint-5"
     (folder / "global_step5").mkdir(parents=True)

@@ -111,14 +111,13 @@ def fetch_sidecar(fw: Framework):
     """Rows of a sidecar state file: step = checkpoint_step, metrics named as in metrics.json."""
     import pandas as pd
 
+    from ..reporters.rows import ROW_FIELDS
     from ..watch.state import read_state
 
     state = read_state(Path(fw.source))
     if state is None:
         raise ConfigError(f"frameworks.{fw.name}.state_file: no state file at {fw.source}")
-    rows = [{"step": s, **{k: v for k, v in r.items() if k not in ("checkpoint_step", "checkpoint_name",
-                                                                     "metrics_path", "eval_params")}}
-            for s, r in sorted(state.rows.items())]
+    rows = [{"step": s, **{k: v for k, v in r.items() if k not in ROW_FIELDS}} for s, r in sorted(state.rows.items())]
     return pd.DataFrame(rows) if rows else pd.DataFrame({"step": pd.Series(dtype="int64")})
 
 

@@ -131,7 +131,8 @@ IN_FLIGHT_FIELDS = {"checkpoint": "name", "path": "path", "started": "text", "st
                     "pid": "pid", "pid_start": "text", "interrupted": "flag", "gpus": "text", "job_id": "text",
                     "slurm_tag": "text", "slurm_state": "text", "node": "text", "metrics_before": "number?",
                     "attempt": "text"}
-ROW_FIELDS = {"checkpoint_name": "text", "metrics_path": "text", "eval_params": "object"}  # all else: "number?"
+# a table row's bookkeeping fields (reporters.rows.ROW_FIELDS; checkpoint_step is read first), all else: "number?"
+ROW_SHAPES = {"checkpoint_name": "text", "metrics_path": "text", "eval_params": "object"}
 SEGMENT_FIELDS = {"dir": "path", "mode": "text", "run_id": "text", "started": "text", "pid": "pid", "host": "text",
                   "steps": "steps", "closed": "flag", "run": "text", "core_pid": "pid", "core_start": "text",
                   "synced": "text-or-flag", "reconciled": "text", "origin": "text"}
@@ -157,7 +158,7 @@ def _row(row: object, where: str) -> tuple[int, dict]:
     step = _checked(row["checkpoint_step"], "step", where, "checkpoint_step")
     for name, value in row.items():
         if name != "checkpoint_step":
-            _checked(value, ROW_FIELDS.get(name, "number?"), where, repr(name))
+            _checked(value, ROW_SHAPES.get(name, "number?"), where, repr(name))
     return step, dict(row)
 
 
