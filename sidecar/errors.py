@@ -38,6 +38,17 @@ class StateCorrupt(SidecarError):
         )
 
 
+class StateTooNew(StateCorrupt):
+    """The state file was written by a newer release (a version this one cannot read); it is left untouched."""
+
+    def __init__(self, path: Path, version: int, readable: tuple[int, ...]) -> None:
+        self.path = path
+        self.version = version
+        reads = " and ".join(str(v) for v in readable)
+        SidecarError.__init__(self, f"state file {path} was written by a newer eval sidecar (version {version}; "
+                                    f"this one reads {reads}); nothing was changed")
+
+
 class StateWriteError(SidecarError):
     """The state file could not be written (disk full, permissions); the previous state is intact."""
 

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateWriteError
+from ..errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateTooNew, StateWriteError
 from ..crash import crash_point
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,9 @@ class State:
 
 
 def read_state(path: Path) -> State | None:
-    """Read a state file without any lock (atomic replace makes that safe); None if absent."""
+    """Read a state file without any lock (atomic replace makes that safe); None if absent.
+    Raises StateCorrupt for a file that is not a valid state, StateTooNew for one a newer
+    release wrote (version above VERSION)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -287,9 +289,13 @@ def read_state(path: Path) -> State | None:
     except UnicodeDecodeError as exc:
         raise StateCorrupt(path, f"not UTF-8 text: byte {raw[exc.start]:#04x} at offset {exc.start}") from exc
     try:
-        return State.from_dict(json.loads(text))
+        data = json.loads(text)
+        if not (isinstance(data, dict) and _is_whole(data.get("version"), VERSION + 1, MAX_INT)):
+            return State.from_dict(data)
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         raise StateCorrupt(path, (str(exc).splitlines() or [type(exc).__name__])[0][:300]) from exc
+    # a newer release's file: its fields may mean what this release cannot know, so nothing is read or rewritten
+    raise StateTooNew(path, data["version"], tuple(range(1, VERSION + 1)))
 
 
 def _current_umask() -> int:

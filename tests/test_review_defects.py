@@ -1,0 +1,73 @@
+"""Defects found in a code review, each reproduced as a user meets it: a state file of a newer
+release, "given up" judged twice, rows told apart by object identity, a W&B segment writer's
+reused pid, and the manager's `stop` leaving evals running in sessions of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, process_gone, wait_for
+
+from sidecar.config import build_config, build_parser
+from sidecar.executors.processes import process_start_time
+from sidecar.reporters.base import Delivery, ReportBatch
+from sidecar.reporters.wandb import WandbOptions, WandbReporter, _Worker
+from sidecar.watch.reporting import apply_delivery
+from sidecar.watch.state import State, dump_state, read_state, utc_iso
+from sidecar.watch.status import format_status, summarize
+
+PROG = "eval_wandb_sidecar.py"
+MANAGER = ROOT / "eval_wandb_sidecar.sh"
+
+
+def _state_path(ws, *extra: str) -> Path:
+    """The state file the sidecar derives from these flags (nothing is run)."""
+    args = vars(build_parser(PROG).parse_args(ws.args(*extra)))
+    return build_config(args, ws.env(), Path.cwd(), check_paths=False).state_file
+
+
+def _write_state(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_state(data))
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _live(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **kwargs)
+
+
+def _end(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+# ----- 1: a state file of a newer release is refused, untouched ------------------------------------------------
+def test_a_state_file_written_by_a_newer_release_is_exit_2_and_left_byte_for_byte(ws):
+    path = _state_path(ws)
+    _write_state(path, {"version": 3, "model_config_key": "k", "run_id": "eval-k", "run_name": "k",
+                        "processed_steps": [100], "table_rows": [{"checkpoint_step": 100, "HR@10": 0.5}],
+                        "a_field_of_version_3": {"what": "this release cannot know"}})
+    before = path.read_bytes()
+    expected = (f"{PROG}: error: state file {path} was written by a newer eval sidecar (version 3; this one reads "
+                f"1 and 2); nothing was changed")
+    for result in (ws.run("--once"), ws.status(), ws.status("--json"), ws.status("--state-file", str(path))):
+        assert result.returncode == 2, (result.args[2:4], result.stdout, result.stderr)
+        assert _one_line(result) == expected
+        assert path.read_bytes() == before
+    assert not Path(f"{path}.bak").exists()
