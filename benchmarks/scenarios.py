@@ -262,7 +262,7 @@ def _align_child(sources: int, steps: int, metrics: int) -> dict:
 # ----- pinning (issue 7's figure) -----------------------------------------------------------------------
 def pinning(megabytes: int) -> list[dict]:
     """Hard-linking a checkpoint of 20 files into the pins folder (same filesystem as the repo)."""
-    from sidecar.watch.discover import Checkpoint
+    from sidecar.checkpoints import Checkpoint
     from sidecar.watch.pins import Pins
 
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:

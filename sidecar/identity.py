@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .watch.discover import parse_step
+from .checkpoints import parse_step
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 _CB = re.compile(r"cb\d+(?:-\d+)*")

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .discover import Checkpoint, parse_step
+from ..checkpoints import Checkpoint, parse_step
 
 log = logging.getLogger(__name__)
 

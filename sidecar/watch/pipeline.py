@@ -13,6 +13,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+from ..checkpoints import Checkpoint
 from ..config import FLAGS, Config
 from ..crash import crash_point
 from ..errors import MetricsError, StateWriteError
@@ -21,7 +22,7 @@ from ..files import not_regular
 from ..reporters.base import ReportBatch, Reporter
 from ..reporters.rows import ROW_FIELDS
 from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
-from .discover import Checkpoint, Discoverer, RootMissing
+from .discover import Discoverer, RootMissing
 from .metrics import read_metrics
 from .outcome import Decision, Evidence, judge
 from .pins import Pins

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..checkpoints import Checkpoint
 from ..reporters.rows import ROW_FIELDS
-from .discover import Checkpoint
 from .state import State, utc_iso
 
 
