@@ -71,3 +71,55 @@ def test_a_state_file_written_by_a_newer_release_is_exit_2_and_left_byte_for_byt
         assert _one_line(result) == expected
         assert path.read_bytes() == before
     assert not Path(f"{path}.bak").exists()
+
+
+# ----- 2: "given up" is what the sidecar's --max-attempts says --------------------------------------------------
+def _failed_state() -> State:
+    state = State("k", "eval-k", "k")
+    state.failed[300] = {"checkpoint": "checkpoint-300", "error": "eval exited 3", "time": "2026-01-01T00:00:00+00:00",
+                         "attempts": 3, "given_up": True}
+    return state
+
+
+def test_status_judges_given_up_by_the_max_attempts_the_sidecar_recorded():
+    state = _failed_state()
+    assert summarize(state, time.time())["failed_given_up"] == 1  # nothing recorded: the record's flag
+    state.max_attempts = 5  # a sidecar started with --max-attempts 5: it retries checkpoint-300
+    again = State.from_dict(json.loads(dump_state(state.to_dict())))
+    assert again.max_attempts == 5
+    info = summarize(again, time.time())
+    assert (info["failed_given_up"], info["failed_retrying"]) == (0, 1)
+    assert "failed 1 (0 given up)" in format_status(info, "s.json")
+    assert summarize(again, time.time(), max_attempts=3)["failed_given_up"] == 1  # status's own --max-attempts
+    state.max_attempts = 2
+    state.failed[300].pop("given_up")  # a record of 3 attempts against a limit of 2 is given up, flag or not
+    assert summarize(state, time.time())["failed_given_up"] == 1
+
+
+def test_a_state_without_max_attempts_reads_as_not_known_and_a_bad_one_is_refused(tmp_path):
+    path = tmp_path / "s.json"
+    _write_state(path, _failed_state().to_dict())
+    assert "max_attempts" not in json.loads(path.read_text())  # the original tool's format is unchanged
+    assert read_state(path).max_attempts is None
+    _write_state(path, {**_failed_state().to_dict(), "max_attempts": 0})
+    try:
+        read_state(path)
+    except Exception as exc:  # noqa: BLE001 - the one StateCorrupt line is what matters
+        assert "max_attempts value 0" in str(exc), exc
+    else:
+        raise AssertionError("max_attempts 0 was accepted")
+
+
+def test_status_after_a_sidecar_started_with_more_attempts_does_not_say_given_up(ws):
+    """Needs the service to record `state.max_attempts = config.max_attempts` at start."""
+    ws.checkpoint(300)
+    path = _state_path(ws)
+    state = _failed_state()
+    state.failed[300]["retry_after"] = time.time() + 3600  # not retried during this test
+    _write_state(path, state.to_dict())
+    result = ws.run("--once", "--max-attempts", "5")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(path.read_text())["max_attempts"] == 5
+    status = ws.status()
+    assert status.returncode == 0, status.stderr
+    assert "failed 1 (0 given up)" in status.stdout, status.stdout

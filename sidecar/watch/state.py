@@ -30,6 +30,7 @@ _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
     "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir", "wandb_sent", "wandb_run",
+    "max_attempts",
 }
 
 
@@ -79,6 +80,7 @@ _SHAPES = {
     "count": (lambda v: _is_whole(v, 0, MAX_INT), "a whole number, 0 or more"),
     "line": (lambda v: _is_whole(v, 0, MAX_INT), "a W&B history line: a whole number, 0 or more"),
     "version": (lambda v: _is_whole(v, 1, MAX_INT), "a whole number, 1 or more"),
+    "attempts": (lambda v: _is_whole(v, 1, MAX_INT), "a number of attempts: a whole number, 1 or more"),
     "pid": (lambda v: _is_whole(v, 1, MAX_PID), f"a process id: a whole number from 1 to {MAX_PID}"),
     "time": (lambda v: _is_number(v) and 0 <= v <= MAX_TIME, "a time in seconds since 1970"),  # NaN fails too
     "number": (_is_number, "a number"),
@@ -184,6 +186,7 @@ class State:
         self.sent_run = ""  # entity/project/run_id those lines belong to
         self.wandb_run = ""  # entity/project/run_id of the run the rows are reported to (entity may be empty)
         self.pins_dir: str | None = None  # where --pin-checkpoints keeps this model's pins
+        self.max_attempts: int | None = None  # --max-attempts of the sidecar that last started (None: not known)
         self.extra: dict = {}
         self.upgraded_from: int | None = None
 
@@ -221,6 +224,7 @@ class State:
         state.eval_params = data.get("eval_params")
         _checked(data.get("pins_dir"), "path?", "the state", "pins_dir")
         state.pins_dir = data.get("pins_dir") or None
+        state.max_attempts = _checked(data.get("max_attempts"), "attempts?", "the state", "max_attempts")
         segments = data.get("wandb_segments") or []
         if not isinstance(segments, list):
             raise ValueError(f"wandb_segments must be a list (got {_show(segments)})")
@@ -270,6 +274,8 @@ class State:
             data["wandb_sent"] = {"run": self.sent_run, "lines": {str(s): self.sent[s] for s in sorted(self.sent)}}
         if self.pins_dir:
             data["pins_dir"] = self.pins_dir
+        if self.max_attempts is not None:
+            data["max_attempts"] = self.max_attempts
         data.update(self.extra)
         return data
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..reporters.rows import summary_from_rows
+from .plan import Policy, is_given_up
 from .state import State
 
 
@@ -30,9 +31,18 @@ def delivery(state: State, synced_elsewhere: frozenset[str] = frozenset()) -> di
 
 def summarize(state: State, now_wall: float, max_attempts: int | None = None, mode: str = "",
               synced_elsewhere: frozenset[str] = frozenset()) -> dict:
-    """A JSON-ready summary: counts, in-flight evals, last/best HR@10 and NDCG@10, last error."""
+    """A JSON-ready summary: counts, in-flight evals, last/best HR@10 and NDCG@10, last error.
+
+    A failure is given up as the sidecar judges it (`plan.is_given_up`): against `max_attempts`
+    when given (the --max-attempts of the flags `status` got), else against the --max-attempts
+    the sidecar recorded when it last started; only when neither is known, by the record's flag."""
     summary = summary_from_rows(state.rows)
-    given_up = [s for s, f in state.failed.items() if f.get("given_up")]
+    limit = max_attempts if max_attempts is not None else state.max_attempts
+    if limit is None:
+        given_up = [s for s, f in state.failed.items() if f.get("given_up")]
+    else:
+        policy = Policy(max_attempts=limit)
+        given_up = [s for s, f in state.failed.items() if is_given_up(f, policy)]
     retrying = [s for s in state.failed if s not in given_up]
     pending = [s for s in state.pending if s not in state.processed and s not in given_up]
     in_flight = []
