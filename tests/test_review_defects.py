@@ -123,3 +123,34 @@ def test_status_after_a_sidecar_started_with_more_attempts_does_not_say_given_up
     status = ws.status()
     assert status.returncode == 0, status.stderr
     assert "failed 1 (0 given up)" in status.stdout, status.stdout
+
+
+# ----- 3: rows are the same row by value, not by object -------------------------------------------------------------
+def _row(step: int, hr: float) -> dict:
+    return {"checkpoint_step": step, "checkpoint_name": f"checkpoint-{step}", "HR@10": hr, "metrics_path": "/m.json"}
+
+
+def test_a_delivered_row_equal_in_value_counts_as_the_state_row_and_a_changed_one_does_not():
+    state = State("k", "eval-k", "k")
+    state.rows = {100: _row(100, 0.5), 200: _row(200, 0.25)}
+    state.unreported = {100, 200}
+    segment = {"dir": "/w/offline-run-1", "mode": "offline", "steps": []}
+    apply_delivery(state, Delivery(segment, rows={100: _row(100, 0.5), 200: _row(200, 0.3)}))
+    assert state.unreported == {200}  # 100 arrived (a copy of the row); 200's values are not the state's
+
+
+def test_the_reporter_writes_a_row_once_whatever_object_holds_it_and_a_changed_row_again():
+    worker = _Worker()
+    rows = {100: _row(100, 0.5)}
+    worker.take(ReportBatch(dict(rows), dict(rows)))
+    assert worker.todo() == rows
+    worker.written[100] = (rows[100], 0)  # written; its delivery (number 0) not applied when the next snapshot was built
+    copy = {100: _row(100, 0.5)}  # the same row as another object (e.g. the state read again)
+    worker.take(ReportBatch(copy, copy))
+    assert worker.todo() == {}
+    changed = {100: _row(100, 0.75)}  # a re-evaluation
+    worker.take(ReportBatch(changed, changed))
+    assert worker.todo() == changed
+    # the state had applied the write and queued the row again (re-evaluated, same values): written again
+    worker.take(ReportBatch(copy, copy), 1)
+    assert worker.todo() == copy

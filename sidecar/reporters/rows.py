@@ -14,6 +14,13 @@ ROW_FIELDS = ("checkpoint_step", "checkpoint_name", "metrics_path", "eval_params
 MAX_WANDB_METRICS = 1000
 
 
+def same_row(a: dict | None, b: dict | None) -> bool:
+    """Whether two state rows are the same row: one object, or equal values (a row read back or
+    copied is not a new row; a re-evaluated one differs at least in its metrics or eval_params).
+    The identity test first keeps the common case cheap with 50,000 rows."""
+    return a is b or (a is not None and a == b)
+
+
 def metric_names(row: dict) -> list[str]:
     """The metric keys of a state row (everything but the bookkeeping fields)."""
     return [k for k in row if k not in ROW_FIELDS]

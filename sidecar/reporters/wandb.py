@@ -38,7 +38,8 @@ from ..crash import crash_point
 from ..executors.processes import child_processes, kill_orphan, run_command
 from ..watch.metrics import clean_name
 from .base import Delivery, Reconciled, ReportBatch, run_key, same_run
-from .rows import BASE_METRICS, MAX_WANDB_METRICS, metric_names, summary_from_rows, table_columns, wandb_metrics
+from .rows import (BASE_METRICS, MAX_WANDB_METRICS, metric_names, same_row, summary_from_rows, table_columns,
+                   wandb_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class WandbReporter:
         self._on_delivery = None
         self._queue: queue.Queue = queue.Queue()
         self._deliveries: list[Delivery] = []
+        self._collected = 0  # deliveries handed to the service so far (they are numbered from 0 in order)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failures = 0
@@ -213,16 +215,21 @@ class WandbReporter:
         self._on_delivery = on_delivery
 
     def report(self, snapshot: ReportBatch) -> None:
-        """Queue a snapshot; returns at once."""
+        """Queue a snapshot; returns at once. The service applies what it collects before it builds
+        the next snapshot, so the snapshot goes with the number of deliveries collected so far:
+        the state knew of those when it was built."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="wandb-reporter", daemon=True)
             self._thread.start()
-        self._queue.put(snapshot)
+        with self._lock:
+            seen = self._collected
+        self._queue.put((snapshot, seen))
 
     def collect(self) -> list[Delivery]:
         """What the worker wrote and learnt since the last call, in order."""
         with self._lock:
             out, self._deliveries = self._deliveries, []
+            self._collected += len(out)
         return out
 
     def abandon(self, timeout: float = 10.0) -> None:
@@ -308,11 +315,14 @@ class WandbReporter:
                  "against the server, %d are written again", seg["dir"], len(out.sent), len(claimed - set(out.sent)))
 
     # ----- the worker thread -----------------------------------------------------------------
-    def _deliver(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery) -> int:
+        """Hand a delivery to the service; returns its number."""
         with self._lock:
             self._deliveries.append(delivery)
+            number = self._collected + len(self._deliveries) - 1
         if self._on_delivery is not None:
             self._on_delivery()
+        return number
 
     def _work(self) -> None:
         w = _Worker()
@@ -323,7 +333,7 @@ class WandbReporter:
                     kill_orphan(pid, start)
                 return
             if latest is not None:
-                w.take(latest)
+                w.take(*latest)
             if self._wants_run(w) and w.run is None and time.monotonic() >= w.next_attempt \
                     and not (closing and w.in_outage):
                 self._start_run(w)
@@ -354,7 +364,7 @@ class WandbReporter:
 
     def _next_items(self, w: "_Worker"):
         """Block until a snapshot, a close, a retry or a delivery question is due; returns
-        (newest snapshot or None, whether closing)."""
+        ((newest snapshot, deliveries the state had applied then) or None, whether closing)."""
         deadlines = []
         if w.run is None and self._wants_run(w):
             deadlines.append(w.next_attempt)
@@ -436,7 +446,6 @@ class WandbReporter:
             run.log(history_row(todo[step], first))
             self._warn_capped(w, step, todo[step])
         w.next_line = base + len(lines)
-        w.written.update(todo)
         for step in todo:
             w.resend.pop(step, None)
         if online:
@@ -445,8 +454,9 @@ class WandbReporter:
                 w.confirm_at, w.confirm_delay = time.monotonic() + CONFIRM_FIRST, CONFIRM_FIRST
                 w.progress_at = time.monotonic()
         if todo:  # before the table: with the server down, logging a Table waits ~20 s on a W&B lookup
-            self._deliver(Delivery(dict(w.segment), rows=dict(todo), lines=lines if online else {},
-                                   run=w.sent_run if online else ""))
+            number = self._deliver(Delivery(dict(w.segment), rows=dict(todo), lines=lines if online else {},
+                                            run=w.sent_run if online else ""))
+            w.written.update((s, (row, number)) for s, row in todo.items())
         crash_point("wandb-row")
         w.table_due = True
         self._log_table(w, force=seal)  # with the summary
@@ -456,7 +466,7 @@ class WandbReporter:
 
     def _warn_capped(self, w: "_Worker", step: int, row: dict) -> None:
         """One warning per row that has more metrics than W&B gets (MAX_WANDB_METRICS)."""
-        if w.capped.get(step) is row:
+        if same_row(w.capped.get(step), row):
             return
         logged, left = wandb_metrics(row, self.options.summary_metrics)
         if left:
@@ -727,7 +737,9 @@ class _Worker:
         self.segment: dict = {}
         self.ref: ServerRef | None = None
         self.latest: ReportBatch | None = None
-        self.written: dict[int, dict] = {}  # step -> row object written by this process (any segment)
+        self.seen = 0  # deliveries the state had applied when `latest` was built
+        # step -> (row written by this process (any segment), number of the delivery that says so)
+        self.written: dict[int, tuple[dict, int]] = {}
         self.sent: dict[int, tuple[dict, int]] = {}  # online, unconfirmed: step -> (row, history line)
         self.resend: dict[int, dict] = {}  # sent rows the server turned out not to hold
         self.sent_run = ""
@@ -750,16 +762,17 @@ class _Worker:
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
 
-    def take(self, snapshot: ReportBatch) -> None:
-        """A newer snapshot; the first one brings the rows earlier processes sent unconfirmed."""
-        self.latest = snapshot
+    def take(self, snapshot: ReportBatch, seen: int = 0) -> None:
+        """A newer snapshot, built when the state had applied `seen` deliveries; the first one
+        brings the rows earlier processes sent unconfirmed."""
+        self.latest, self.seen = snapshot, seen
         if not self.adopted:
             self.adopted = True
             self.sent_run = snapshot.sent_run
             self.sent = {s: (snapshot.rows[s], line) for s, line in snapshot.sent.items() if s in snapshot.rows}
-        for step in [s for s, (row, _) in self.sent.items() if snapshot.rows.get(s) is not row]:
+        for step in [s for s, (row, _) in self.sent.items() if not same_row(snapshot.rows.get(s), row)]:
             del self.sent[step]  # re-evaluated: only the new row matters
-        for step in [s for s, row in self.resend.items() if snapshot.rows.get(s) is not row]:
+        for step in [s for s, row in self.resend.items() if not same_row(snapshot.rows.get(s), row)]:
             del self.resend[step]
 
     def todo(self) -> dict[int, dict]:
@@ -767,8 +780,15 @@ class _Worker:
         if self.latest is None:
             return {}
         todo = dict(self.resend)
-        todo.update((s, r) for s, r in self.latest.pending.items() if self.written.get(s) is not r)
+        todo.update((s, r) for s, r in self.latest.pending.items() if not self.awaits_state(s, r))
         return todo
+
+    def awaits_state(self, step: int, row: dict) -> bool:
+        """Whether `row` is pending only because the state had not applied the delivery of its
+        write yet when the snapshot was built. Once it had, a row pending again was queued again
+        (a re-evaluation, with the same values or not): it is written again."""
+        written = self.written.get(step)
+        return written is not None and written[1] >= self.seen and same_row(written[0], row)
 
     def seal_due(self) -> bool:
         return self.latest is not None and self.latest.seal and not self.sealed and bool(self.latest.rows)
@@ -785,7 +805,7 @@ class _Worker:
         if len(rows) >= self.table_rows + max(1, math.ceil(TABLE_GROWTH * self.table_rows)):
             return True
         # a re-evaluated row (rare: --force-eval-steps) is shown at the next interval
-        return any(self.tabled.get(s, row) is not row for s, row in rows.items())
+        return any(not same_row(self.tabled.get(s, row), row) for s, row in rows.items())
 
     def table_wait(self, interval: float = 0.0) -> float | None:
         """Seconds until a due table may be logged (0.0: now); None when none is due, or it waits

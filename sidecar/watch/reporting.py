@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..reporters.base import Delivery, same_run
+from ..reporters.rows import same_row
 
 
 def apply_delivery(state, delivery: Delivery) -> None:
@@ -23,7 +24,7 @@ def apply_delivery(state, delivery: Delivery) -> None:
         if step not in held:
             seg["steps"].append(step)
             held.add(step)
-        if state.rows.get(step) is row:
+        if same_row(state.rows.get(step), row):
             state.unreported.discard(step)
             if step in delivery.lines:
                 if not same_run(state.sent_run, delivery.run):
