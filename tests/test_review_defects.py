@@ -154,3 +154,55 @@ def test_the_reporter_writes_a_row_once_whatever_object_holds_it_and_a_changed_r
     # the state had applied the write and queued the row again (re-evaluated, same values): written again
     worker.take(ReportBatch(copy, copy), 1)
     assert worker.todo() == copy
+
+
+# ----- 4: a W&B segment's writer is its pid and start time ---------------------------------------------------------
+def _options() -> WandbOptions:
+    return WandbOptions(project="p", entity=None, run_id="eval-k", run_name="k", resume="allow", job_type="eval",
+                        mode="online", config={})
+
+
+def _online_segment(writer: int, core: int, **extra) -> dict:
+    """An online segment a killed sidecar (pid `writer`) left open an hour ago, its wandb-core `core`."""
+    return {"dir": "/w/run-1", "mode": "online", "run_id": "eval-k", "run": "e/p/eval-k", "host": socket.gethostname(),
+            "started": utc_iso(time.time() - 3600), "pid": writer, "core_pid": core,
+            "core_start": process_start_time(core), "steps": [], **extra}
+
+
+def test_a_crashed_sidecars_wandb_core_is_stopped_even_when_its_pid_now_names_another_process():
+    unrelated = _live("sleep", "600")  # the kernel gave the dead sidecar's pid to this
+    cores = [_live("sleep", "600") for _ in range(3)]  # stand-ins for the wandb-core each crash left
+    try:
+        wait_for(lambda: all(process_start_time(p.pid) for p in [unrelated, *cores]))
+        ticks = process_start_time(unrelated.pid)
+        segments = [
+            _online_segment(unrelated.pid, cores[0].pid, pid_start=str(int(ticks) - 1)),  # another start time
+            _online_segment(unrelated.pid, cores[1].pid),  # an earlier version's: no start time, opened before
+            _online_segment(unrelated.pid, cores[2].pid, pid_start=ticks),  # the writer really runs
+        ]
+        WandbReporter(_options()).reconcile(segments, {}, set())
+        wait_for(lambda: cores[0].poll() is not None and cores[1].poll() is not None, timeout=15)
+        assert cores[2].poll() is None and unrelated.poll() is None
+        assert all(seg["closed"] for seg in segments)
+    finally:
+        _end(unrelated, *cores)
+
+
+def test_a_start_stops_the_wandb_core_of_a_crashed_sidecar_whose_pid_was_reused(ws):
+    unrelated, core = _live("sleep", "600"), _live("sleep", "600")
+    try:
+        wait_for(lambda: process_start_time(unrelated.pid) and process_start_time(core.pid))
+        args = [a for a in ws.args("--wandb-mode", "online", "--wandb-init-timeout", "5") if a != "--disable-wandb"]
+        path = _state_path(ws, "--wandb-mode", "online")
+        state = State("k", "eval-k", "k")
+        state.segments = [_online_segment(unrelated.pid, core.pid,
+                                          pid_start=str(int(process_start_time(unrelated.pid)) - 1))]
+        _write_state(path, state.to_dict())
+        result = subprocess.run([sys.executable, str(ROOT / PROG), *args, "--once"], env=ws.env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: core.poll() is not None, timeout=15)
+        assert unrelated.poll() is None
+        assert json.loads(path.read_text())["wandb_segments"][0]["closed"] is True
+    finally:
+        _end(unrelated, core)

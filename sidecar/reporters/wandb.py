@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..crash import crash_point
-from ..executors.processes import child_processes, kill_orphan, run_command
+from ..executors.processes import child_processes, kill_orphan, process_start_time, run_command
 from ..watch.metrics import clean_name
 from .base import Delivery, Reconciled, ReportBatch, run_key, same_run
 from .rows import (BASE_METRICS, MAX_WANDB_METRICS, metric_names, same_row, summary_from_rows, table_columns,
@@ -671,7 +671,8 @@ class WandbReporter:
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
-                   "started": _utc_now(), "pid": os.getpid(), "host": socket.gethostname(), "steps": []}
+                   "started": _utc_now(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+                   "host": socket.gethostname(), "steps": []}
         ref = None
         if self.mode == "online":
             segment["run"] = f"{run.entity}/{run.project}/{run.id}"
@@ -894,16 +895,35 @@ def read_segment(folder: Path) -> dict[int, list[dict]]:
 
 
 def _writer_alive(segment: dict) -> bool:
-    """Whether the process that opened a segment still runs (on another host: assume it does)."""
+    """Whether the sidecar that opened a segment still runs (on another host: assume it does).
+
+    A pid names that process only together with its start time (pids are reused): the segment
+    records it (`pid_start`), and both must match. A segment of an earlier version recorded no
+    start time: its pid counts only if the process started before the segment was opened."""
     if segment.get("host") != socket.gethostname():
         return True
+    pid = segment.get("pid")
+    ticks = process_start_time(pid) if isinstance(pid, int) and pid > 0 else ""
+    if not ticks:
+        return False  # no such process
+    if segment.get("pid_start"):
+        return ticks == segment["pid_start"]
     try:
-        os.kill(int(segment.get("pid", 0)), 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return int(segment.get("pid", 0)) > 0
+        opened = datetime.fromisoformat(segment["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return True  # nothing to compare with: the pid alone, as before
+    return _started_at(ticks) <= opened + 2.0  # "started" is cut to the second, the boot time too
+
+
+def _started_at(ticks: str) -> float:
+    """The wall time a process started, from its start time in clock ticks after boot (0.0, long
+    ago, when the boot time cannot be read: the pid alone then decides, as before)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError):
+        return 0.0
 
 
 def make_wandb_api():

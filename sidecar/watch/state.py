@@ -135,9 +135,10 @@ IN_FLIGHT_FIELDS = {"checkpoint": "name", "path": "path", "started": "text", "st
                     "attempt": "text"}
 # a table row's bookkeeping fields (reporters.rows.ROW_FIELDS; checkpoint_step is read first), all else: "number?"
 ROW_SHAPES = {"checkpoint_name": "text", "metrics_path": "text", "eval_params": "object"}
-SEGMENT_FIELDS = {"dir": "path", "mode": "text", "run_id": "text", "started": "text", "pid": "pid", "host": "text",
-                  "steps": "steps", "closed": "flag", "run": "text", "core_pid": "pid", "core_start": "text",
-                  "synced": "text-or-flag", "reconciled": "text", "origin": "text"}
+SEGMENT_FIELDS = {"dir": "path", "mode": "text", "run_id": "text", "started": "text", "pid": "pid",
+                  "pid_start": "text", "host": "text", "steps": "steps", "closed": "flag", "run": "text",
+                  "core_pid": "pid", "core_start": "text", "synced": "text-or-flag", "reconciled": "text",
+                  "origin": "text"}
 
 
 def _by_step(value: object, field: str, fields: dict[str, str]) -> dict[int, dict]:
