@@ -2,7 +2,7 @@
 # Manager for eval_wandb_sidecar.py: run it in the background, stop it, see it.
 #
 #   bash eval_wandb_sidecar.sh start  [--instance NAME] [sidecar flags...]   detached watch
-#   bash eval_wandb_sidecar.sh stop   [--instance NAME]
+#   bash eval_wandb_sidecar.sh stop   [--instance NAME]    SIGTERM; SIGKILL after STOP_TIMEOUT; its evals too
 #   bash eval_wandb_sidecar.sh status [--instance NAME]    exit 0 running, 1 stopped, 3 stale pid file
 #   bash eval_wandb_sidecar.sh tail   [--instance NAME]
 #   bash eval_wandb_sidecar.sh run|once [--instance NAME] [sidecar flags...]  foreground
@@ -22,7 +22,7 @@ START_CHECK_SECONDS="${START_CHECK_SECONDS:-2}"
 me="eval_wandb_sidecar.sh"
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 if [[ $# -lt 1 ]]; then usage >&2; exit 2; fi
@@ -115,6 +115,49 @@ proc_state() {
   echo "running $pid $ticks"
 }
 
+# owned_evals PID TICKS: "PID TICKS" of each process whose environment names the sidecar that
+# started at TICKS as PID as its owner: every local eval of that sidecar and their children, also
+# those in sessions of their own. The sidecar puts EVAL_SIDECAR_OWNER=PID:TICKS, or an attempt tag
+# ending in -PID-TICKS, in each eval's environment. One grep reads every environment.
+owned_evals() {
+  local f p t
+  while IFS= read -r f; do
+    p="${f#/proc/}"; p="${p%/environ}"
+    [[ "$p" =~ ^[0-9]+$ && "$p" != "$$" ]] || continue
+    t="$(start_ticks "$p")"
+    [[ -z "$t" ]] || echo "$p $t"
+  done < <(grep -lzxE -- "EVAL_SIDECAR_OWNER=$1:$2|EVAL_SIDECAR_ATTEMPT=.*-$1-$2" /proc/[0-9]*/environ \
+             2>/dev/null || true)
+}
+
+# stop_evals PID TICKS: SIGTERM each process owned_evals finds (once each, also those that appear
+# meanwhile), up to STOP_TIMEOUT seconds for them to end, then SIGKILL to what is left
+stop_evals() {
+  local found p t deadline
+  local -A termed=()
+  found="$(owned_evals "$1" "$2")"
+  [[ -n "$found" ]] || return 0
+  echo "$me: stopping the eval processes the sidecar left running (pids $(cut -d ' ' -f 1 <<<"$found" | paste -sd ' '))"
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  while [[ -n "$found" ]] && (( SECONDS < deadline )); do
+    while read -r p t; do
+      [[ -z "${termed[$p:$t]:-}" ]] || continue
+      termed[$p:$t]=1
+      same_process "$p" "$t" && kill -TERM "$p" 2>/dev/null || true
+    done <<<"$found"
+    sleep 0.2
+    found="$(owned_evals "$1" "$2")"
+  done
+  for _ in 1 2 3; do  # again while a dying process still starts children
+    [[ -n "$found" ]] || return 0
+    echo "$me: eval processes still running after ${STOP_TIMEOUT}s; sending SIGKILL to pids" \
+         "$(cut -d ' ' -f 1 <<<"$found" | paste -sd ' ')"
+    while read -r p t; do same_process "$p" "$t" && kill -KILL "$p" 2>/dev/null || true; done <<<"$found"
+    sleep 0.2
+    found="$(owned_evals "$1" "$2")"
+  done
+}
+
 saved_args() {  # the folder and flags the instance was started with, for `status`
   saved=(); saved_cwd="$PWD"
   if [[ -f "$args_file" ]]; then
@@ -179,6 +222,11 @@ case "$command" in
       echo "$me: still running after ${STOP_TIMEOUT}s; sending SIGKILL to process group $pid"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
+    # Local evals run in sessions of their own, beyond the group: a killed sidecar leaves them
+    # holding the GPUs, and even a clean stop may leave a child that slipped away. Each carries
+    # its sidecar's pid and start time in its environment; Slurm jobs do not, so the jobs a Slurm
+    # sidecar leaves running on purpose are never touched.
+    stop_evals "$pid" "$ticks"
     rm -f -- "$pid_file"
     echo "$me: stopped instance '$INSTANCE'"
     ;;

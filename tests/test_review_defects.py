@@ -206,3 +206,104 @@ def test_a_start_stops_the_wandb_core_of_a_crashed_sidecar_whose_pid_was_reused(
         assert json.loads(path.read_text())["wandb_segments"][0]["closed"] is True
     finally:
         _end(unrelated, core)
+
+
+# ----- 5: the manager's stop ends the evals of the sidecar it stopped ---------------------------------------------
+def manage(ws, tmp_path, *args, **env):
+    environ = ws.env(PYTHON_BIN=sys.executable, MANAGER_DIR=str(tmp_path / "manager dir"), **env)
+    return subprocess.run(["bash", str(MANAGER), *args], cwd=tmp_path, env=environ, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _track(tmp_path, name: str, proc: subprocess.Popen) -> str:
+    """Write the pid file the manager's `start` writes for `proc`; returns its start time."""
+    ticks = wait_for(lambda: process_start_time(proc.pid))
+    folder = tmp_path / "manager dir"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.pid").write_text(f"{proc.pid}\nstart={ticks} boot={_boot_id()}\n")
+    return ticks
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+EVAL = 'trap "" TERM; sleep 600 & echo $! > "$1"; wait'  # ignores SIGTERM, and so does its child
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    ignored = re.search(r"^SigIgn:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return bool(int(ignored.group(1), 16) & (1 << (15 - 1)))
+
+
+def test_stop_kills_the_evals_of_a_sidecar_it_had_to_kill_and_leaves_other_sidecars_evals(ws, tmp_path):
+    sidecar = _live(sys.executable, "-c", STUBBORN, start_new_session=True)
+    wait_for(lambda: _ignores_sigterm(sidecar.pid))
+    ticks = _track(tmp_path, "x", sidecar)
+    child_file = tmp_path / "child"
+
+    def tagged(*argv: str, **tags: str) -> subprocess.Popen:
+        # the evals run in sessions of their own, out of reach of the sidecar's process group
+        return _live(*argv, env={**os.environ, **tags}, start_new_session=True)
+
+    evaluation = tagged("bash", "-c", EVAL, "eval", str(child_file), EVAL_SIDECAR_OWNER=f"{sidecar.pid}:{ticks}")
+    attempt = tagged("sleep", "600", EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-{ticks}")
+    other = tagged("sleep", "600", EVAL_SIDECAR_OWNER=f"{sidecar.pid}:{ticks}0",
+                   EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-{ticks}0")
+    earlier = tagged("sleep", "600", EVAL_SIDECAR_OWNER=f"{sidecar.pid}:1")  # a reused pid's earlier sidecar
+    try:
+        child = int(wait_for(lambda: child_file.read_text().strip()))
+        stop = manage(ws, tmp_path, "stop", "--instance", "x", STOP_TIMEOUT="1")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "sending SIGKILL to process group" in stop.stdout, stop.stdout
+        assert "stopping the eval processes the sidecar left running" in stop.stdout, stop.stdout
+        assert "stopped instance 'x'" in stop.stdout
+        for pid in (sidecar.pid, evaluation.pid, child, attempt.pid):
+            wait_for(lambda: process_gone(pid), timeout=10)
+        assert other.poll() is None and earlier.poll() is None
+    finally:
+        _end(sidecar, evaluation, attempt, other, earlier)
+
+
+def test_stop_after_a_clean_exit_still_ends_what_its_evals_left_running(ws, tmp_path):
+    sidecar = _live("sleep", "600", start_new_session=True)  # ends at the first SIGTERM
+    ticks = _track(tmp_path, "y", sidecar)
+    leftover = _live("sleep", "600", env={**os.environ, "EVAL_SIDECAR_OWNER": f"{sidecar.pid}:{ticks}"},
+                     start_new_session=True)
+    try:
+        stop = manage(ws, tmp_path, "stop", "--instance", "y", STOP_TIMEOUT="5")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "SIGKILL" not in stop.stdout, stop.stdout
+        assert f"(pids {leftover.pid})" in stop.stdout, stop.stdout
+        wait_for(lambda: process_gone(leftover.pid), timeout=10)
+    finally:
+        _end(sidecar, leftover)
+
+
+def _tagged(ctl: Path) -> list[int]:
+    """Pids of the processes whose environment names this test's stand-in control folder."""
+    needle = f"STANDIN_CONTROL={ctl}".encode()
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ and not process_gone(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def test_stop_of_a_real_sidecar_it_had_to_kill_leaves_no_eval_running(ws, tmp_path):
+    """Needs the local executor to name its sidecar (pid and start ticks) in each eval's environment."""
+    ws.checkpoint(100)
+    ws.mode(100, "ignore-term")
+    started = manage(ws, tmp_path, "start", "--instance", "stubborn",
+                     *ws.args("--poll-interval-seconds", "3600", "--eval-kill-grace-seconds", "600"))
+    assert started.returncode == 0, started.stdout + started.stderr
+    grandchild = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").read_text().strip()))
+    stopped = manage(ws, tmp_path, "stop", "--instance", "stubborn", STOP_TIMEOUT="2")
+    assert stopped.returncode == 0 and "SIGKILL" in stopped.stdout, stopped.stdout
+    wait_for(lambda: process_gone(grandchild), timeout=10)  # not only at the next start
+    wait_for(lambda: not _tagged(ws.ctl), timeout=10)
