@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, process_gone, wait_for
+from test_manager import manage
 
 from sidecar.config import build_config, build_parser
 from sidecar.executors.processes import process_start_time
@@ -24,7 +25,6 @@ from sidecar.watch.state import State, dump_state, read_state, utc_iso
 from sidecar.watch.status import format_status, summarize
 
 PROG = "eval_wandb_sidecar.py"
-MANAGER = ROOT / "eval_wandb_sidecar.sh"
 
 
 def _state_path(ws, *extra: str) -> Path:
@@ -209,12 +209,6 @@ def test_a_start_stops_the_wandb_core_of_a_crashed_sidecar_whose_pid_was_reused(
 
 
 # ----- 5: the manager's stop ends the evals of the sidecar it stopped ---------------------------------------------
-def manage(ws, tmp_path, *args, **env):
-    environ = ws.env(PYTHON_BIN=sys.executable, MANAGER_DIR=str(tmp_path / "manager dir"), **env)
-    return subprocess.run(["bash", str(MANAGER), *args], cwd=tmp_path, env=environ, capture_output=True,
-                          text=True, timeout=120)
-
-
 def _boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
