@@ -224,7 +224,8 @@ class ScriptedExecutor:
     left plays `default` (None: it is noted in `unscripted`, and the attempt is not started).
     `start` sends `Started` at once (with a fake pid); when the attempt's time has come it writes
     the metrics file (at `metrics_path(job)`, set by the harness from the pipeline's own
-    `ModelPipeline.metrics_path`) and sends one `Finished`. `cancel_all` ends every running attempt as CANCELLED at the current fake time.
+    `ModelPipeline.metrics_path`) and sends one `Finished`. `cancel_all` ends every running
+    attempt as CANCELLED at the current fake time.
     Every job is kept in `runs`."""
 
     name = "local"
