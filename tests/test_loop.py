@@ -365,9 +365,7 @@ def test_the_fake_clock_refuses_a_wait_that_nothing_would_end(tmp_path):
     assert clock.wait(event, None) is False and stops == [7.5]
 
 
-# ----- defects found (xfail until fixed) -------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="Scheduler.start registers the eval in `running` before executor.start "
-                   "and keeps it when start raises: Sidecar.close() then waits for ever for an eval that never began")
+# ----- defects found in review (each failed before its fix) ------------------------------------------
 def test_an_executor_whose_start_raises_does_not_hang_the_shutdown(tmp_path):
     h = harness(tmp_path, script={100: [Step(raises=RuntimeError("can't start new thread"))]}, default=None)
     h.checkpoint(100)
@@ -383,9 +381,6 @@ def test_an_executor_whose_start_raises_does_not_hang_the_shutdown(tmp_path):
     assert [r.job.step for r in again.runs] == [100] and again.state().processed == {100}
 
 
-@pytest.mark.xfail(strict=True, reason="an error that ends the loop while evals run (here a state write error "
-                   "under --once) leaves them running: Sidecar.close() (all the entry point calls then) never "
-                   "stops them, its _finish_running waits for them to end on their own (hours)")
 def test_an_error_that_ends_the_loop_stops_the_evals_still_running(tmp_path):
     h = harness(tmp_path, "--once", "--gpu-slots", "0;1", script={100: [exits(1, after=30.0)],
                                                                   200: [succeeds(after=3000.0)]}, default=None)

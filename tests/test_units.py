@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sidecar.watch.discover import Checkpoint, parse_step
+from sidecar.checkpoints import Checkpoint, parse_step
 from sidecar.watch.metrics import parse_metrics, read_metrics
 from sidecar.watch.plan import Policy, backoff_delay, next_wake, plan, record_failure
 from sidecar.watch.readiness import ReadinessTracker

@@ -41,6 +41,7 @@ def adopt_state(state: State | None, config: Config, store_path) -> State:
         log.warning("decoding parameters changed since the last start (%s); new rows record them in eval_params",
                     changed)
     state.eval_params = params
+    state.max_attempts = config.max_attempts  # status judges "given up" by what the sidecar uses
     if config.retry_failed and state.failed:
         log.info("--retry-failed: %d failed checkpoint(s) get a fresh attempt budget", reset_failures(state))
     if state.upgraded_from == 1 and state.rows and not state.segments:

@@ -113,7 +113,11 @@ class Scheduler:
     def start(self, key: EvalKey, job: EvalJob, slot: int, metrics_path: Path, subject=None) -> None:
         """Start a prepared eval on `slot` of the configured executor."""
         self.running[key] = Running(key, self.executor, slot, metrics_path, job.log_path, subject)
-        self.executor.start(key, job, self._emit)
+        try:
+            self.executor.start(key, job, self._emit)
+        except BaseException:
+            del self.running[key]  # nothing runs: its in-flight record makes the next start run it again
+            raise
 
     def resume(self, key: EvalKey, record: dict, job: EvalJob, metrics_path: Path, subject=None) -> None:
         """Follow an eval an earlier sidecar started, on the executor that owns its record."""

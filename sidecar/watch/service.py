@@ -98,7 +98,8 @@ class Sidecar:
         self.wake.set()
 
     def close(self) -> None:
-        """Wait for the stopped evals, flush state, close the reporter, release the lock."""
+        """Stop the evals still running (an error may have ended the loop) and wait for them, flush
+        state, close the reporter, release the lock."""
         crash_point("shutdown")
         if self._lock_lost:  # another sidecar owns this configuration now: stop our evals, write nothing
             self.scheduler.leave_running()  # Slurm jobs are the new holder's (it re-attaches to them)
@@ -106,6 +107,7 @@ class Sidecar:
             self.request_stop()
             self._finish_running(record=False)
             return
+        self.request_stop()
         try:
             if self.state is not None:
                 self._finish_running()
