@@ -174,7 +174,7 @@ def cmd_sync(argv: list[str]) -> int:
     require_wandb("online")
     from sidecar.watch.state import ProcessLock, StateStore
     from sidecar.reporters.wandb import options_for
-    from sidecar.reporters.sync import run_sync, sync_target
+    from sidecar.watch.sync import run_sync, sync_target
 
     repo = Path(values["repo_root"]).expanduser().resolve()
     search = [*more, repo / "wandb", Path.cwd() / "wandb", path.parent.parent.parent / "wandb"]

@@ -117,8 +117,8 @@ proc_state() {
 
 # owned_evals PID TICKS: "PID TICKS" of each process whose environment names the sidecar that
 # started at TICKS as PID as its owner: every local eval of that sidecar and their children, also
-# those in sessions of their own. The sidecar puts EVAL_SIDECAR_OWNER=PID:TICKS, or an attempt tag
-# ending in -PID-TICKS, in each eval's environment. One grep reads every environment.
+# those in sessions of their own. The sidecar puts an attempt tag ending in -PID-TICKS in each
+# eval's environment (EVAL_SIDECAR_ATTEMPT). One grep reads every environment.
 owned_evals() {
   local f p t
   while IFS= read -r f; do
@@ -126,7 +126,7 @@ owned_evals() {
     [[ "$p" =~ ^[0-9]+$ && "$p" != "$$" ]] || continue
     t="$(start_ticks "$p")"
     [[ -z "$t" ]] || echo "$p $t"
-  done < <(grep -lzxE -- "EVAL_SIDECAR_OWNER=$1:$2|EVAL_SIDECAR_ATTEMPT=.*-$1-$2" /proc/[0-9]*/environ \
+  done < <(grep -lzxE -- "EVAL_SIDECAR_ATTEMPT=[0-9]+-[0-9a-f]+-$1-$2" /proc/[0-9]*/environ \
              2>/dev/null || true)
 }
 

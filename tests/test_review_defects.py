@@ -240,11 +240,12 @@ def test_stop_kills_the_evals_of_a_sidecar_it_had_to_kill_and_leaves_other_sidec
         # the evals run in sessions of their own, out of reach of the sidecar's process group
         return _live(*argv, env={**os.environ, **tags}, start_new_session=True)
 
-    evaluation = tagged("bash", "-c", EVAL, "eval", str(child_file), EVAL_SIDECAR_OWNER=f"{sidecar.pid}:{ticks}")
+    evaluation = tagged("bash", "-c", EVAL, "eval", str(child_file),
+                        EVAL_SIDECAR_ATTEMPT=f"200-fedcba9876543210-{sidecar.pid}-{ticks}")
     attempt = tagged("sleep", "600", EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-{ticks}")
-    other = tagged("sleep", "600", EVAL_SIDECAR_OWNER=f"{sidecar.pid}:{ticks}0",
-                   EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-{ticks}0")
-    earlier = tagged("sleep", "600", EVAL_SIDECAR_OWNER=f"{sidecar.pid}:1")  # a reused pid's earlier sidecar
+    other = tagged("sleep", "600", EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-{ticks}0")
+    # a reused pid's earlier sidecar
+    earlier = tagged("sleep", "600", EVAL_SIDECAR_ATTEMPT=f"100-0123456789abcdef-{sidecar.pid}-1")
     try:
         child = int(wait_for(lambda: child_file.read_text().strip()))
         stop = manage(ws, tmp_path, "stop", "--instance", "x", STOP_TIMEOUT="1")
@@ -262,8 +263,8 @@ def test_stop_kills_the_evals_of_a_sidecar_it_had_to_kill_and_leaves_other_sidec
 def test_stop_after_a_clean_exit_still_ends_what_its_evals_left_running(ws, tmp_path):
     sidecar = _live("sleep", "600", start_new_session=True)  # ends at the first SIGTERM
     ticks = _track(tmp_path, "y", sidecar)
-    leftover = _live("sleep", "600", env={**os.environ, "EVAL_SIDECAR_OWNER": f"{sidecar.pid}:{ticks}"},
-                     start_new_session=True)
+    tag = f"100-0123456789abcdef-{sidecar.pid}-{ticks}"
+    leftover = _live("sleep", "600", env={**os.environ, "EVAL_SIDECAR_ATTEMPT": tag}, start_new_session=True)
     try:
         stop = manage(ws, tmp_path, "stop", "--instance", "y", STOP_TIMEOUT="5")
         assert stop.returncode == 0, stop.stdout + stop.stderr

@@ -253,7 +253,7 @@ class UploadRecord:
     def save(self, base: str, version: int, key: str, sent: dict | None) -> None:
         """Write this target's version and (if given) its sent steps; other targets are kept as
         the file holds them now."""
-        from ..watch.state import write_atomic
+        from ..files import write_atomic
 
         try:
             data = json.loads(self.path.read_text())

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 from ..crash import crash_point
 from ..executors.processes import child_processes, kill_orphan, process_start_time, run_command
-from ..watch.metrics import clean_name
+from ..files import clean_name
 from .base import Delivery, Reconciled, ReportBatch, run_key, same_run
 from .rows import (BASE_METRICS, MAX_WANDB_METRICS, metric_names, same_row, summary_from_rows, table_columns,
                    wandb_metrics)

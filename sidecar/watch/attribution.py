@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from .state import write_atomic
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,21 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MetricsError
-from ..files import FileProblem, read_capped
+from ..files import FileProblem, clean_name, read_capped
 
 log = logging.getLogger(__name__)
 
 METRICS_MAX_BYTES = 32 * 1024 * 1024  # a metrics.json larger than this is refused, never read
-
-
-def clean_name(name: str) -> str:
-    """Text that is valid UTF-8: a lone surrogate (JSON `"\\ud800"` in a metric name, a path's
-    non-UTF-8 byte) cannot be sent to W&B, so it is kept as its escape, `\\ud800`."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def flatten(obj: dict, prefix: str = "") -> dict[str, object]:

@@ -13,15 +13,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import socket
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError, LockHeld, LockLost, LockUnavailable, StateCorrupt, StateTooNew, StateWriteError
-from ..crash import crash_point
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -303,70 +301,6 @@ def read_state(path: Path) -> State | None:
         raise StateCorrupt(path, (str(exc).splitlines() or [type(exc).__name__])[0][:300]) from exc
     # a newer release's file: its fields may mean what this release cannot know, so nothing is read or rewritten
     raise StateTooNew(path, data["version"], tuple(range(1, VERSION + 1)))
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()  # read once at import, before any thread exists
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
-    """Write `text` to a new temp file beside `path`, fsync it and replace `path` with it.
-
-    With `keep_backup`, the file being replaced stays as `<path>.bak` (a hard link, so no copy;
-    a copy where links are not supported). Temp names are unique and created exclusively, so a
-    leftover of a killed writer is never written through. Raises OSError; `path` is then unchanged.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    bak_tmp = None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; state files follow the user's umask
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        crash_point("state-write")  # the new text is on disk beside the state, not yet in place
-        if keep_backup and path.exists():
-            bak_tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.bak.tmp")
-            try:
-                os.link(path, bak_tmp)
-            except FileExistsError:
-                raise
-            except OSError:
-                copy_fd, copy_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bak.tmp")
-                bak_tmp = Path(copy_name)
-                with os.fdopen(copy_fd, "wb") as fh:
-                    fh.write(path.read_bytes())
-            os.replace(bak_tmp, Path(f"{path}.bak"))
-            bak_tmp = None
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, bak_tmp):
-            if leftover is not None:
-                try:
-                    leftover.unlink()
-                except OSError:
-                    pass
-        raise
-    _fsync_dir(path.parent)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

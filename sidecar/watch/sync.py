@@ -28,10 +28,11 @@ from pathlib import Path
 
 from ..errors import ConfigError, LockHeld
 from ..executors.processes import run_command
-from .base import ReportBatch
-from ..watch.reporting import apply_delivery, reconcile_state
-from ..watch.state import State, StateStore, legacy_synced
-from .wandb import (Outage, QueryUnsupported, WandbOptions, WandbReporter, _redact, _utc_now, history_line_count, read_history)
+from ..reporters.base import ReportBatch
+from ..reporters.wandb import (Outage, QueryUnsupported, WandbOptions, WandbReporter, _redact, _utc_now,
+                               history_line_count, read_history)
+from .reporting import apply_delivery, reconcile_state
+from .state import State, StateStore, legacy_synced
 
 ORIGINAL = "original tool"
 WANDB_SYNC_SECONDS = 600.0  # the least time one `wandb sync` of a folder may take (more for big folders)
