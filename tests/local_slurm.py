@@ -22,6 +22,15 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
 
 
+def started_or_skip(skip) -> "LocalSlurm":
+    """A started cluster for a test session, or `skip(reason)` (pytest.skip) where Slurm is not
+    installed."""
+    missing = missing_binaries()
+    if missing:
+        skip(f"Slurm is not installed here (missing {', '.join(missing)}); .ci/run installs it with apt-get")
+    return LocalSlurm().start()
+
+
 def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 

@@ -400,16 +400,8 @@ class Harness:
         return self.executor.runs
 
     def run_once(self) -> int:
-        """start, run_once, close (as `--once` does); returns run_once's count of outcomes.
-        (On an error it stops the evals before closing, so a failing test ends at once.)"""
-        self.sidecar.start()
-        try:
-            done = self.sidecar.run_once()
-        except BaseException:
-            self.sidecar.request_stop()
-            raise
-        finally:
-            self.sidecar.close()
+        """start, run_once, close (as `--once` does); returns run_once's count of outcomes."""
+        done = self._session(self.sidecar.run_once)
         self._check_script()
         return done
 
@@ -418,15 +410,17 @@ class Harness:
         seconds (as SIGTERM would), close."""
         self.clock.at(stop_at, self.sidecar.request_stop)
         self.clock.horizon = stop_at + 3600.0
+        self._session(lambda: self.sidecar.run_forever(watcher=None))
+        self._check_script()
+
+    def _session(self, body):
+        """start, body, close (which also stops what still runs when the body failed, so a failing
+        test ends at once), as the entry point does."""
         self.sidecar.start()
         try:
-            self.sidecar.run_forever(watcher=None)
-        except BaseException:
-            self.sidecar.request_stop()
-            raise
+            return body()
         finally:
             self.sidecar.close()
-        self._check_script()
 
     def _check_script(self) -> None:
         assert not self.executor.unscripted, f"evals started that the test did not script: {self.executor.unscripted}"

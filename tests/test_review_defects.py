@@ -301,3 +301,69 @@ def test_stop_of_a_real_sidecar_it_had_to_kill_leaves_no_eval_running(ws, tmp_pa
     assert stopped.returncode == 0 and "SIGKILL" in stopped.stdout, stopped.stdout
     wait_for(lambda: process_gone(grandchild), timeout=10)  # not only at the next start
     wait_for(lambda: not _tagged(ws.ctl), timeout=10)
+
+
+class _RecordingReporter:
+    """Stands in for W&B (a cloud server): keeps a copy of each batch's pending rows, never the
+    row objects themselves (as the W&B worker drops a snapshot once written)."""
+
+    enabled = True
+    mode = "offline"
+
+    def __init__(self) -> None:
+        self.batches: list[dict[int, dict]] = []
+
+    def bind(self, run_id, run_name, on_delivery=None) -> None:
+        return None
+
+    def report(self, batch) -> None:
+        self.batches.append({step: dict(row) for step, row in batch.pending.items()})
+
+    def collect(self) -> list:
+        return []
+
+    def reconcile(self, segments, rows, unreported):
+        from sidecar.reporters.base import Reconciled
+
+        return Reconciled()
+
+    def close(self) -> None:
+        return None
+
+    def abandon(self) -> None:
+        return None
+
+
+def test_a_row_replaced_twice_between_reports_is_reported_even_when_it_reuses_the_old_rows_id(ws):
+    """The service told a re-evaluated row from the reported one by `id()` of the row dict: a row
+    replaced twice before the next report (saving failed meanwhile, say) can get the first row's
+    id back (CPython reuses a freed dict's memory at once), and was then never handed on."""
+    import eval_wandb_sidecar
+    from sidecar.checkpoints import Checkpoint
+    from sidecar.clock import SystemClock
+    from sidecar.watch.plan import record_success
+    from sidecar.watch.service import Sidecar
+
+    args = vars(build_parser(eval_wandb_sidecar.PROG).parse_args(ws.args("--once")))
+    reporter = _RecordingReporter()
+    sidecar = Sidecar(build_config(args, ws.env(), ws.repo), SystemClock(), ws.env(), reporter=reporter)
+    sidecar.start()
+    try:
+        pipeline, state = sidecar.pipeline, sidecar.state
+        ckpt = Checkpoint(100, "checkpoint-100", ws.sft)
+
+        def row(value: float) -> dict:
+            return {"checkpoint_step": 100, "checkpoint_name": ckpt.name, "HR@10": value, "metrics_path": "m"}
+
+        record_success(state, row(0.1))
+        pipeline.report()
+        assert [b[100]["HR@10"] for b in reporter.batches] == [0.1]
+        first = id(state.rows[100])
+        record_success(state, row(0.2))  # the reported row is freed here ...
+        third = row(0.3)  # ... and its memory holds the next row
+        assert id(third) == first, "precondition: CPython reused the freed row's memory"
+        record_success(state, third)
+        pipeline.report()
+        assert [b[100]["HR@10"] for b in reporter.batches] == [0.1, 0.3]
+    finally:
+        sidecar.close()

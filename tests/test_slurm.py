@@ -15,17 +15,14 @@ import time
 
 import pytest
 from conftest import ENTRY, wait_for
-from local_slurm import LocalSlurm, missing_binaries
+from local_slurm import LocalSlurm, started_or_skip
 
 POLL = ("--slurm-poll-seconds", "0.3")
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"Slurm is not installed here (missing {', '.join(missing)}); .ci/run installs it with apt-get")
-    cluster = LocalSlurm().start()
+    cluster = started_or_skip(pytest.skip)
     yield cluster
     cluster.stop()
 

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 from conftest import wait_for
-from local_slurm import LocalSlurm, missing_binaries
+from local_slurm import LocalSlurm, started_or_skip
 
 from sidecar.executors.base import EvalJob, Finished, Outcome, Started, Updated
 from sidecar.executors.slurm import SlurmExecutor, parse_squeue
@@ -35,10 +35,7 @@ SHIMMED = ("squeue", "scontrol", "scancel")
 
 @pytest.fixture(scope="session")
 def cluster():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"Slurm is not installed here (missing {', '.join(missing)}); .ci/run installs it with apt-get")
-    slurm = LocalSlurm().start()
+    slurm = started_or_skip(pytest.skip)
     yield slurm
     slurm.stop()
 

@@ -71,7 +71,6 @@ class ModelPipeline:
         self._warned_unattributed = False
         self._first_scan = True
         self._startup = True  # the first scan lists the folders there at start-up (readiness)
-        self._revision: dict[int, int] = {}  # step -> how often its row was replaced in this process
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self.dirty = False
@@ -420,7 +419,6 @@ class ModelPipeline:
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)
         record_success(self.state, row)
-        self._revision[ckpt.step] = self._revision.get(ckpt.step, 0) + 1
         self.readiness.forget(ckpt.step)
         self._interrupted.discard(ckpt.step)
         if ckpt.step in self.policy.force_steps:
@@ -467,7 +465,7 @@ class ModelPipeline:
         if self.dirty or not self.reporter.enabled or not (state.unreported or state.sent or self._seal):
             return
         pending = {s: state.rows[s] for s in state.unreported if s in state.rows}
-        key = (frozenset((s, self._revision.get(s, 0)) for s in pending), bool(state.sent), self._seal)
+        key = (frozenset((s, state.revisions.get(s, 0)) for s in pending), bool(state.sent), self._seal)
         if key != self._submitted:
             self.reporter.report(ReportBatch(pending, dict(state.rows), dict(state.sent), state.sent_run, self._seal))
             self._submitted = key

@@ -88,6 +88,7 @@ def record_success(state: State, row: dict) -> None:
     step = int(row["checkpoint_step"])
     state.processed.add(step)
     state.rows[step] = row
+    state.revisions[step] = state.revisions.get(step, 0) + 1
     state.failed.pop(step, None)
     state.vanished.pop(step, None)
     state.in_flight.pop(step, None)

@@ -188,6 +188,9 @@ class State:
         self.max_attempts: int | None = None  # --max-attempts of the sidecar that last started (None: not known)
         self.extra: dict = {}
         self.upgraded_from: int | None = None
+        # in memory only: how often each step's row was replaced in this process (what tells a
+        # re-evaluated row from the one reported before; object ids are reused)
+        self.revisions: dict[int, int] = {}
 
     @classmethod
     def from_dict(cls, data: dict) -> "State":
