@@ -227,7 +227,7 @@ def _align_child(sources: int, steps: int, metrics: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from sidecar import align as align_mode
+    from sidecar.align import run as align_mode
     from sidecar.align.config import parse_align_config
     from sidecar.align.swanlab_io import upload
 
