@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import secrets
 import shutil
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Callable
 from sidecar.checkpoints import Checkpoint
 from sidecar.config import build_config, build_parser
 from sidecar.executors.base import EvalJob, EvalResult, Finished, Outcome, Started
-from sidecar.executors.processes import ATTEMPT_ENV
+from sidecar.executors.local import LocalExecutor
 from sidecar.watch.service import Sidecar
 from sidecar.watch.state import read_state
 
@@ -177,6 +176,7 @@ class Step:
     consume_attempt: bool = True
     started: bool = True
     raises: BaseException | None = None
+    deaf: bool = False  # not even a cancel ends it (an executor that loses an eval's Finished)
 
 
 def succeeds(metrics: dict | str | Callable[[int], dict] | None = default_metrics, after: float = 30.0) -> Step:
@@ -199,6 +199,10 @@ def runs_until_cancelled() -> Step:
     return Step(math.inf)
 
 
+def never_ends() -> Step:
+    return Step(math.inf, deaf=True)
+
+
 @dataclass
 class Run:
     """One job the scripted executor was given, and what became of it (times: fake seconds)."""
@@ -216,9 +220,10 @@ class Run:
     emit: Callable | None = None
 
 
-class ScriptedExecutor:
-    """A stand-in for the eval processes, implementing the `Executor` protocol (`local`'s rules
-    for tags, ownership and recovery), driven by the fake clock.
+class ScriptedExecutor(LocalExecutor):
+    """A stand-in for the eval processes, implementing the `Executor` protocol (the local
+    executor's slots, tags, ownership and log line, inherited; recovery only noted), driven by
+    the fake clock.
 
     `script`: step -> the attempts of that step in order (a `Step` each); a step without a script
     left plays `default` (None: it is noted in `unscripted`, and the attempt is not started).
@@ -232,8 +237,8 @@ class ScriptedExecutor:
 
     def __init__(self, clock: FakeClock, slots: tuple[str, ...] = ("0",), script: dict[int, list[Step]] | None = None,
                  default: Step | None = None) -> None:
+        super().__init__(slots)
         self.clock = clock
-        self.gpu_slots = tuple(slots)
         self.script = {step: list(steps) for step, steps in (script or {}).items()}
         self.default = default
         self.metrics_path: Callable[[EvalJob], Path] | None = None
@@ -245,30 +250,12 @@ class ScriptedExecutor:
         self.left_running = False
         self._pids = itertools.count(40001)
 
-    def slots(self) -> list[str]:
-        return list(self.gpu_slots)
-
-    def prepare(self, job: EvalJob) -> tuple[EvalJob, dict]:
-        tag = f"{job.step}-{secrets.token_hex(8)}-scripted"
-        record = {"attempt": tag, **({"gpus": job.gpus} if job.gpus else {})}
-        return EvalJob(job.argv, job.cwd, {**job.env, ATTEMPT_ENV: tag}, job.log_path, job.timeout, job.name, tag,
-                       job.attach, job.adopt, job.gpus, job.step), record
-
-    def owns(self, record: dict) -> bool:
-        return not (record.get("job_id") or record.get("slurm_tag"))
-
     def recover(self, record: dict) -> bool:
         self.recovered.append(dict(record))
         return False
 
     def resume(self, key, record: dict, job: EvalJob, emit) -> None:
         raise NotImplementedError("a scripted local eval is never resumed")
-
-    def where(self, job: EvalJob) -> str:
-        return f"on GPUs {job.gpus or '-'}"
-
-    def missing_commands(self) -> list[str]:
-        return []
 
     def start(self, key, job: EvalJob, emit) -> None:
         steps = self.script.get(job.step)
@@ -318,6 +305,8 @@ class ScriptedExecutor:
         goes at once on SIGTERM); never blocks."""
         self.cancelled = True
         for run in list(self.active.values()):
+            if run.step.deaf:
+                continue
             if run.alarm is not None:
                 run.alarm.active = False
             self.clock.after(0.0, lambda run=run: self._end(run, run.emit, EvalResult(

@@ -199,7 +199,7 @@ def test_prepare_tags_the_attempt_in_the_childs_environment_and_the_record(tmp_p
     assert (eval_job.argv, eval_job.cwd, eval_job.log_path) == (raw.argv, raw.cwd, raw.log_path)
     again, _ = executor.prepare(raw)
     assert again.tag != eval_job.tag  # every attempt gets a name of its own
-    assert executor.prepare(job(tmp_path, "exit 0"))[1].keys() == {"attempt"}  # no gpus: none recorded
+    assert executor.prepare(job(tmp_path, "exit 0"))[1]["gpus"] == ""  # a slot without GPUs is recorded as such
     events, _ = run(executor, eval_job)
     assert events.next().result.returncode == 0
     assert out.read_text() == f"{eval_job.tag}|kept ü"

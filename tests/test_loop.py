@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from loop_harness import Step, exits, harness, not_started, runs_until_cancelled, succeeds, times_out
+from loop_harness import Step, exits, harness, never_ends, not_started, runs_until_cancelled, succeeds, times_out
 from sidecar.errors import StateWriteError
 from sidecar.executors.base import Outcome
 from sidecar.executors.processes import ATTEMPT_ENV
@@ -403,3 +403,14 @@ def test_an_error_that_ends_the_loop_stops_the_evals_still_running(tmp_path):
     assert (first.job.step, first.ended_at) == (100, 30.0)
     # the error ended the loop at 30 s: the other eval is stopped then, as at SIGTERM
     assert (second.job.step, second.result.outcome, second.ended_at) == (200, Outcome.CANCELLED, 30.0)
+
+
+def test_an_eval_whose_executor_never_sends_its_end_does_not_hang_the_shutdown(tmp_path, caplog):
+    """Review: close() waited for every eval's Finished without limit; an executor thread that
+    died without one made the sidecar hang at SIGTERM (here on the fake clock: a close that never
+    returns trips the clock's wait limit)."""
+    h = harness(tmp_path, script={100: [never_ends()]}, default=None)
+    h.checkpoint(100)
+    h.run_forever(stop_at=60.0)
+    assert "checkpoint-100 did not end after the stop; left in flight for the next start to settle" in caplog.text
+    assert 100 in h.state().in_flight  # the next start settles it (a local eval: stopped and run again)

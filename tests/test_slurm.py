@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import ENTRY, wait_for
+from conftest import ENTRY, process_gone, wait_for
 from local_slurm import LocalSlurm, started_or_skip
 
 POLL = ("--slurm-poll-seconds", "0.3")
@@ -393,3 +393,27 @@ def test_final_states_map_to_outcomes(state, exit_field, consumed, text):
         assert result.returncode == 0 and not result.error
     else:
         assert result.error == text and result.consume_attempt is consumed
+
+
+def test_a_slurm_sidecar_stops_what_a_killed_local_sidecar_left_and_evaluates_it_again(ws, slurm):
+    """A record of a local eval is the local executor's to recover, also under --executor slurm
+    (review: it was taken for a Slurm attempt submitted by nobody; the orphan kept its GPU)."""
+    ws.checkpoint(100)
+    ws.mode(100, "sleep")  # a local eval that would run for 10 minutes
+    proc = ws.start("--poll-interval-seconds", "3600")
+    wait_for(lambda: (ws.ctl / "started-checkpoint-100").exists())
+    grandchild = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-100").read_text().strip()
+                              if (ws.ctl / "grandchild-checkpoint-100").exists() else ""))
+    wait_for(lambda: ws.state()["in_flight"].get("100", {}).get("pid"))
+    proc.kill()
+    proc.wait()
+    ws.mode(100, "ok")
+    out = ws.run("--once", "--executor", "slurm", *POLL)
+    assert out.returncode == 0, out.stderr
+    assert "checkpoint-100 was being evaluated when the previous sidecar stopped; it will be evaluated again" \
+        in out.stderr, out.stderr
+    wait_for(lambda: process_gone(grandchild))  # the orphan of the local eval was stopped
+    jobs = new_jobs(slurm)
+    assert [j["state"] for j in jobs] == ["COMPLETED"], (jobs, out.stderr)
+    state = ws.state()
+    assert state["processed_steps"] == [100] and state["in_flight"] == {}

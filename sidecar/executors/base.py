@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
+
+
+RECORD_WAIT = 10.0  # seconds a started eval waits for what names it to be saved in state (a kill -9 then finds it)
+
+
+def log_header(what: str, cwd: Path) -> bytes:
+    """The line the sidecar writes into an eval's log file before the eval's own output."""
+    return f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar {what} (cwd {cwd})\n".encode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,6 @@ class EvalJob:
     name: str = ""  # a Slurm job name
     tag: str = ""  # names this attempt for good (local: its processes' environment; Slurm: the job's comment)
     attach: str = ""  # a Slurm job id submitted by an earlier sidecar: track it, submit nothing
-    adopt: bool = False  # an earlier sidecar died around sbatch: find its job by `tag`, submit nothing
     gpus: str = ""  # the CUDA_VISIBLE_DEVICES list of its slot (recorded in state for a local eval)
     step: int = 0  # the checkpoint's step (a local attempt tag begins with it)
 
@@ -85,7 +93,8 @@ Emit = Callable[[object], None]  # takes a Started, Updated or Finished
 
 class Executor(Protocol):
     """Runs evaluations. `start` and `resume` return at once; the executor then sends `Started`
-    (at most once), any `Updated`, and exactly one `Finished` through `emit`, from its own threads."""
+    (at most once), any `Updated`, and exactly one `Finished` through `emit`, from its own threads
+    (whatever goes wrong in them: a job without its `Finished` would be waited for at shutdown)."""
 
     name: str  # "local" or "slurm"
 
@@ -125,8 +134,9 @@ class Executor(Protocol):
         ...
 
     def cancel_all(self) -> None:
-        """Stop everything (signal-safe, never blocks): local evals are terminated; Slurm jobs are
-        left running unless the user asked to cancel them."""
+        """Stop everything, from any thread, without blocking (never from a signal handler itself:
+        see `signals`): local evals are terminated; Slurm jobs are left running unless the user
+        asked to cancel them."""
         ...
 
     def leave_running(self) -> None:

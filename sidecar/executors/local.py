@@ -17,14 +17,13 @@ import time
 from dataclasses import replace
 
 from ..crash import crash_point
-from .base import EvalJob, EvalResult, Finished, Outcome, Started
+from .base import RECORD_WAIT, EvalJob, EvalResult, Finished, Outcome, Started, log_header
 from .processes import (ATTEMPT_ENV, group_alive, owner_tag, process_start_time,
                         reap_orphan, tagged_processes, terminate)
 
 log = logging.getLogger(__name__)
 
 _RESOURCE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM, errno.EAGAIN, errno.EMFILE, errno.ENFILE)
-RECORD_WAIT = 10.0  # seconds a started eval waits for its pid to be saved in state (a kill -9 then finds it)
 
 
 class LocalExecutor:
@@ -51,7 +50,7 @@ class LocalExecutor:
         kill -9 of the sidecar."""
         tag = f"{job.step}-{secrets.token_hex(8)}-{self._owner}"
         env = {**job.env, ATTEMPT_ENV: tag}
-        record = {"attempt": tag, **({"gpus": job.gpus} if job.gpus else {})}
+        record = {"attempt": tag, "gpus": job.gpus}
         return replace(job, tag=tag, env=env), record
 
     def owns(self, record: dict) -> bool:
@@ -70,9 +69,14 @@ class LocalExecutor:
         raise NotImplementedError("a local eval is never resumed (recover() says so)")
 
     def start(self, key, job: EvalJob, emit) -> None:
-        worker = threading.Thread(target=lambda: emit(Finished(key, self._run(key, job, emit))),
-                                  name=f"eval-{job.name or job.tag}", daemon=True)
-        worker.start()
+        def run() -> None:
+            try:
+                result = self._run(key, job, emit)
+            except BaseException as exc:  # noqa: BLE001 - every eval ends with one Finished
+                result = EvalResult(Outcome.NOT_STARTED, error=f"{type(exc).__name__}: {exc}")
+            emit(Finished(key, result))
+
+        threading.Thread(target=run, name=f"eval-{job.name or job.tag}", daemon=True).start()
 
     def where(self, job: EvalJob) -> str:
         return f"on GPUs {job.gpus or '-'}"
@@ -81,8 +85,9 @@ class LocalExecutor:
         return []
 
     def cancel_all(self) -> None:
-        """Stop every running eval (never blocks): each group gets SIGTERM, then SIGKILL after the
-        grace period; the thread waiting in `_run` sees its child end and reports `cancelled`."""
+        """Stop every running eval (from any thread, never blocks): each group gets SIGTERM, then
+        SIGKILL after the grace period; the thread waiting in `_run` sees its child end and
+        reports `cancelled`."""
         self._cancelled.set()
         with self._lock:
             pgids = list(self._running)
@@ -106,9 +111,8 @@ class LocalExecutor:
             return EvalResult(Outcome.NOT_STARTED, error=f"cannot open log file {log_path}: {exc.strerror or exc}",
                               consume_attempt=False)
         with out:
-            header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar runs: {argv!r} (cwd {cwd})\n"
             try:
-                out.write(header.encode("utf-8", "replace"))
+                out.write(log_header(f"runs: {argv!r}", cwd))
                 out.flush()
             except OSError as exc:
                 return EvalResult(Outcome.NOT_STARTED, error=f"cannot write log file {log_path}: "

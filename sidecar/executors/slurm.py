@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..crash import crash_point
-from .base import Emit, EvalJob, EvalResult, Finished, Outcome, Started, Updated
+from .base import RECORD_WAIT, Emit, EvalJob, EvalResult, Finished, Outcome, Started, Updated, log_header
 from .processes import run_command
 
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 60.0  # seconds one sbatch/scontrol/sacct call may take
 CANCEL_WAIT = 15.0  # seconds (beyond the kill grace) to wait for a cancelled job to end at shutdown
-RECORD_WAIT = 10.0  # seconds a submitted job waits for its id to be saved in state before it is followed
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")  # what the executor runs (sacct is optional)
 # One line per job: id, state, reason, batch host, time used (reset by a requeue), comment (last:
 # a comment may hold "|").
@@ -254,7 +253,7 @@ class SlurmExecutor:
         """Follow the job an earlier sidecar submitted: its saved job id, else (it died around
         sbatch) the job whose comment is the attempt's tag, if there is one."""
         job_id = job.attach or str(record.get("job_id") or "")
-        job = replace(job, attach=job_id, adopt=not job_id, tag=job.tag or str(record.get("slurm_tag") or ""))
+        job = replace(job, attach=job_id, tag=job.tag or str(record.get("slurm_tag") or ""))
         state = str(record.get("slurm_state") or "PENDING")
         self._helper(f"slurm-resume-{job.name}", self._resume, key, job, state if state in ACTIVE else "PENDING", emit)
 
@@ -270,7 +269,7 @@ class SlurmExecutor:
         return [c for c in COMMANDS if shutil.which(c, path=path) is None]
 
     def cancel_all(self) -> None:
-        """Signal-safe (it only sets events): the watcher leaves the jobs running (re-attached on
+        """From any thread, never blocks (it only sets events): the watcher leaves the jobs running (re-attached on
         the next start) or, with --slurm-cancel-on-exit, cancels them; nothing more is submitted."""
         self._stopping.set()
         self._wake.set()
@@ -294,10 +293,14 @@ class SlurmExecutor:
             threads[0].join(left)
 
     # ----- submission and re-attaching (one short-lived thread each) ------------------------------
-    def _helper(self, name: str, target, *args) -> None:
+    def _helper(self, name: str, target, key, job: EvalJob, *args) -> None:
         def run() -> None:
             try:
-                target(*args)
+                target(key, job, *args)
+            except BaseException as exc:  # noqa: BLE001 - every job ends with one Finished
+                log.exception("slurm: %s failed", name)
+                args[-1](Finished(key, EvalResult(Outcome.NOT_STARTED, error=f"{type(exc).__name__}: {exc}",
+                                                  consume_attempt=False)))
             finally:
                 with self._lock:
                     self._helpers.discard(thread)
@@ -312,8 +315,7 @@ class SlurmExecutor:
         try:
             job.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(job.log_path, "ab") as out:
-                out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} sidecar {what} (cwd {job.cwd})\n"
-                          .encode("utf-8", "replace"))
+                out.write(log_header(what, job.cwd))
         except OSError as exc:
             return f"cannot open log file {job.log_path}: {exc.strerror or exc}"
         return ""
@@ -374,9 +376,9 @@ class SlurmExecutor:
         with self._lock:
             self._tracked[next(self._ids)] = _Tracked(key, job, job_id, emit, started, state)
             if not self._watching:
-                self._watching = True
                 self._watcher = threading.Thread(target=self._watch, name="slurm-watcher", daemon=True)
-                self._watcher.start()
+                self._watcher.start()  # if it cannot start, the next job tries again
+                self._watching = True
         self._wake.set()  # a new job is asked about at once
 
     def _wrapper(self) -> Path:

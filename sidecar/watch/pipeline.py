@@ -115,9 +115,8 @@ class ModelPipeline:
             name = str(entry.get("checkpoint") or f"checkpoint-{step}")
             path = Path(entry["path"]) if entry.get("path") else cfg.sft_root / name
             ckpt = Checkpoint(step, name, path.parent)
-            job_id = str(entry.get("job_id") or "")
-            job = EvalJob([], cfg.repo_root, {}, self._log_path(name), cfg.eval_timeout_seconds, self._job_name(ckpt),
-                          str(entry.get("slurm_tag") or ""), attach=job_id, adopt=not job_id)
+            job = replace(self._job(ckpt, [], {}), tag=str(entry.get("slurm_tag") or ""),
+                          attach=str(entry.get("job_id") or ""))
             self.scheduler.resume(EvalKey(self.model, step), entry, job, self.metrics_path(ckpt), ckpt)
         self._follow.clear()
 
@@ -233,10 +232,8 @@ class ModelPipeline:
             self.dirty = True
             return 1
         cuda = self.scheduler.cuda(slot)
-        job = EvalJob(["bash", str(cfg.eval_script), str(cfg.sft_root)], cfg.repo_root,
-                      {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}, self._log_path(ckpt.name),
-                      cfg.eval_timeout_seconds, self._job_name(ckpt), f"eval-sidecar:{self.model}:{step}", gpus=cuda,
-                      step=step)
+        job = replace(self._job(ckpt, ["bash", str(cfg.eval_script), str(cfg.sft_root)],
+                                {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}), gpus=cuda)
         # The attempt's record (its tag, the state of metrics.json) is saved before the eval
         # exists: whatever happens next, a restart finds what it started and judges its result.
         job, record = self.scheduler.executor.prepare(job)
@@ -314,8 +311,12 @@ class ModelPipeline:
         return {"checkpoint": ckpt.name, "path": str(ckpt.path), "started": utc_iso(now), "started_at": now,
                 "host": self.host}
 
-    def _job_name(self, ckpt: Checkpoint) -> str:
-        return f"sidecar-{self.config.identity.safe_model}-{ckpt.step}"
+    def _job(self, ckpt: Checkpoint, argv: list[str], env: dict[str, str]) -> EvalJob:
+        """The eval of `ckpt`: its log file, timeout, Slurm job name and the prefix of its attempt tag."""
+        cfg = self.config
+        return EvalJob(argv, cfg.repo_root, env, self._log_path(ckpt.name), cfg.eval_timeout_seconds,
+                       f"sidecar-{cfg.identity.safe_model}-{ckpt.step}", f"eval-sidecar:{self.model}:{ckpt.step}",
+                       step=ckpt.step)
 
     def _metrics_mtime(self, ckpt: Checkpoint) -> int | None:
         seen = fingerprint(self.metrics_path(ckpt))

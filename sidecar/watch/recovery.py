@@ -81,7 +81,8 @@ def reconcile_reporting(state: State, config: Config, reporter) -> bool:
     """Point the state at this W&B run, let the reporter read back segments a crash left open, and
     queue every row no segment holds. Returns whether the run's table and summary must be written
     again even with no new row (a killed online sidecar may have lost them)."""
-    if getattr(reporter, "mode", "") == "online" and config.wandb_resume == "never" and state.segments:
+    online = getattr(reporter, "mode", "") == "online"
+    if online and config.wandb_resume == "never" and state.segments:
         raise ConfigError(f"--wandb-resume never: the run {state.run_id} already holds rows of this state "
                           f"({len(state.segments)} W&B segment(s)); wandb would refuse to continue it and "
                           f"nothing more would reach W&B (use --wandb-resume allow)")
@@ -90,7 +91,7 @@ def reconcile_reporting(state: State, config: Config, reporter) -> bool:
     if retarget(state, target):
         log.warning("the W&B run changed since rows were reported (%s -> %s): all %d row(s) are written to the "
                     "new run", previous or "an earlier run", target, len(state.rows))
-    seal = getattr(reporter, "mode", "") == "online" and any(
+    seal = online and any(
         s.get("mode") == "online" and not s.get("closed") for s in state.segments)
     queued = reconcile_state(state, reporter)
     if queued:

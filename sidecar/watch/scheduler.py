@@ -1,9 +1,11 @@
 """The scheduler: which evals run where, and the messages their threads send back.
 
-It owns the executors (the configured one, plus a Slurm one a local sidecar gets to follow jobs
-a Slurm sidecar left behind, routed by `Executor.owns`), the slots of the configured executor,
-and the running evals. It knows nothing of state files or W&B: a pipeline (one model) hands it
-prepared jobs and receives its events, so many pipelines can later share one scheduler.
+It owns the executors (the configured one, plus spares built when a record an earlier sidecar
+left belongs to another kind: a local sidecar follows the Slurm jobs a Slurm sidecar left, a
+Slurm sidecar stops the local evals a local one left; routed by `Executor.owns`), the slots of
+the configured executor, and the running evals. It knows nothing of state files or W&B: a
+pipeline (one model) hands it prepared jobs and receives its events, so many pipelines can later
+share one scheduler.
 
 Threads: executors send `Started`/`Updated`/`Finished` from their own threads; a finished eval's
 metrics.json is read in a short reader thread (a half-written file is read again after a
@@ -15,7 +17,8 @@ from __future__ import annotations
 import enum
 import queue
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,8 +41,9 @@ class EvalKey:
 
 
 class Phase(enum.Enum):
-    """A running eval's life: started by us, or followed after an earlier sidecar started it; then
-    reported by its executor to exist (its pid or job id saved); then ended (metrics being read)."""
+    """A running eval's life, as its executor reported it: handed to the executor; known to exist
+    (its pid or job id, `Started`); ended (`Finished`: its metrics are being read). An executor's
+    second `Started` or `Finished` is dropped by it."""
 
     LAUNCHED = "launched"
     RUNNING = "running"
@@ -55,6 +59,16 @@ class Running:
     log_path: Path
     subject: object = None  # what the pipeline evaluates (its Checkpoint); opaque here
     phase: Phase = Phase.LAUNCHED
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def advance(self, to: Phase) -> bool:
+        """Move to a later phase (from an executor's thread); False if it was there already."""
+        order = list(Phase)
+        with self.lock:
+            if order.index(to) <= order.index(self.phase):
+                return False
+            self.phase = to
+            return True
 
 
 @dataclass(frozen=True)
@@ -72,13 +86,14 @@ class Completed:
 class Scheduler:
     """Starts prepared evals on free slots and turns what executor threads say into events."""
 
-    def __init__(self, executor: Executor, spare: Callable[[], Executor] | None = None, sleep=None,
+    def __init__(self, executor: Executor, spares: tuple[Callable[[], Executor], ...] = (), sleep=time.sleep,
                  on_event: Callable[[bool], None] | None = None, spawn=None) -> None:
-        """`spawn(fn, name)` runs the metrics reader of a finished eval (default: a daemon thread;
+        """`spares`: factories of the other kinds of executor (built only when a record needs one);
+        `spawn(fn, name)` runs the metrics reader of a finished eval (default: a daemon thread;
         the in-process loop tests run it inline)."""
         self.executor = executor
-        self._spare_factory = spare  # builds the executor for records the configured one does not own
-        self._spare: Executor | None = None
+        self._spare_factories = list(spares)
+        self._spares: list[Executor] = []
         self._sleep = sleep
         self._on_event = on_event or (lambda urgent: None)
         self._events: queue.Queue = queue.Queue()
@@ -88,14 +103,21 @@ class Scheduler:
 
     # ----- routing and slots --------------------------------------------------------------------
     def route(self, record: dict) -> Executor:
-        """The executor that owns an in-flight record an earlier sidecar left."""
-        if self.executor.owns(record) or self._spare_factory is None:
+        """The executor that owns an in-flight record an earlier sidecar left (the configured one
+        when no kind claims it)."""
+        if self.executor.owns(record):
             return self.executor
-        if self._spare is None:
-            self._spare = self._spare_factory()
+        for spare in self._spares:
+            if spare.owns(record):
+                return spare
+        while self._spare_factories:
+            spare = self._spare_factories.pop(0)()
+            self._spares.append(spare)
             if self._stopping:
-                self._spare.cancel_all()
-        return self._spare
+                spare.cancel_all()
+            if spare.owns(record):
+                return spare
+        return self.executor
 
     def free_slot(self) -> int | None:
         """A free slot of the configured executor, or None when every slot is busy."""
@@ -112,9 +134,9 @@ class Scheduler:
     # ----- starting -----------------------------------------------------------------------------
     def start(self, key: EvalKey, job: EvalJob, slot: int, metrics_path: Path, subject=None) -> None:
         """Start a prepared eval on `slot` of the configured executor."""
-        self.running[key] = Running(key, self.executor, slot, metrics_path, job.log_path, subject)
+        running = self.running[key] = Running(key, self.executor, slot, metrics_path, job.log_path, subject)
         try:
-            self.executor.start(key, job, self._emit)
+            self.executor.start(key, job, lambda event: self._emit(running, event))
         except BaseException:
             del self.running[key]  # nothing runs: its in-flight record makes the next start run it again
             raise
@@ -123,15 +145,21 @@ class Scheduler:
         """Follow an eval an earlier sidecar started, on the executor that owns its record."""
         executor = self.route(record)
         slot = self.free_slot() if executor is self.executor else None
-        self.running[key] = Running(key, executor, slot, metrics_path, job.log_path, subject)
-        executor.resume(key, record, job, self._emit)
+        running = self.running[key] = Running(key, executor, slot, metrics_path, job.log_path, subject)
+        executor.resume(key, record, job, lambda event: self._emit(running, event))
 
     # ----- messages -----------------------------------------------------------------------------
-    def _emit(self, event) -> None:
+    def _emit(self, running: Running, event) -> None:
         """From executor threads. A finished eval's metrics are read in a reader thread first."""
         if isinstance(event, Finished):
-            running = self.running[event.key]
-            self._spawn(lambda: self._read(event, running), f"read-{event.key.step}")
+            if running.advance(Phase.ENDED):
+                try:
+                    self._spawn(lambda: self._read(event, running), f"read-{event.key.step}")
+                except RuntimeError:  # no thread can be started now: read it here
+                    self._read(event, running)
+            return
+        if isinstance(event, Started) and not running.advance(Phase.RUNNING):
+            event.recorded.set()  # a second Started, or one after the end: nothing to record
             return
         self._events.put(event)
         self._on_event(isinstance(event, Started))
@@ -153,33 +181,28 @@ class Scheduler:
             self._events.put(Completed(event.key, event.result, metrics, read, running))
             self._on_event(True)
 
-    def drain(self) -> list:
-        """The events that arrived (main thread). A `Completed` eval leaves `running` here."""
-        events = []
+    def drain(self):
+        """The events that arrived, one at a time (main thread): what is not taken yet stays queued
+        if handling one fails. A `Completed` eval leaves `running` as it is taken."""
         while True:
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
-                return events
-            running = self.running.get(event.key)
-            if isinstance(event, Started) and running is not None:
-                running.phase = Phase.RUNNING
-            elif isinstance(event, Completed):
+                return
+            if isinstance(event, Completed):
                 self.running.pop(event.key, None)
-            events.append(event)
+            yield event
 
     # ----- stopping -----------------------------------------------------------------------------
     def cancel_all(self) -> None:
-        """Signal-safe: every executor stops (or leaves running) what it runs."""
+        """From any thread, never blocks: every executor stops (or leaves running) what it runs."""
         self._stopping = True
-        self.executor.cancel_all()
-        if self._spare is not None:
-            self._spare.cancel_all()
+        for executor in (self.executor, *self._spares):
+            executor.cancel_all()
 
     def leave_running(self) -> None:
-        for executor in (self.executor, self._spare):
-            if executor is not None:
-                executor.leave_running()
+        for executor in (self.executor, *self._spares):
+            executor.leave_running()
 
     def missing_commands(self, records: list[dict]) -> list[str]:
         """Commands the executors of these in-flight records need that are not on PATH."""

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EVENT_MIN_GAP = 0.2  # seconds between two ticks woken by filesystem events
 ROOT_MISSING_RECHECK_SECONDS = 5.0  # while --sft-root is gone, look for it at least this often
+FINISH_WAIT = 60.0  # seconds beyond the kill grace period that close() waits for stopped evals to end
 
 
 def slurm_executor(config: Config, environ: dict[str, str]):
@@ -38,10 +39,14 @@ def slurm_executor(config: Config, environ: dict[str, str]):
                          gpus=config.gpu_slots[0])
 
 
+def local_executor(config: Config) -> LocalExecutor:
+    return LocalExecutor(config.gpu_slots, grace_seconds=config.eval_kill_grace_seconds)
+
+
 def make_executor(config: Config, environ: dict[str, str]):
     if config.executor == "slurm":
         return slurm_executor(config, environ)
-    return LocalExecutor(config.gpu_slots, grace_seconds=config.eval_kill_grace_seconds)
+    return local_executor(config)
 
 
 class Sidecar:
@@ -55,8 +60,8 @@ class Sidecar:
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
-        self.scheduler = Scheduler(executor or make_executor(config, environ),
-                                   spare=lambda: slurm_executor(config, environ), sleep=clock.sleep,
+        spares = (lambda: slurm_executor(config, environ), lambda: local_executor(config))
+        self.scheduler = Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
                                    on_event=self.notify, spawn=spawn)
         self.pipeline = ModelPipeline(config, clock, environ, reporter or NullReporter(), self.scheduler,
                                       wake=self.wake.set)
@@ -111,18 +116,27 @@ class Sidecar:
         try:
             if self.state is not None:
                 self._finish_running()
-            self.pipeline.close()
         finally:
-            self.lock.release()
+            try:
+                self.pipeline.close()
+            finally:
+                self.lock.release()
 
     def _finish_running(self, record: bool = True) -> None:
         """Wait for the (cancelled) evals to end and record them as pending (with `record` False,
-        only let them go on and end)."""
+        only let them go on and end). An eval that does not end within FINISH_WAIT seconds of its
+        grace period stays in flight in the state file (the next start settles it)."""
+        deadline = self.clock.monotonic() + self.config.eval_kill_grace_seconds + FINISH_WAIT
         while self.scheduler.running:
             self._drain(record)
-            if self.scheduler.running:
-                self.clock.wait(self.wake, 0.1)
-                self.wake.clear()
+            if not self.scheduler.running:
+                return
+            if self.clock.monotonic() > deadline:
+                log.error("%s did not end after the stop; left in flight for the next start to settle",
+                          ", ".join(f"checkpoint-{k.step}" for k in sorted(self.scheduler.running, key=str)))
+                return
+            self.clock.wait(self.wake, 0.1)
+            self.wake.clear()
 
     def _drain(self, record: bool = True) -> int:
         done = 0
