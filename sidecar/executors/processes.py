@@ -41,14 +41,21 @@ def group_alive(pgid: int) -> bool:
     return _signal_group(pgid, 0)
 
 
-def process_start_time(pid: int) -> str:
-    """The start time of a local pid in clock ticks since boot ('' if unknown): with the pid it
-    names one process for good, so a reused pid is never mistaken for it."""
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) of /proc/<pid>/stat: fields[0] is the state, [1] the
+    parent pid, [19] the start time in clock ticks since boot; None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
+        return None
+    return stat[stat.find("(") + 1:stat.rfind(")")], stat.rsplit(")", 1)[-1].split()
+
+
+def process_start_time(pid: int) -> str:
+    """The start time of a local pid in clock ticks since boot ('' if unknown): with the pid it
+    names one process for good, so a reused pid is never mistaken for it."""
+    seen = _stat(pid)
+    return seen[1][19] if seen else ""
 
 
 def _other_pids() -> list[str]:
@@ -111,10 +118,8 @@ def terminate(pgid: int | None, tagged=(), grace: float = 10.0, reap=None) -> No
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
-    except OSError:
-        return True
+    seen = _stat(pid)
+    return seen is None or seen[1][0] == "Z"
 
 
 def reap_orphan(pgid: int | None, start_time: str, tag: str = "", grace: float = 10.0) -> bool:
@@ -137,14 +142,9 @@ def child_processes(name: str) -> list[tuple[int, str]]:
     me = str(os.getpid())
     found = []
     for entry in _other_pids():
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.find("(") + 1:stat.rfind(")")]
-        fields = stat.rsplit(")", 1)[-1].split()
-        if comm == name and fields[1] == me:
-            found.append((int(entry), fields[19]))
+        seen = _stat(entry)
+        if seen is not None and seen[0] == name and seen[1][1] == me:
+            found.append((int(entry), seen[1][19]))
     return found
 
 
@@ -160,11 +160,8 @@ def kill_orphan(pid: int, start_time: str) -> bool:
         return False
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            break
-        if fields[0] == "Z" or fields[19] != start_time:
+        seen = _stat(pid)
+        if seen is None or seen[1][0] == "Z" or seen[1][19] != start_time:
             break
         time.sleep(0.02)
     return True
