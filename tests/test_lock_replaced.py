@@ -7,6 +7,7 @@ Real locks and real processes throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -58,16 +59,25 @@ def _holder(path: Path, mode: str) -> subprocess.Popen:
     return proc
 
 
+@contextlib.contextmanager
+def _held(tmp_path: Path, mode: str):
+    """(lock file path, a ProcessLock of this process holding it), released at the end."""
+    path = tmp_path / "m_key.lock"
+    lock = ProcessLock(path, mode)
+    lock.acquire()
+    try:
+        yield path, lock
+    finally:
+        lock.release()
+
+
 def _names(path: Path, pid: int) -> bool:
     return path.read_text().split("\n")[:2] == [str(pid), HOST]
 
 
 @pytest.mark.parametrize("mode", ["auto", "soft"])
 def test_a_removed_lock_file_is_taken_again_loudly_and_excludes_the_next_sidecar(tmp_path, mode, caplog):
-    path = tmp_path / "m_key.lock"
-    lock = ProcessLock(path, mode)
-    lock.acquire()
-    try:
+    with _held(tmp_path, mode) as (path, lock):
         assert lock.check() is False  # unchanged: nothing happens
         path.unlink()
         with caplog.at_level(logging.WARNING):
@@ -79,8 +89,6 @@ def test_a_removed_lock_file_is_taken_again_loudly_and_excludes_the_next_sidecar
         assert other.returncode == 3
         assert other.stdout.strip() == f"another sidecar (pid {os.getpid()} on host {HOST}) holds {path}"
         assert lock.check() is False
-    finally:
-        lock.release()
 
 
 @pytest.mark.parametrize("mode", ["auto", "soft"])
@@ -109,10 +117,7 @@ def test_a_lock_file_another_process_took_meanwhile_stops_this_one_and_is_left_t
 
 @pytest.mark.parametrize("mode", ["auto", "soft"])
 def test_a_lock_file_replaced_by_a_file_nobody_holds_is_taken_again(tmp_path, mode, caplog):
-    path = tmp_path / "m_key.lock"
-    lock = ProcessLock(path, mode)
-    lock.acquire()
-    try:
+    with _held(tmp_path, mode) as (path, lock):
         copy = tmp_path / "restored"
         copy.write_text(path.read_text())  # a backup restored over it: same text, another file
         os.replace(copy, path)
@@ -121,8 +126,6 @@ def test_a_lock_file_replaced_by_a_file_nobody_holds_is_taken_again(tmp_path, mo
         assert f"the lock file {path} was removed or replaced while this sidecar ran; it was re-created" in caplog.text
         assert _names(path, os.getpid())
         assert _contend(path, mode).returncode == 3
-    finally:
-        lock.release()
 
 
 # ----- end to end: the sidecar calls check() once per tick --------------------------------------------------------
