@@ -99,12 +99,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
+def write_atomic(path: Path, text: str, keep_backup: bool = False, before_replace=None) -> None:
     """Write `text` to a new temp file beside `path`, fsync it and replace `path` with it.
 
     With `keep_backup`, the file being replaced stays as `<path>.bak` (a hard link, so no copy;
     a copy where links are not supported). Temp names are unique and created exclusively, so a
-    leftover of a killed writer is never written through. Raises OSError; `path` is then unchanged.
+    leftover of a killed writer is never written through. `before_replace()` runs when the text is
+    on disk, right before anything is replaced: whatever it raises leaves `path` (and its backup)
+    unchanged. Raises OSError; `path` is then unchanged.
     """
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -116,6 +118,8 @@ def write_atomic(path: Path, text: str, keep_backup: bool = False) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         crash_point("state-write")  # the new text is on disk beside the state, not yet in place
+        if before_replace is not None:
+            before_replace()
         if keep_backup and path.exists():
             bak_tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.bak.tmp")
             try:

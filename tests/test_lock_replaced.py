@@ -188,3 +188,33 @@ def test_a_running_sidecar_whose_deleted_lock_another_sidecar_took_stops_with_on
             first.kill()
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0
+
+
+def test_a_state_write_after_another_sidecar_took_the_lock_is_refused_and_changes_nothing(ws, tmp_path):
+    """A sidecar paused (SIGSTOP, a long GC, a slow disk) between its tick's lock check and the
+    tick's state write must not overwrite the state of the sidecar that took the lock meanwhile:
+    every write checks the lock first (review: the test above failed now and then this way)."""
+    import eval_wandb_sidecar
+    from sidecar.clock import SystemClock
+    from sidecar.config import build_config, build_parser
+    from sidecar.errors import LockLost
+    from sidecar.watch.service import Sidecar
+
+    args = vars(build_parser(eval_wandb_sidecar.PROG).parse_args(ws.args("--once")))
+    config = build_config(args, ws.env(), ws.repo)
+    sidecar = Sidecar(config, SystemClock(), ws.env())
+    sidecar.start()
+    config.lock_file.unlink()  # removed, and another sidecar takes it before our next check
+    holder = _holder(config.lock_file, config.lock_mode)
+    try:
+        before = config.state_file.read_bytes()
+        sidecar.state.last_seen_step = 100  # what a tick found: the state is to be written
+        sidecar.pipeline.dirty = True
+        with pytest.raises(LockLost):
+            sidecar.pipeline.save(force=True)
+        sidecar.close()  # the lock-lost way out: writes nothing, leaves the lock file alone
+        assert config.state_file.read_bytes() == before
+        assert _names(config.lock_file, holder.pid)
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0

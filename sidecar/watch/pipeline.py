@@ -16,7 +16,7 @@ from pathlib import Path
 from ..checkpoints import Checkpoint
 from ..config import FLAGS, Config
 from ..crash import crash_point
-from ..errors import MetricsError, StateWriteError
+from ..errors import LockLost, MetricsError, StateWriteError
 from ..executors.base import EvalJob, Outcome, Started, Updated
 from ..files import not_regular
 from ..reporters.base import ReportBatch, Reporter
@@ -49,7 +49,10 @@ class ModelPipeline:
     """Evaluates every ready checkpoint of one model configuration exactly once and records it."""
 
     def __init__(self, config: Config, clock, environ: dict[str, str], reporter: Reporter,
-                 scheduler: Scheduler, wake=None) -> None:
+                 scheduler: Scheduler, wake=None, guard=None) -> None:
+        """`guard()` runs right before every state file replacement: it raises LockLost when another
+        sidecar holds this configuration's lock now, so that nothing of ours overwrites its state
+        (checked after the slow part of a write, the fsync, to leave the least time between)."""
         self.config = config
         self.clock = clock
         self.environ = dict(environ)
@@ -63,6 +66,7 @@ class ModelPipeline:
         self.pins = Pins(config.state_dir, config.sft_root.name) if config.pin_checkpoints else None
         self.host = socket.gethostname()
         self._wake = wake or (lambda: None)
+        self._guard = guard or (lambda: None)
         self.state: State | None = None
         self.root_missing = False
         self._interrupted: set[int] = set()  # in flight when a previous sidecar died: run again
@@ -443,7 +447,7 @@ class ModelPipeline:
         if not force and now - self._last_save < SAVE_BATCH_SECONDS:
             return True
         try:
-            self.store.save(self.state, self.clock.time())
+            self.store.save(self.state, self.clock.time(), guard=self._guard)
         except StateWriteError as exc:
             self._save_error = str(exc)
             if not self._save_failing:
@@ -483,14 +487,20 @@ class ModelPipeline:
         self.save(force=True)
 
     def close(self) -> None:
-        """Flush the state and finish the reporter's run (after every eval has ended)."""
+        """Flush the state and finish the reporter's run (after every eval has ended). If another
+        sidecar took the lock meanwhile, LockLost leaves the run unfinished: the service abandons
+        it (the new holder writes to it now)."""
         try:
             if self.state is not None:
                 self.save(force=True)
                 self.report()
-        finally:
+        except LockLost:
+            raise
+        except BaseException:
             self.reporter.close()
-            if self.state is not None:
-                self.collect()
-                self.save(force=self.dirty)
+            raise
+        self.reporter.close()
+        if self.state is not None:
+            self.collect()
+            self.save(force=self.dirty)
 

@@ -64,7 +64,7 @@ class Sidecar:
         self.scheduler = Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
                                    on_event=self.notify, spawn=spawn)
         self.pipeline = ModelPipeline(config, clock, environ, reporter or NullReporter(), self.scheduler,
-                                      wake=self.wake.set)
+                                      wake=self.wake.set, guard=self._check_lock)
         self.lock = ProcessLock(config.lock_file, config.lock_mode)
         self._lock_lost = False  # another sidecar holds the lock file now: write nothing more
 
@@ -104,23 +104,35 @@ class Sidecar:
 
     def close(self) -> None:
         """Stop the evals still running (an error may have ended the loop) and wait for them, flush
-        state, close the reporter, release the lock."""
+        state, close the reporter, release the lock. If another sidecar took the lock (found now or
+        earlier), stop our evals and write nothing more."""
         crash_point("shutdown")
-        if self._lock_lost:  # another sidecar owns this configuration now: stop our evals, write nothing
-            self.scheduler.leave_running()  # Slurm jobs are the new holder's (it re-attaches to them)
-            self.pipeline.reporter.abandon()
-            self.request_stop()
-            self._finish_running(record=False)
-            return
-        self.request_stop()
         try:
-            if self.state is not None:
-                self._finish_running()
+            if not self._lock_lost:
+                self.request_stop()
+                try:
+                    if self.state is not None:
+                        self._finish_running()
+                finally:
+                    if not self._lock_lost:
+                        self.pipeline.close()
         finally:
-            try:
-                self.pipeline.close()
-            finally:
+            if self._lock_lost:  # the lock file is the new holder's: not released by us
+                self.scheduler.leave_running()  # Slurm jobs are the new holder's (it re-attaches to them)
+                self.pipeline.reporter.abandon()
+                self.request_stop()
+                self._finish_running(record=False)
+            else:
                 self.lock.release()
+
+    def _check_lock(self) -> None:
+        """The lock file removed or replaced under us: take it again, or (another sidecar holds it
+        now) raise LockLost; also before every state write."""
+        try:
+            self.lock.check()
+        except LockLost:
+            self._lock_lost = True
+            raise
 
     def _finish_running(self, record: bool = True) -> None:
         """Wait for the (cancelled) evals to end and record them as pending (with `record` False,
@@ -235,11 +247,7 @@ class Sidecar:
         """One pass; returns how many checkpoints got an outcome recorded (success, failure, vanished)."""
         pipeline = self.pipeline
         assert pipeline.state is not None, "start() first"
-        try:
-            self.lock.check()  # the lock file removed or replaced under us: take it again, or stop
-        except LockLost:
-            self._lock_lost = True
-            raise
+        self._check_lock()
         done = self._drain()
         pipeline.resume_followed(self.stop_event.is_set())
         planned, vanished = pipeline.scan()

@@ -352,13 +352,14 @@ class StateStore:
                 pass
         return read_state(self.path)
 
-    def save(self, state: State, wall: float) -> None:
-        """Write the state atomically; raises StateWriteError (previous state intact) on failure."""
+    def save(self, state: State, wall: float, guard=None) -> None:
+        """Write the state atomically; raises StateWriteError (previous state intact) on failure.
+        `guard()` runs right before the file is replaced (see `write_atomic`)."""
         state.last_update_time = utc_iso(wall)
         text = dump_state(state.to_dict())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, text, keep_backup=True)
+            write_atomic(self.path, text, keep_backup=True, before_replace=guard)
         except OSError as exc:
             raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
 

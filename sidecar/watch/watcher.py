@@ -15,6 +15,19 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
+class _QuietStop(logging.Filter):
+    """watchdog's inotify emitter logs an ERROR ("queue_events() called when the thread is
+    inactive") when an event arrives while the observer is being stopped: a race inside its own
+    shutdown that loses nothing (the sidecar is stopping or re-attaching the watch anyway). It is
+    not the user's concern, so that line is dropped; every other watchdog message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+_QUIET_STOP = _QuietStop()
+
+
 class WatcherUnavailable(Exception):
     """The native observer cannot start here (no watchdog, no inotify, too many watches...)."""
 
@@ -38,6 +51,9 @@ class Watcher:
             from watchdog.observers import Observer
         except Exception as exc:  # noqa: BLE001 - any import failure means: no events here
             raise WatcherUnavailable(f"watchdog cannot be imported ({exc})") from exc
+        inotify_log = logging.getLogger("watchdog.observers.inotify")
+        if _QUIET_STOP not in inotify_log.filters:
+            inotify_log.addFilter(_QUIET_STOP)
 
         on_change, urgent_names = self.on_change, self.urgent_names
         root_path = os.path.abspath(self.root)
