@@ -1,14 +1,26 @@
-"""Discovery: which `checkpoint-<N>` folders exist under the SFT root (SPEC §2.1)."""
+"""Discovery: which `checkpoint-<N>` folders exist under the SFT root (SPEC §2.1).
+
+A root whose folder is unchanged since a trusted listing is not listed again: a folder's mtime
+changes whenever an entry is created, removed or renamed in it (NFS clients judge their own
+listing caches by it). A listing is trusted only when the folder's mtime was at least
+RACY_SECONDS old at the time (on a filesystem with coarse timestamps an entry made in the same
+second after the listing would not change it), and every root is listed again at least every
+RELIST_SECONDS whatever its mtime says (a server clock far behind ours).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..checkpoints import Checkpoint, parse_step
 
 log = logging.getLogger(__name__)
+
+RACY_SECONDS = 2.0
+RELIST_SECONDS = 300.0
 
 
 class RootMissing(Exception):
@@ -25,6 +37,9 @@ class Discoverer:
         self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
         self._last: list[Checkpoint] = []  # ... and what they parsed to
         self._last_entries: list[str] | None = None  # the checkpoint folders at the last scan, as listed
+        self._stamp: tuple | None = None  # the root folder's (dev, ino, mtime) at a trusted listing
+        self._relist_at = 0.0  # monotonic: list again by then whatever the stamp says
+        self.unchanged = False  # the last scan found the same checkpoints as the one before
 
     def scan(self) -> list[Checkpoint]:
         """Checkpoints sorted by step. Raises RootMissing if the root cannot be listed."""
@@ -34,8 +49,13 @@ class Discoverer:
             if not root.is_dir():
                 raise RootMissing(str(root))
             return [Checkpoint(step, root.name, root.parent)]
+        self.unchanged = False
         try:
             st = os.stat(root)
+            stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            if stamp == self._stamp and time.monotonic() < self._relist_at:
+                self.unchanged = True
+                return list(self._last)
             # Folder or symlink comes with the listing (d_type) on local filesystems: no stat per entry.
             folders: list[str] = []
             links: list[str] = []
@@ -52,8 +72,13 @@ class Discoverer:
         if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: nothing carries over
             self.identity = (st.st_dev, st.st_ino)
             self._last_names, self._last_entries = None, None
+        trusted = not links and time.time_ns() - st.st_mtime_ns >= RACY_SECONDS * 1e9  # symlinks: always re-checked
+        self._stamp = stamp if trusted else None
+        if trusted:
+            self._relist_at = time.monotonic() + RELIST_SECONDS
         if not links and folders == self._last_entries:
-            return list(self._last)  # the same folders as last time (symlinks are always re-checked)
+            self.unchanged = True
+            return list(self._last)  # the same folders as last time
         self._last_entries = folders
         names = set(folders)
         for name in links:

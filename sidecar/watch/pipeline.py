@@ -153,6 +153,11 @@ class ModelPipeline:
                 log.warning("--force-eval-steps: no checkpoint folder for step(s) %s; nothing to re-evaluate there",
                             ", ".join(map(str, absent)))
         running = self.running_steps()
+        if self.discoverer.unchanged and not (first_scan or state.pending or self._interrupted or running
+                                              or self.pins is not None):
+            # the same folders as at the last pass, none of them wanted then: nothing can be wanted now
+            self.readiness.new_pass()
+            return [], 0
         done = self._settle_vanished(found, running, now_wall)
         if found and state.last_seen_step != found[-1].step:
             state.last_seen_step = found[-1].step
