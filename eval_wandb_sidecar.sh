@@ -4,7 +4,8 @@
 #   bash eval_wandb_sidecar.sh start  [--instance NAME] [sidecar flags...]   detached watch
 #   bash eval_wandb_sidecar.sh stop   [--instance NAME]    SIGTERM; SIGKILL after STOP_TIMEOUT; its evals too
 #   bash eval_wandb_sidecar.sh status [--instance NAME]    exit 0 running, 1 stopped, 3 stale pid file
-#   bash eval_wandb_sidecar.sh tail   [--instance NAME]
+#   bash eval_wandb_sidecar.sh tail   [--instance NAME]    follow its log (exit 2 for an unknown instance)
+#   bash eval_wandb_sidecar.sh list                        every instance in MANAGER_DIR: state, pid, log, roots
 #   bash eval_wandb_sidecar.sh run|once [--instance NAME] [sidecar flags...]  foreground
 #   bash eval_wandb_sidecar.sh sync|align [sidecar subcommand flags...]
 #
@@ -21,8 +22,8 @@ STOP_TIMEOUT="${STOP_TIMEOUT:-30}"
 START_CHECK_SECONDS="${START_CHECK_SECONDS:-2}"
 me="eval_wandb_sidecar.sh"
 
-usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+usage() {  # the comment block at the top: line 2 up to the first line that is not a comment
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 if [[ $# -lt 1 ]]; then usage >&2; exit 2; fi
@@ -38,12 +39,23 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# Instance names become file names: anything outside [A-Za-z0-9_.-] becomes '_'.
-safe="$(printf '%s' "$INSTANCE" | LC_ALL=C tr -c 'A-Za-z0-9_.-' '_')"
-safe="${safe#.}"; [[ -n "$safe" ]] || safe="default"
-pid_file="$MANAGER_DIR/$safe.pid"
-log_file="$MANAGER_DIR/$safe.log"
-args_file="$MANAGER_DIR/$safe.args"
+# sanitise NAME: the instance's file name stem; anything outside [A-Za-z0-9_.-] becomes '_'
+sanitise() {
+  local s
+  s="$(printf '%s' "$1" | LC_ALL=C tr -c 'A-Za-z0-9_.-' '_')"
+  s="${s#.}"; [[ -n "$s" ]] || s="default"
+  printf '%s' "$s"
+}
+
+# instance_files SAFE: sets safe, pid_file, log_file and args_file, the names every function below
+# reads, to those of instance SAFE (a sanitised name)
+instance_files() {
+  safe="$1"
+  pid_file="$MANAGER_DIR/$safe.pid"
+  log_file="$MANAGER_DIR/$safe.log"
+  args_file="$MANAGER_DIR/$safe.args"
+}
+instance_files "$(sanitise "$INSTANCE")"
 
 require_sidecar() {
   if [[ ! -f "$SIDECAR_PY" ]]; then echo "$me: sidecar script not found: $SIDECAR_PY" >&2; exit 2; fi
@@ -168,6 +180,46 @@ saved_args() {  # the folder and flags the instance was started with, for `statu
   fi
 }
 
+# known_instances: the name of each instance with a .pid, .args or .log file in MANAGER_DIR, one a
+# line, sorted bytewise. A file whose stem the manager would not write (sanitise changes it) names
+# no instance: `--instance` could not reach it.
+known_instances() {
+  local f n
+  local -a names=()
+  for f in "$MANAGER_DIR"/*.pid "$MANAGER_DIR"/*.args "$MANAGER_DIR"/*.log; do
+    [[ -f "$f" ]] || continue  # also an unmatched pattern, left as it is
+    n="${f##*/}"; n="${n%.*}"
+    [[ "$(sanitise "$n")" == "$n" ]] && names+=("$n")
+  done
+  [[ ${#names[@]} -eq 0 ]] || printf '%s\n' "${names[@]}" | LC_ALL=C sort -u
+}
+
+# watch_summary: what the saved flags (saved_args) point the sidecar at: its --sft-root, or each
+# --models-root of a fleet, as given (relative to the folder it was started in); else its --config
+# file; "-" when the flags name none of them
+watch_summary() {
+  local -a roots=() config=()
+  local i a
+  for ((i = 0; i < ${#saved[@]}; i++)); do
+    a="${saved[i]}"
+    case "$a" in
+      --sft-root|--models-root|--config)
+        if (( i + 1 < ${#saved[@]} )); then
+          if [[ "$a" == --config ]]; then config+=("$a ${saved[i + 1]}"); else roots+=("$a ${saved[i + 1]}"); fi
+          i=$((i + 1))
+        fi ;;
+      --config=*) config+=("--config ${a#*=}") ;;
+      --sft-root=*|--models-root=*) roots+=("${a%%=*} ${a#*=}") ;;
+    esac
+  done
+  [[ ${#roots[@]} -gt 0 ]] || roots=(${config[@]+"${config[@]}"})
+  [[ ${#roots[@]} -gt 0 ]] || roots=(-)
+  printf '%s' "${roots[*]}"
+}
+
+# pad TEXT WIDTH: TEXT and spaces up to WIDTH characters (printf's widths count bytes)
+pad() { printf '%s%*s' "$1" $(( $2 - ${#1} )) ''; }
+
 case "$command" in
   start)
     require_sidecar
@@ -248,10 +300,45 @@ case "$command" in
     ;;
 
   tail)
+    if [[ ! -e "$pid_file" && ! -e "$log_file" && ! -e "$args_file" ]]; then
+      echo "$me: no instance '$INSTANCE' in MANAGER_DIR $MANAGER_DIR (no $safe.pid, $safe.log or $safe.args); see: bash $me list" >&2
+      exit 2
+    fi
     mkdir -p -- "$MANAGER_DIR"
     touch -- "$log_file"
     echo "$me: following $log_file (Ctrl-C to leave)"
     exec tail -n 100 -F -- "$log_file"
+    ;;
+
+  list)
+    if [[ ${#forward[@]} -gt 0 ]]; then echo "$me: list takes no flags (got '${forward[0]}')" >&2; exit 2; fi
+    names=()
+    while IFS= read -r n; do names+=("$n"); done < <(known_instances)
+    if [[ ${#names[@]} -eq 0 ]]; then echo "$me: no instances are known in MANAGER_DIR $MANAGER_DIR"; exit 0; fi
+    cols=(INSTANCE STATE PID LOG WATCHES)
+    rows=()  # cols[0..3] of each row, then its last column
+    for n in "${names[@]}"; do
+      instance_files "$n"
+      read -r state pid why <<<"$(proc_state)" || true  # judged as status judges it
+      [[ "$state" != stopped && "$pid" != "?" ]] || pid=-
+      log=-; [[ ! -e "$log_file" ]] || log="$log_file"
+      if [[ "$state" == stale ]]; then watches="(stale pid file: $why)"
+      elif [[ -f "$args_file" ]] && saved_args 2>/dev/null; then watches="$(watch_summary)"
+      else watches=-; fi
+      rows+=("$n" "$state" "$pid" "$log" "$watches")
+    done
+    widths=(0 0 0 0)
+    for ((r = 0; r < ${#rows[@]}; r += 5)); do
+      for c in 0 1 2 3; do
+        cell="${rows[r + c]}"; (( ${#cell} <= widths[c] )) || widths[c]=${#cell}
+      done
+    done
+    for c in 0 1 2 3; do (( ${#cols[c]} <= widths[c] )) || widths[c]=${#cols[c]}; done
+    for ((r = -5; r < ${#rows[@]}; r += 5)); do
+      if (( r < 0 )); then line=("${cols[@]}"); else line=("${rows[@]:r:5}"); fi
+      for c in 0 1 2 3; do pad "${line[c]}" "${widths[c]}"; printf '  '; done
+      printf '%s\n' "${line[4]}"
+    done
     ;;
 
   run) require_sidecar; exec "$PYTHON_BIN" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} ;;

@@ -1,5 +1,6 @@
 """The manager script eval_wandb_sidecar.sh: start/stop/status/tail with pid files, real processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -186,3 +187,155 @@ def test_a_sidecar_started_by_the_older_manager_is_still_recognised(ws, tmp_path
         stopped = manage(ws, tmp_path, "stop", "--instance", "old")
     assert stopped.returncode == 0 and "stopped instance" in stopped.stdout, stopped.stdout
     wait_for(lambda: process_gone(pid), timeout=30)
+
+
+# A stand-in for the sidecar, for flags the real one does not take yet (fleet mode): it records its
+# arguments (after its SIGTERM handler is in place), answers `status`, and waits for SIGTERM.
+STAND_IN_SIDECAR = r'''
+import json, os, signal, sys
+record = os.environ["STANDIN_SIDECAR_RECORD"]
+if sys.argv[1:2] == ["status"]:
+    print("stand-in status of", json.dumps(sys.argv[2:]))
+    sys.exit(0)
+def on_term(signum, frame):
+    open(record + ".term", "w").close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+with open(record + ".new", "w") as fh:
+    json.dump(sys.argv[1:], fh)
+os.replace(record + ".new", record)
+print("stand-in sidecar watching", flush=True)
+while True:
+    signal.pause()
+'''
+
+
+def _listing(result):
+    """list's header cells and its rows by instance name (each row as the line it printed)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = result.stdout.splitlines()
+    return header.split(), {row.split()[0]: row for row in rows}, [row.split()[0] for row in rows]
+
+
+def _boot_id():
+    return open("/proc/sys/kernel/random/boot_id").read().strip()
+
+
+def test_list_shows_running_stopped_and_stale_instances_as_status_judges_them(ws, tmp_path):
+    folder = tmp_path / "manager dir"
+    unrelated = subprocess.Popen(["sleep", "60"])
+    started = manage(ws, tmp_path, "start", "--instance", "sft-running", *ws.args("--poll-interval-seconds", "3600"),
+                     START_CHECK_SECONDS="1")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        running_pid = _pid_of(folder, "sft-running")
+        started = manage(ws, tmp_path, "start", "--instance", "old-stopped",
+                         *ws.args("--poll-interval-seconds", "3600", "--state-dir", str(tmp_path / "state old")),
+                         START_CHECK_SECONDS="1")
+        assert started.returncode == 0, started.stdout + started.stderr
+        stopped = manage(ws, tmp_path, "stop", "--instance", "old-stopped")
+        assert stopped.returncode == 0 and "stopped instance" in stopped.stdout, stopped.stdout
+        # pid reuse: the pid file names a process that started after it was written
+        (folder / "reused-stale.pid").write_text(f"{unrelated.pid}\nstart=1 boot={_boot_id()}\n")
+        (folder / "reused-stale.args").write_bytes((folder / "sft-running.args").read_bytes())
+        (folder / "log-only.log").write_text("an instance whose pid and args files are gone\n")
+        (folder / "notes.txt").write_text("not an instance\n")
+        before = sorted(p.name for p in folder.iterdir())
+
+        listed = manage(ws, tmp_path, "list")
+        header, rows, order = _listing(listed)
+        assert header == ["INSTANCE", "STATE", "PID", "LOG", "WATCHES"]
+        assert order == ["log-only", "old-stopped", "reused-stale", "sft-running"], listed.stdout
+        assert rows["sft-running"].split()[1:3] == ["running", str(running_pid)]
+        assert str(folder / "sft-running.log") in rows["sft-running"]
+        assert rows["sft-running"].endswith(f"--sft-root {ws.sft}"), rows["sft-running"]
+        assert rows["old-stopped"].split()[1:3] == ["stopped", "-"]
+        assert str(folder / "old-stopped.log") in rows["old-stopped"]
+        assert rows["old-stopped"].endswith(f"--sft-root {ws.sft}")
+        assert rows["reused-stale"].split()[1:3] == ["stale", str(unrelated.pid)]
+        assert rows["reused-stale"].endswith("(stale pid file: now belongs to another program, started after this"
+                                             " pid file)"), rows["reused-stale"]
+        assert rows["reused-stale"].split()[3] == "-"  # it never started here: no log
+        assert rows["log-only"].split()[1:3] == ["stopped", "-"] and rows["log-only"].endswith(" -")
+        # the columns line up, also with spaces in the log path
+        starts = {line.index(str(folder)) for line in listed.stdout.splitlines()[1:] if str(folder) in line}
+        assert len(starts) == 1 and listed.stdout.splitlines()[0].index("LOG") in starts
+
+        # the same verdicts as status, instance by instance
+        for name, code in (("sft-running", 0), ("old-stopped", 1), ("reused-stale", 3), ("log-only", 1)):
+            assert manage(ws, tmp_path, "status", "--instance", name).returncode == code, name
+        # listing changes nothing: the stale pid file stays, its process is not signalled
+        assert sorted(p.name for p in folder.iterdir()) == before
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        stopped = manage(ws, tmp_path, "stop", "--instance", "sft-running")
+    assert stopped.returncode == 0 and "stopped instance" in stopped.stdout
+    wait_for(lambda: process_gone(running_pid), timeout=30)
+
+
+def test_a_fleet_instance_starts_without_sft_root_and_list_shows_its_models_roots(ws, tmp_path):
+    folder = tmp_path / "manager dir"
+    sidecar = tmp_path / "stand-in sidecar ü.py"
+    sidecar.write_text(STAND_IN_SIDECAR)
+    record = tmp_path / "sidecar argv.json"
+    (tmp_path / "profiles.yaml").write_text("profiles: {}\n")
+    env = dict(SIDECAR_PY=str(sidecar), STANDIN_SIDECAR_RECORD=str(record), START_CHECK_SECONDS="1")
+    flags = ["--models-root", "saves", "--models-root", "rl outputs (ünï)", "--profiles", "profiles.yaml"]
+    started = manage(ws, tmp_path, "start", "--instance", "fleet", *flags, **env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = _pid_of(folder, "fleet")
+    try:
+        assert wait_for(lambda: json.loads(record.read_text())) == flags  # forwarded as given
+        header, rows, order = _listing(manage(ws, tmp_path, "list", **env))
+        assert order == ["fleet"]
+        assert rows["fleet"].split()[1:3] == ["running", str(pid)]
+        assert rows["fleet"].endswith("--models-root saves --models-root rl outputs (ünï)"), rows["fleet"]
+        status = manage(ws, tmp_path, "status", "--instance", "fleet", **env)
+        assert status.returncode == 0 and f"is running (pid {pid})" in status.stdout, status.stdout
+        assert "stand-in status of " + json.dumps(flags) in status.stdout  # the saved flags, to the sidecar
+    finally:
+        stopped = manage(ws, tmp_path, "stop", "--instance", "fleet", **env)
+    assert stopped.returncode == 0 and "stopped instance" in stopped.stdout, stopped.stdout
+    assert (tmp_path / "sidecar argv.json.term").exists()  # it was asked to stop, not killed
+    wait_for(lambda: process_gone(pid), timeout=30)
+    header, rows, order = _listing(manage(ws, tmp_path, "list", **env))
+    assert rows["fleet"].split()[1:3] == ["stopped", "-"]
+    assert rows["fleet"].endswith("--models-root saves --models-root rl outputs (ünï)")
+    assert "stand-in sidecar watching" in (folder / "fleet.log").read_text()
+
+
+def test_list_without_instances_says_so_in_one_line_and_exits_0(ws, tmp_path):
+    folder = tmp_path / "manager dir"
+    for _ in ("absent", "holding no instance's files"):
+        listed = manage(ws, tmp_path, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout == f"eval_wandb_sidecar.sh: no instances are known in MANAGER_DIR {folder}\n"
+        folder.mkdir(exist_ok=True)
+        (folder / "x.start.lock").write_text("")
+        (folder / "notes.txt").write_text("")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "x.start.lock"]
+    assert manage(ws, tmp_path, "list", "--sft-root", "x").returncode == 2
+
+
+def test_tail_of_an_unknown_instance_is_an_error_and_creates_nothing(ws, tmp_path):
+    folder = tmp_path / "manager dir"
+    result = manage(ws, tmp_path, "tail", "--instance", "ghost", timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "'ghost'" in result.stderr and str(folder) in result.stderr
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "other.log").write_text("")
+    result = manage(ws, tmp_path, "tail", "--instance", "ghost", timeout=30)
+    assert result.returncode == 2 and "'ghost'" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["other.log"]
+
+
+def test_help_prints_the_whole_usage_block_and_nothing_after_it(ws, tmp_path):
+    result = manage(ws, tmp_path, "help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Manager for eval_wandb_sidecar.py")
+    assert any(line.split()[:3] == ["bash", "eval_wandb_sidecar.sh", "list"] for line in lines)
+    assert lines[-1].startswith("STOP_TIMEOUT") and "set -euo" not in result.stdout
