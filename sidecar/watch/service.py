@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from pathlib import Path
 
 from ..config import Config
 from ..crash import crash_point
@@ -49,20 +50,188 @@ def make_executor(config: Config, environ: dict[str, str]):
     return local_executor(config)
 
 
-class Sidecar:
+MISSING = "missing"  # a watched root that cannot be listed now
+
+
+def make_scheduler(config: Config, environ: dict[str, str], executor, clock, notify, spawn=None) -> Scheduler:
+    """The configured executor (or `executor`), with the other kinds as spares for records an
+    earlier sidecar left."""
+    spares = (lambda: slurm_executor(config, environ), lambda: local_executor(config))
+    return Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
+                     on_event=notify, spawn=spawn)
+
+
+def freeze_loaded() -> None:
+    """Loaded states live as long as the process: keep the garbage collector from walking them
+    again and again (with 50,000 rows a full collection stalls a tick by ~150 ms)."""
+    gc.collect()
+    gc.freeze()
+
+
+class Loop:
+    """What a single-model sidecar and a fleet share: the stop, the wake-ups, the two loops and
+    the wait for stopped evals. A subclass has a `scheduler` and supplies the tick and what the
+    loop waits for (`_drain`, `_confirm_deadlines`, `_wake_deadlines`, `_watched`)."""
+
+    watch_flag = "--sft-root"  # named when a watched root is replaced
+
+    def __init__(self, config: Config, clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
+        self.scheduler: Scheduler
+
+    def notify(self, urgent: bool = False) -> None:
+        """Something changed (from another thread): the watcher saw a file event (`urgent`: a
+        ready marker), or an eval sent news (urgent)."""
+        if urgent:
+            self._prompt.set()
+        self.wake.set()
+
+    def request_stop(self) -> None:
+        """Stop the loop and every running eval (their steps stay pending); from any thread (the
+        signal relay's: never from a signal handler itself, see `signals`)."""
+        self.stop_event.set()
+        self._prompt.set()
+        self.scheduler.cancel_all()
+        self.wake.set()
+
+    def _finish_running(self, record: bool = True) -> None:
+        """Wait for the (cancelled) evals to end and record them as pending (with `record` False,
+        only let them go on and end). An eval that does not end within FINISH_WAIT seconds of its
+        grace period stays in flight in the state file (the next start settles it)."""
+        deadline = self.clock.monotonic() + self.config.eval_kill_grace_seconds + FINISH_WAIT
+        while self.scheduler.running:
+            self._drain(record)
+            if not self.scheduler.running:
+                return
+            if self.clock.monotonic() > deadline:
+                log.error("%s did not end after the stop; left in flight for the next start to settle",
+                          ", ".join(f"checkpoint-{k.step}" for k in sorted(self.scheduler.running, key=str)))
+                return
+            self.clock.wait(self.wake, 0.1)
+            self.wake.clear()
+
+    # ----- hooks --------------------------------------------------------------------------------
+    def tick(self) -> int:
+        raise NotImplementedError
+
+    def _drain(self, record: bool = True) -> int:
+        raise NotImplementedError
+
+    def _confirm_deadlines(self) -> list[float]:
+        """When checkpoints there at start-up end their confirmation (run_once waits for them)."""
+        raise NotImplementedError
+
+    def _wake_deadlines(self, now: float, poll: float) -> list[float]:
+        raise NotImplementedError
+
+    def _watched(self) -> dict[Path, object]:
+        """Each watched root's identity: (st_dev, st_ino), MISSING, or None (not looked at yet)."""
+        raise NotImplementedError
+
+    # ----- loops ------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Tick until nothing ready is left and no eval runs (or a stop is requested); returns
+        how many checkpoints got an outcome."""
+        total = 0
+        while not self.stop_event.is_set():
+            done = self.tick()
+            total += done
+            running = bool(self.scheduler.running)
+            if not running and done == 0:
+                confirming = self._confirm_deadlines()
+                if not confirming:
+                    break
+                # checkpoints there at start-up become ready after a short confirmation (readiness)
+                self.clock.wait(self.stop_event, max(0.0, min(confirming) - self.clock.monotonic()))
+                continue
+            if running and done == 0:
+                self.clock.wait(self.wake, None)  # an eval finishing (or a signal) wakes us
+                self.wake.clear()
+        return total
+
+    def run_forever(self, watcher: Watcher | None = None, watchers: tuple[Watcher, ...] = ()) -> None:
+        """Tick on every wake-up until stopped (`watcher`, or `watchers`: one per watched root).
+
+        Wake-ups: filesystem events (events/auto), the poll deadline (poll/auto, and whenever
+        a root is missing), the end of the earliest quiet period, the next retry.
+        """
+        cfg = self.config
+        poll = cfg.poll_interval_seconds
+        watching = [w for w in (watcher, *watchers) if w is not None]
+        use_events = cfg.watch_mode in ("auto", "events") and bool(watching)
+        started: list[Watcher] = []
+        if use_events:
+            try:
+                for one in watching:
+                    name = one.start()
+                    started.append(one)
+                    log.info("watching %s with %s%s", one.root, name,
+                             f" and a safety scan every {poll:g} s" if cfg.watch_mode == "auto" else "")
+            except WatcherUnavailable as exc:
+                for one in started:
+                    one.stop()
+                started = []
+                if cfg.watch_mode == "events":
+                    raise ConfigError(f"--watch-mode events: filesystem events are unavailable ({exc}); "
+                                      f"use --watch-mode auto or poll") from exc
+                log.warning("filesystem events are unavailable (%s); polling every %g s instead", exc, poll)
+                use_events = False
+        use_poll = cfg.watch_mode != "events" or not use_events
+        try:
+            self._loop(poll, use_poll, {w.root: w for w in started})
+        finally:
+            for one in started:
+                one.stop()
+
+    def _loop(self, poll: float, use_poll: bool, watchers: dict[Path, Watcher]) -> None:
+        poll_deadline = self.clock.monotonic() + poll
+        while not self.stop_event.is_set():
+            started = self.clock.monotonic()
+            before = self._watched()
+            done = self.tick()
+            replaced = [root for root, now in self._watched().items() if root in watchers
+                        and before.get(root) is not None and now not in (None, MISSING, before.get(root))]
+            for root in replaced:
+                watcher = watchers[root]
+                watcher.stop()  # the root was replaced (or is back): watch the new folder
+                try:
+                    watcher.start()
+                    log.info("%s %s was replaced by another folder; watching the new one", self.watch_flag, root)
+                except WatcherUnavailable as exc:
+                    log.warning("filesystem events stopped (%s); polling every %g s instead", exc, poll)
+                    del watchers[root]
+                    use_poll = True
+            if replaced:
+                continue  # scan again: what was written before the new watch started sent no event
+            now = self.clock.monotonic()
+            if now >= poll_deadline:
+                poll_deadline = now + poll
+            if done:
+                continue
+            deadlines = self._wake_deadlines(now, poll)
+            self.clock.wait(self.wake, next_wake(now, poll_deadline if use_poll else None, deadlines))
+            self.wake.clear()
+            # A burst of events (a trainer writing a big file) wakes the loop at most every
+            # EVENT_MIN_GAP seconds: each tick re-lists the root. A ready marker appearing, an
+            # eval starting or finishing, or a stop cuts the wait short.
+            gap = EVENT_MIN_GAP - (self.clock.monotonic() - started)
+            if gap > 0:
+                self.clock.wait(self._prompt, gap)
+            self._prompt.clear()
+
+
+class Sidecar(Loop):
     """One model configuration's pipeline over one scheduler, under the configuration's lock."""
 
     def __init__(self, config: Config, clock, environ: dict[str, str], executor=None,
                  reporter: Reporter | None = None, spawn=None) -> None:
-        self.config = config
-        self.clock = clock
+        super().__init__(config, clock)
         environ = dict(environ)
-        self.stop_event = threading.Event()
-        self.wake = threading.Event()
-        self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
-        spares = (lambda: slurm_executor(config, environ), lambda: local_executor(config))
-        self.scheduler = Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
-                                   on_event=self.notify, spawn=spawn)
+        self.scheduler = make_scheduler(config, environ, executor, clock, self.notify, spawn)
         self.pipeline = ModelPipeline(config, clock, environ, reporter or NullReporter(), self.scheduler,
                                       wake=self.wake.set, guard=self._check_lock)
         self.lock = ProcessLock(config.lock_file, config.lock_mode)
@@ -82,25 +251,7 @@ class Sidecar:
         except BaseException:
             self.lock.release()
             raise
-        # The loaded state lives as long as the process: keep the garbage collector from walking
-        # it again and again (with 50,000 rows a full collection stalls a tick by ~150 ms).
-        gc.collect()
-        gc.freeze()
-
-    def notify(self, urgent: bool = False) -> None:
-        """Something changed (from another thread): the watcher saw a file event (`urgent`: a
-        ready marker), or an eval sent news (urgent)."""
-        if urgent:
-            self._prompt.set()
-        self.wake.set()
-
-    def request_stop(self) -> None:
-        """Stop the loop and every running eval (their steps stay pending); from any thread (the
-        signal relay's: never from a signal handler itself, see `signals`)."""
-        self.stop_event.set()
-        self._prompt.set()
-        self.scheduler.cancel_all()
-        self.wake.set()
+        freeze_loaded()
 
     def close(self) -> None:
         """Stop the evals still running (an error may have ended the loop) and wait for them, flush
@@ -134,22 +285,6 @@ class Sidecar:
             self._lock_lost = True
             raise
 
-    def _finish_running(self, record: bool = True) -> None:
-        """Wait for the (cancelled) evals to end and record them as pending (with `record` False,
-        only let them go on and end). An eval that does not end within FINISH_WAIT seconds of its
-        grace period stays in flight in the state file (the next start settles it)."""
-        deadline = self.clock.monotonic() + self.config.eval_kill_grace_seconds + FINISH_WAIT
-        while self.scheduler.running:
-            self._drain(record)
-            if not self.scheduler.running:
-                return
-            if self.clock.monotonic() > deadline:
-                log.error("%s did not end after the stop; left in flight for the next start to settle",
-                          ", ".join(f"checkpoint-{k.step}" for k in sorted(self.scheduler.running, key=str)))
-                return
-            self.clock.wait(self.wake, 0.1)
-            self.wake.clear()
-
     def _drain(self, record: bool = True) -> int:
         done = 0
         for event in self.scheduler.drain():
@@ -159,88 +294,19 @@ class Sidecar:
                 event.recorded.set()
         return done
 
-    # ----- loops ------------------------------------------------------------------------------
-    def run_once(self) -> int:
-        """Tick until nothing ready is left and no eval runs (or a stop is requested); returns
-        how many checkpoints got an outcome."""
-        total = 0
-        while not self.stop_event.is_set():
-            done = self.tick()
-            total += done
-            running = bool(self.scheduler.running)
-            if not running and done == 0:
-                confirming = self.pipeline.readiness.confirm_deadlines
-                if not confirming:
-                    break
-                # checkpoints there at start-up become ready after a short confirmation (readiness)
-                self.clock.wait(self.stop_event, max(0.0, min(confirming) - self.clock.monotonic()))
-                continue
-            if running and done == 0:
-                self.clock.wait(self.wake, None)  # an eval finishing (or a signal) wakes us
-                self.wake.clear()
-        return total
+    # ----- what the loop waits for ----------------------------------------------------------
+    def _confirm_deadlines(self) -> list[float]:
+        return self.pipeline.readiness.confirm_deadlines
 
-    def run_forever(self, watcher: Watcher | None = None) -> None:
-        """Tick on every wake-up until stopped.
+    def _wake_deadlines(self, now: float, poll: float) -> list[float]:
+        deadlines = self.pipeline.wake_deadlines(now)
+        if self.pipeline.root_missing:  # its return wakes the watcher's parent watch; this is the safety net
+            deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
+        return deadlines
 
-        Wake-ups: filesystem events (events/auto), the poll deadline (poll/auto, and whenever
-        the root is missing), the end of the earliest quiet period, the next retry.
-        """
-        cfg = self.config
-        poll = cfg.poll_interval_seconds
-        use_events = cfg.watch_mode in ("auto", "events") and watcher is not None
-        if use_events:
-            try:
-                name = watcher.start()
-                log.info("watching %s with %s%s", cfg.sft_root, name,
-                         f" and a safety scan every {poll:g} s" if cfg.watch_mode == "auto" else "")
-            except WatcherUnavailable as exc:
-                if cfg.watch_mode == "events":
-                    raise ConfigError(f"--watch-mode events: filesystem events are unavailable ({exc}); "
-                                      f"use --watch-mode auto or poll") from exc
-                log.warning("filesystem events are unavailable (%s); polling every %g s instead", exc, poll)
-                use_events = False
-        use_poll = cfg.watch_mode != "events" or not use_events
-        try:
-            self._loop(poll, use_poll, watcher if use_events else None)
-        finally:
-            if use_events:
-                watcher.stop()
-
-    def _loop(self, poll: float, use_poll: bool, watcher: Watcher | None) -> None:
+    def _watched(self) -> dict[Path, object]:
         pipeline = self.pipeline
-        poll_deadline = self.clock.monotonic() + poll
-        while not self.stop_event.is_set():
-            started = self.clock.monotonic()
-            was_missing, watched = pipeline.root_missing, pipeline.discoverer.identity
-            done = self.tick()
-            replaced = watched is not None and pipeline.discoverer.identity not in (None, watched)
-            if watcher is not None and ((was_missing and not pipeline.root_missing) or replaced):
-                watcher.stop()  # the root was replaced: watch the new folder
-                try:
-                    watcher.start()
-                    log.info("--sft-root %s was replaced by another folder; watching the new one", self.config.sft_root)
-                except WatcherUnavailable as exc:
-                    log.warning("filesystem events stopped (%s); polling every %g s instead", exc, poll)
-                    watcher, use_poll = None, True
-                continue  # scan again: what was written before the new watch started sent no event
-            now = self.clock.monotonic()
-            if now >= poll_deadline:
-                poll_deadline = now + poll
-            if done:
-                continue
-            deadlines = pipeline.wake_deadlines(now)
-            if pipeline.root_missing:  # its return wakes the watcher's parent watch; this is the safety net
-                deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
-            self.clock.wait(self.wake, next_wake(now, poll_deadline if use_poll else None, deadlines))
-            self.wake.clear()
-            # A burst of events (a trainer writing a big file) wakes the loop at most every
-            # EVENT_MIN_GAP seconds: each tick re-lists the root. A ready marker appearing, an
-            # eval starting or finishing, or a stop cuts the wait short.
-            gap = EVENT_MIN_GAP - (self.clock.monotonic() - started)
-            if gap > 0:
-                self.clock.wait(self._prompt, gap)
-            self._prompt.clear()
+        return {self.config.sft_root: MISSING if pipeline.root_missing else pipeline.discoverer.identity}
 
     # ----- one tick -----------------------------------------------------------------------------
     def tick(self) -> int:
