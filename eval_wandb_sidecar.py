@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sidecar import __version__  # noqa: E402
 from sidecar.clock import SystemClock  # noqa: E402
-from sidecar.config import build_config, build_parser  # noqa: E402
+from sidecar.config import build_config, build_parser, check_start_paths  # noqa: E402
 from sidecar.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SidecarError  # noqa: E402
 
 log = logging.getLogger("eval_wandb_sidecar")
@@ -31,16 +31,22 @@ PROG = "eval_wandb_sidecar.py"
 
 
 def setup_logging(level: str) -> None:
+    """Log lines to stderr; in fleet mode a line about one model starts with `model NAME: `."""
+    from sidecar.labels import ModelField
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="[%(asctime)s] [%(levelname)s] %(message)s",
+        format="[%(asctime)s] [%(levelname)s] %(model)s%(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ModelField())
 
 
-def make_reporter(config):
-    """The W&B reporter for an enabled mode, else the null one (wandb is then never imported)."""
+def make_reporter(config, shared: bool = False):
+    """The W&B reporter for an enabled mode, else the null one (wandb is then never imported).
+    `shared`: one of many runs open in this process (fleet mode)."""
     from sidecar.reporters.base import NullReporter
 
     if not config.reporting:
@@ -48,7 +54,45 @@ def make_reporter(config):
     require_wandb(config.wandb_mode)
     from sidecar.reporters.wandb import WandbReporter, options_for
 
-    return WandbReporter(options_for(config, config.identity.wandb_config()))
+    options = options_for(config, config.identity.wandb_config())
+    return WandbReporter(replace(options, shared=True) if shared else options)
+
+
+def stopping_text(config) -> str:
+    if config.executor == "slurm" and not config.slurm_cancel_on_exit:
+        return "Slurm jobs in flight are left running; the next start re-attaches to them"
+    if config.executor == "slurm":
+        return "Slurm jobs in flight are cancelled and their checkpoints stay pending"
+    return "a running eval is stopped and stays pending"
+
+
+def stop_on_signals(sidecar, config) -> None:
+    from sidecar.signals import relay_signals
+
+    stopping = stopping_text(config)
+
+    def on_signal(signum):
+        log.info("received %s; stopping (%s)", signal.Signals(signum).name, stopping)
+        sidecar.request_stop()
+
+    relay_signals((signal.SIGTERM, signal.SIGINT), on_signal)
+
+
+def watch(sidecar, config, roots) -> None:
+    """Run the loop (`--once`, or until stopped), then close."""
+    try:
+        if config.once:
+            done = sidecar.run_once()
+            log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
+        elif config.watch_mode == "poll":
+            sidecar.run_forever()
+        else:
+            from sidecar.watch.watcher import Watcher
+
+            markers = (config.ready_marker,) if config.ready_marker else ()
+            sidecar.run_forever(watchers=tuple(Watcher(root, sidecar.notify, markers) for root in roots))
+    finally:
+        sidecar.close()
 
 
 def require_wandb(mode: str) -> None:
@@ -61,43 +105,46 @@ def require_wandb(mode: str) -> None:
 
 def cmd_watch(argv: list[str]) -> int:
     from sidecar.watch.service import Sidecar
-    from sidecar.signals import relay_signals
 
     args = vars(build_parser(PROG).parse_args(argv))
-    config = build_config(args, dict(os.environ), Path.cwd())
+    config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
+    if config.models_root:
+        setup_logging(config.log_level)
+        return cmd_fleet(config, args)
+    check_start_paths(config)
     setup_logging(config.log_level)
     sidecar = Sidecar(config, SystemClock(), dict(os.environ), reporter=make_reporter(config))
-
-    if config.executor == "slurm" and not config.slurm_cancel_on_exit:
-        stopping = "Slurm jobs in flight are left running; the next start re-attaches to them"
-    elif config.executor == "slurm":
-        stopping = "Slurm jobs in flight are cancelled and their checkpoints stay pending"
-    else:
-        stopping = "a running eval is stopped and stays pending"
-
-    def on_signal(signum):
-        log.info("received %s; stopping (%s)", signal.Signals(signum).name, stopping)
-        sidecar.request_stop()
-
-    relay_signals((signal.SIGTERM, signal.SIGINT), on_signal)
+    stop_on_signals(sidecar, config)
     sidecar.start()  # the lock and the state file: errors here are one line, before any banner
     mode = "disabled" if not config.reporting else config.wandb_mode
     log.info("eval sidecar %s: sft root %s", __version__, config.sft_root)
     log.info("state file %s (lock: %s); watch: %s; W&B mode %s; run id %s", config.state_file,
              sidecar.lock.kind, "once" if config.once else f"{config.watch_mode} (poll interval "
              f"{config.poll_interval_seconds:g} s)", mode, sidecar.state.run_id)
-    try:
-        if config.once:
-            done = sidecar.run_once()
-            log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
-        else:
-            from sidecar.watch.watcher import Watcher
+    watch(sidecar, config, (config.sft_root,))
+    return EXIT_OK
 
-            markers = (config.ready_marker,) if config.ready_marker else ()
-            watcher = Watcher(config.sft_root, sidecar.notify, markers) if config.watch_mode != "poll" else None
-            sidecar.run_forever(watcher)
-    finally:
-        sidecar.close()
+
+def cmd_fleet(config, args: dict) -> int:
+    """Fleet mode: every model folder under the --models-root folders, each with its profile."""
+    from sidecar.config import check_common_paths
+    from sidecar.fleet.service import Fleet
+
+    check_common_paths(config)
+    if config.reporting:
+        require_wandb(config.wandb_mode)
+    fleet = Fleet(config, args, SystemClock(), dict(os.environ), lambda c: make_reporter(c, shared=True), Path.cwd())
+    stop_on_signals(fleet, config)
+    mode = "disabled" if not config.reporting else config.wandb_mode
+    log.info("eval sidecar %s: fleet over %s; profiles %s; watch: %s; W&B mode %s", __version__,
+             ", ".join(str(r) for r in config.models_root), config.profiles or "none (the command line's flags)",
+             "once" if config.once else f"{config.watch_mode} (poll interval {config.poll_interval_seconds:g} s)", mode)
+    try:
+        fleet.start()
+    except BaseException:
+        fleet.close()
+        raise
+    watch(fleet, config, config.models_root)
     return EXIT_OK
 
 

@@ -21,18 +21,21 @@ from .executors.slurm import check_sbatch_args
 
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_RESUMES = ("allow", "must", "never", "auto")
-ORDERS = ("oldest-first", "newest-first")
+ORDERS = ("oldest-first", "newest-first", "model-then-step")
 LOCK_MODES = ("auto", "flock", "soft")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DO_SAMPLE = ("true", "false", "1", "0", "yes", "no")
 EXECUTORS = ("local", "slurm")
 OPTION_VALUED = ("--slurm-args",)  # flags whose value is a list of options
+FLEET_ONLY = ("model_filter", "profiles", "profiles_data_root", "max_parallel_per_model")
+FLEET_KEYS = ("models_root", *FLEET_ONLY)
+NOT_IN_FLEET = ("wandb_run_id", "wandb_run_name", "force_eval_steps")  # one value cannot fit every model
 
 
 @dataclass(frozen=True)
 class Flag:
     name: str  # without the leading dashes
-    kind: str  # str | path | int | float | bool | choice | steps
+    kind: str  # str | path | int | float | bool | choice | steps | args | paths | strs (the last two repeatable)
     default: Any = None
     env: str | None = None
     help: str = ""
@@ -88,7 +91,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("retry-backoff-seconds", "float", 300.0, minimum=0, maximum=30 * 86400, help="first retry delay; doubles each time"),
     Flag("retry-failed", "bool", False, help="give failed checkpoints a fresh attempt budget"),
     Flag("force-eval-steps", "steps", frozenset(), help="re-evaluate these processed steps once, e.g. 500,1000"),
-    Flag("order", "choice", "oldest-first", choices=ORDERS),
+    Flag("order", "choice", "oldest-first", choices=ORDERS,
+         help="inside a model; fleet mode serves models in turn (model-then-step: one model's steps before the next's)"),
     Flag("lock-mode", "choice", "auto", choices=LOCK_MODES),
     Flag("log-dir", "path", "log/eval_sidecar", help="per-checkpoint eval logs go to LOG_DIR/<model>/"),
     Flag("gpu-slots", "str", None, help='run up to one eval per slot at once, e.g. "0,1;2,3" (default: one slot, --cuda-list)'),
@@ -109,6 +113,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max-parallel", "int", 1, minimum=1, maximum=10000, help="Slurm jobs in flight at once (--executor slurm)"),
     Flag("slurm-cancel-on-exit", "bool", False, help="cancel this sidecar's Slurm jobs when it stops (default: leave them, re-attach on restart)"),
     Flag("slurm-poll-seconds", "float", 10.0, minimum=0.1, maximum=3600, help="seconds between two questions to Slurm about a job"),
+    # fleet mode: one sidecar for a tree of models
+    Flag("models-root", "paths", (), help="fleet mode: every subfolder holding checkpoint-<N> folders is a model (repeatable)"),
+    Flag("model-filter", "strs", (), help="fleet mode: watch only model folders matching this glob (repeatable)"),
+    Flag("profiles", "path", None, help="fleet mode: eval profiles (rules YAML, or the eval_profile_manifest.json format)"),
+    Flag("profiles-data-root", "path", None, help="fleet mode: relative paths of a manifest start here (default: its folder)"),
+    Flag("max-parallel-per-model", "int", 0, minimum=0, maximum=10000, help="fleet mode: evals of one model at once (0 = no cap)"),
 )
 _BY_DEST = {f.dest: f for f in FLAGS}
 
@@ -175,6 +185,11 @@ class Config:
     max_parallel: int
     slurm_cancel_on_exit: bool
     slurm_poll_seconds: float
+    models_root: tuple[Path, ...]
+    model_filter: tuple[str, ...]
+    profiles: Path | None
+    profiles_data_root: Path | None
+    max_parallel_per_model: int
     identity: Identity = field(compare=False)
     config_file: Path | None = None
 
@@ -250,6 +265,9 @@ def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, di
         env = f" [env {flag.env}]" if flag.env else ""
         if flag.kind == "bool":
             parser.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
+        elif flag.kind in ("paths", "strs"):
+            parser.add_argument(f"--{flag.name}", action="append", metavar="DIR" if flag.kind == "paths" else "GLOB",
+                                help=f"{flag.help}{env}")
         else:
             parser.add_argument(f"--{flag.name}", metavar=flag.dest.upper(), help=f"{flag.help}{default}{env}")
     for name, kwargs in extra:
@@ -281,6 +299,7 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
             if not math.isfinite(value):
                 raise ValueError
         elif flag.kind == "choice":
+            text = str(raw).strip()  # a YAML true/false is a choice's text here (do-sample: true)
             canon = {c.lower(): c for c in flag.choices}
             if text.lower() not in canon:
                 raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(flag.choices)}")
@@ -289,6 +308,13 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
             if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in raw):
                 raise ConfigError(f"{where}: list items must be strings, got {raw!r}")
             value = tuple(str(x) for x in raw)
+        elif flag.kind in ("paths", "strs"):  # repeatable: a list (command line, YAML) or one value
+            items = raw if isinstance(raw, (list, tuple)) else [raw]
+            if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in items):
+                raise ConfigError(f"{where}: expected a value or a list of values, got {raw!r}")
+            value = tuple(str(x).strip() for x in items if str(x).strip())
+            if any("\0" in x for x in value):
+                raise ConfigError(f"{where}: a value contains a NUL byte")
         elif flag.kind == "steps":
             value = frozenset(int(p) for p in text.replace(" ", ",").split(",") if p.strip())
             if any(v < 0 for v in value):
@@ -428,17 +454,25 @@ def parse_summary_metrics(text: str) -> tuple[str, ...]:
     return metrics
 
 
-def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True) -> Config:
+def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True,
+                 member: bool = False) -> Config:
     """Merge command line (`args`, only flags given), environment and config file over the defaults.
 
     With `check_paths`, the files and folders the watch needs must exist (start-up validation).
+    `member`: one model of a fleet (`args` name its `sft_root`); the fleet's own flags are left
+    out, so the config is exactly a single-model sidecar's with these flags.
     """
     values, config_file = flag_values(args, environ, cwd)
+    if member:
+        values.update((dest, _BY_DEST[dest].default) for dest in FLEET_KEYS)
     _check_executor(values)
     _check_resume(values)
     values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
     values["slurm_args"] = parse_slurm_args(values["slurm_args"])
     values["summary_metrics"] = parse_summary_metrics(values["summary_metrics"])
+    _check_fleet(values)
+    if values["models_root"] and not values["sft_root"]:
+        values["sft_root"] = values["models_root"][0]  # fleet mode: each model's config names its own
     if not values["sft_root"]:
         raise ConfigError("--sft-root is required (the folder holding checkpoint-<N> folders)")
     if values["ready_marker"] is not None:
@@ -449,6 +483,10 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     for dest in ("sft_root", "eval_script", "test_data_path", "index_path", "state_dir", "log_dir"):
         values[dest] = _resolve(values[dest], repo_root, f"--{dest.replace('_', '-')}")
     values["repo_root"] = repo_root
+    values["models_root"] = tuple(_resolve(r, repo_root, "--models-root") for r in values["models_root"])
+    for dest in ("profiles", "profiles_data_root"):
+        if values[dest] is not None:
+            values[dest] = _resolve(values[dest], repo_root, f"--{dest.replace('_', '-')}")
     values["results_root"] = _resolve(values["results_root"] or "results", repo_root, "--results-root")
     identity = derive_identity(
         sft_root=values["sft_root"], test_data_path=values["test_data_path"],
@@ -458,8 +496,27 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     )
     config = Config(**values, identity=identity, config_file=config_file)
     if check_paths:
-        _check_paths(config)
+        check_start_paths(config)
     return config
+
+
+def _check_fleet(values: dict) -> None:
+    """Fleet mode (`--models-root`) replaces `--sft-root`; its own flags need it, and flags naming
+    one run or one model's steps have no meaning across a tree of models."""
+    if values["models_root"] and values["sft_root"]:
+        raise ConfigError(f"--sft-root {values['sft_root']!r} and --models-root {values['models_root'][0]!r}: give "
+                          f"one (--sft-root watches one model, --models-root a tree of them)")
+    if not values["models_root"]:
+        given = [d for d in FLEET_ONLY if values[d] not in (None, (), 0)]
+        if given:
+            name = given[0].replace("_", "-")
+            raise ConfigError(f"--{name} {values[given[0]]!r}: applies to fleet mode only (--models-root DIR)")
+        return
+    for dest in NOT_IN_FLEET:
+        if values[dest]:
+            shown = ",".join(map(str, sorted(values[dest]))) if dest == "force_eval_steps" else values[dest]
+            raise ConfigError(f"--{dest.replace('_', '-')} {shown!r}: not in fleet mode (it would apply to every "
+                              f"model); use a single-model sidecar (--sft-root) for that model")
 
 
 def _check_resume(values: dict) -> None:
@@ -473,9 +530,14 @@ def _check_resume(values: dict) -> None:
                           "(use --wandb-resume allow, or --wandb-mode online without --wandb-fallback offline)")
 
 
-def _check_paths(config: Config) -> None:
-    if not config.repo_root.is_dir():
-        raise ConfigError(f"--repo-root: not a folder: {config.repo_root}")
+def check_start_paths(config: Config) -> None:
+    """Start-up validation: the files and folders the watch needs exist."""
+    check_common_paths(config)
+    check_model_paths(config)
+
+
+def check_model_paths(config: Config) -> None:
+    """The files and folders of one model's evaluation (fleet mode checks them per model)."""
     if not config.sft_root.is_dir():
         raise ConfigError(f"--sft-root: not a folder: {config.sft_root}")
     if not os.access(config.sft_root, os.R_OK | os.X_OK):
@@ -486,6 +548,15 @@ def _check_paths(config: Config) -> None:
         raise ConfigError(f"--test-data-path: not a file: {config.test_data_path}")
     if not config.index_path.is_file():
         raise ConfigError(f"--index-path: not a file: {config.index_path}")
+
+
+def check_common_paths(config: Config) -> None:
+    """What every model of a sidecar shares: the repository, Slurm's commands, the state and log folders."""
+    if not config.repo_root.is_dir():
+        raise ConfigError(f"--repo-root: not a folder: {config.repo_root}")
+    for root in config.models_root:
+        if not root.is_dir():
+            raise ConfigError(f"--models-root: not a folder: {root}")
     if config.executor == "slurm":
         missing = [b for b in ("sbatch", "scontrol", "scancel", "squeue") if shutil.which(b) is None]
         if missing:

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import replace
 
+from .. import labels
 from ..crash import crash_point
 from .base import RECORD_WAIT, EvalJob, EvalResult, Finished, Outcome, Started, log_header
 from .processes import (ATTEMPT_ENV, group_alive, owner_tag, process_start_time,
@@ -76,7 +77,7 @@ class LocalExecutor:
                 result = EvalResult(Outcome.NOT_STARTED, error=f"{type(exc).__name__}: {exc}")
             emit(Finished(key, result))
 
-        threading.Thread(target=run, name=f"eval-{job.name or job.tag}", daemon=True).start()
+        labels.thread(run, f"eval-{job.name or job.tag}").start()
 
     def where(self, job: EvalJob) -> str:
         return f"on GPUs {job.gpus or '-'}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+from .. import labels
 from ..crash import crash_point
 from .base import RECORD_WAIT, Emit, EvalJob, EvalResult, Finished, Outcome, Started, Updated, log_header
 from .processes import run_command
@@ -305,7 +306,7 @@ class SlurmExecutor:
                 with self._lock:
                     self._helpers.discard(thread)
 
-        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread = labels.thread(run, name)
         with self._lock:
             self._helpers.add(thread)
         thread.start()

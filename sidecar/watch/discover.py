@@ -23,6 +23,24 @@ RACY_SECONDS = 2.0
 RELIST_SECONDS = 300.0
 
 
+class Stamps:
+    """Which folders are unchanged since a trusted listing (their (dev, ino, mtime) then)."""
+
+    def __init__(self) -> None:
+        self._stamps: dict[object, tuple[tuple, float]] = {}  # key -> (stamp, monotonic relist deadline)
+
+    def unchanged(self, key, st: os.stat_result) -> bool:
+        seen = self._stamps.get(key)
+        return seen is not None and seen[0] == (st.st_dev, st.st_ino, st.st_mtime_ns) and time.monotonic() < seen[1]
+
+    def listed(self, key, st: os.stat_result, trust: bool = True) -> None:
+        """The folder was just listed (as it was at `st`); trusted unless its mtime is too recent."""
+        if trust and time.time_ns() - st.st_mtime_ns >= RACY_SECONDS * 1e9:
+            self._stamps[key] = ((st.st_dev, st.st_ino, st.st_mtime_ns), time.monotonic() + RELIST_SECONDS)
+        else:
+            self._stamps.pop(key, None)
+
+
 class RootMissing(Exception):
     """The SFT root is gone or unreadable at scan time (it may come back)."""
 
@@ -37,8 +55,7 @@ class Discoverer:
         self._last_names: set[str] | None = None  # the checkpoint folders the last scan listed ...
         self._last: list[Checkpoint] = []  # ... and what they parsed to
         self._last_entries: list[str] | None = None  # the checkpoint folders at the last scan, as listed
-        self._stamp: tuple | None = None  # the root folder's (dev, ino, mtime) at a trusted listing
-        self._relist_at = 0.0  # monotonic: list again by then whatever the stamp says
+        self._stamps = Stamps()
         self.unchanged = False  # the last scan found the same checkpoints as the one before
 
     def scan(self) -> list[Checkpoint]:
@@ -52,8 +69,7 @@ class Discoverer:
         self.unchanged = False
         try:
             st = os.stat(root)
-            stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
-            if stamp == self._stamp and time.monotonic() < self._relist_at:
+            if self._stamps.unchanged(root, st):
                 self.unchanged = True
                 return list(self._last)
             # Folder or symlink comes with the listing (d_type) on local filesystems: no stat per entry.
@@ -72,10 +88,7 @@ class Discoverer:
         if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: nothing carries over
             self.identity = (st.st_dev, st.st_ino)
             self._last_names, self._last_entries = None, None
-        trusted = not links and time.time_ns() - st.st_mtime_ns >= RACY_SECONDS * 1e9  # symlinks: always re-checked
-        self._stamp = stamp if trusted else None
-        if trusted:
-            self._relist_at = time.monotonic() + RELIST_SECONDS
+        self._stamps.listed(root, st, trust=not links)  # symlinks are always checked again
         if not links and folders == self._last_entries:
             self.unchanged = True
             return list(self._last)  # the same folders as last time

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .. import labels
 from ..crash import crash_point
 from ..errors import MetricsError
 from ..executors.base import EvalJob, EvalResult, Executor, Finished, Started
@@ -216,4 +217,4 @@ class Scheduler:
 
 
 def _thread(fn, name: str) -> None:
-    threading.Thread(target=fn, name=name, daemon=True).start()
+    labels.thread(fn, name).start()

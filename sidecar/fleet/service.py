@@ -1,0 +1,401 @@
+"""The fleet: one sidecar for every model folder under the `--models-root` folders.
+
+Each model folder gets its profile (`profiles`), and with it exactly the configuration a
+single-model sidecar started with those flags would have: the same state file, lock, log folder
+and W&B run. Each model is a `ModelPipeline` under its own lock; all of them share one
+`Scheduler` (the GPU slots, or Slurm's `--max-parallel`), which hands free slots to the models in
+turn (`order`).
+
+A model folder's life here: found -> profile resolved -> (no profile | locked by another sidecar |
+error | watching) -> (removed | profile changed -> retiring -> closed). A model in trouble is
+listed with its reason and never stops the others; one whose lock another sidecar holds is
+taken over when that sidecar stops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import labels
+from ..config import Config, build_config, check_model_paths
+from ..errors import LockHeld, LockLost, SidecarError
+from ..executors.base import Started
+from ..labels import about
+from ..reporters.base import Reporter
+from ..watch.pipeline import ModelPipeline
+from ..watch.scheduler import EvalKey
+from ..watch.service import ROOT_MISSING_RECHECK_SECONDS, Loop, freeze_loaded, make_scheduler
+from ..watch.state import ProcessLock
+from .models import ModelFinder, ModelFolder
+from .order import interleave
+from .profiles import ProfilesFile
+
+log = logging.getLogger(__name__)
+
+LOCK_RETRY_SECONDS = 5.0  # a model locked by another sidecar is tried again this often
+SWITCH_RETRY_SECONDS = 0.5  # a model whose previous configuration is still closing
+
+
+class Status:
+    WATCHING = "watching"
+    NO_PROFILE = "no profile"
+    LOCKED = "locked"
+    ERROR = "error"
+    RETIRING = "retiring"
+    REMOVED = "removed"
+
+
+@dataclass
+class Member:
+    """A model being watched: its configuration, lock and pipeline."""
+
+    name: str
+    config: Config
+    lock: ProcessLock
+    pipeline: ModelPipeline
+    lock_lost: bool = False
+    retiring: str = ""  # why it stops once its running evals end
+
+    @property
+    def key(self) -> str:
+        return self.pipeline.model
+
+    def check_lock(self) -> None:
+        try:
+            self.lock.check()
+        except LockLost:
+            self.lock_lost = True
+            raise
+
+
+@dataclass
+class Entry:
+    """A model folder as the fleet sees it (what `status` and `plan` show for it)."""
+
+    folder: ModelFolder
+    status: str = ""
+    reason: str = ""
+    source: str = ""  # what gave its profile
+    member: Member | None = None
+    config: Config | None = None
+    retry_at: float | None = None  # monotonic: place it again then (locked, error, switching)
+    logged: str = field(default="", repr=False)  # the last reason logged (each is logged once)
+
+
+class Fleet(Loop):
+    """Many model pipelines over one scheduler."""
+
+    watch_flag = "--models-root"
+
+    def __init__(self, config: Config, args: dict, clock, environ: dict[str, str],
+                 make_reporter: Callable[[Config], Reporter], cwd: Path, executor=None, spawn=None) -> None:
+        """`config`: the fleet's own (its sft_root is a placeholder); `args`: the flags given on
+        the command line, from which each model's configuration is built with its profile."""
+        super().__init__(config, clock)
+        self.args = {k: v for k, v in args.items() if k != "sft_root"}
+        self.environ = dict(environ)
+        self.cwd = cwd
+        self.make_reporter = make_reporter
+        self.scheduler = make_scheduler(config, self.environ, executor, clock, self.notify, spawn)
+        self.profiles = ProfilesFile(config.profiles, config.profiles_data_root) if config.profiles else None
+        self.finder = ModelFinder(config.models_root, config.model_filter)
+        self.entries: dict[Path, Entry] = {}
+        self.members: dict[str, Member] = {}  # by identity key (EvalKey.model)
+        self._closing: dict[str, threading.Thread] = {}
+        self._served: dict[str, int] = {}
+        self._counter = itertools.count(1)
+        self._strict = config.order == "model-then-step"
+
+    # ----- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._refresh(self.clock.monotonic())
+        watching = sum(1 for e in self.entries.values() if e.status == Status.WATCHING)
+        log.info("fleet: %d model folder(s) under %s; %d watched", len(self.entries),
+                 ", ".join(str(r) for r in self.config.models_root), watching)
+        freeze_loaded()
+
+    def close(self) -> None:
+        """Stop every running eval and wait for them, then close every model (in parallel: each
+        finishes its W&B run) and release their locks."""
+        self.request_stop()
+        try:
+            self._finish_running()
+        finally:
+            for member in list(self.members.values()):
+                self._close_member(member)
+            for thread in list(self._closing.values()):
+                thread.join()
+
+    def _close_member(self, member: Member) -> None:
+        """Close in a thread of its own: a W&B run finishing never holds up the other models."""
+        self.members.pop(member.key, None)
+        self._served.pop(member.key, None)
+
+        def close() -> None:
+            try:
+                if member.lock_lost:
+                    member.pipeline.reporter.abandon()
+                else:
+                    member.pipeline.close()
+            except LockLost as exc:
+                log.error("model %s: %s; this fleet writes nothing more for it", member.name, exc)
+                member.pipeline.reporter.abandon()
+            except Exception:  # noqa: BLE001 - one model's close must not stop the others'
+                log.exception("model %s: closing failed", member.name)
+            finally:
+                if not member.lock_lost:
+                    member.lock.release()
+                self._closing.pop(member.key, None)
+
+        with about(member.name):
+            thread = labels.thread(close, f"close-{member.name}")
+        self._closing[member.key] = thread
+        thread.start()
+
+    # ----- which models -------------------------------------------------------------------------
+    def _refresh(self, now: float) -> None:
+        """Profiles changed? Model folders added or removed? Locked or failed models due again?"""
+        changed = self.profiles.refresh() if self.profiles is not None else False
+        folders = self.finder.scan()
+        for path, entry in list(self.entries.items()):
+            if path in folders or entry.folder.root in self.finder.missing:
+                continue  # (a missing root: its models wait, as a single sidecar waits for its root)
+            if entry.status != Status.REMOVED:
+                log.warning("model %s: its folder %s was removed; its state stays in %s", entry.folder.name, path,
+                            entry.config.state_dir if entry.config else self.config.state_dir)
+                self._retire(entry, "its folder was removed")
+                entry.status, entry.reason = Status.REMOVED, "its folder was removed"
+            self.finder.forget(path)
+        for path, folder in sorted(folders.items()):
+            entry = self.entries.get(path)
+            if entry is None:
+                entry = self.entries[path] = Entry(folder)
+            due = entry.retry_at is not None and now >= entry.retry_at
+            if not entry.status or entry.status == Status.REMOVED or changed or due:
+                self._place(entry, now)
+        for member in list(self.members.values()):
+            if member.retiring and not self._running(member.key):
+                self._close_member(member)
+                entry = self._entry_of(member)
+                if entry is not None and entry.member is member:
+                    entry.member = None
+                    if entry.status == Status.RETIRING:
+                        entry.status, entry.retry_at = "", now
+
+    def _entry_of(self, member: Member) -> Entry | None:
+        return self.entries.get(member.config.sft_root)
+
+    def _place(self, entry: Entry, now: float) -> None:
+        """Resolve the folder's profile and watch it with that configuration (or say why not)."""
+        name = entry.folder.name
+        entry.retry_at = None
+        values, source = {}, "the command line"
+        if self.profiles is not None:
+            resolved = self.profiles.profiles.resolve(name)
+            if resolved.values is None:
+                self._retire(entry, "its profile no longer matches")
+                self._set(entry, Status.NO_PROFILE, resolved.reason, logger=log.info)
+                return
+            values, source = resolved.values, resolved.source
+        try:
+            config = self.model_config(entry.folder, values)
+        except SidecarError as exc:
+            self._retire(entry, "its profile changed")
+            self._set(entry, Status.ERROR, f"profile from {source}: {exc}", logger=log.error)
+            entry.retry_at = now + self.config.poll_interval_seconds
+            return
+        entry.source = source
+        member = entry.member
+        if member is not None and member.config == config and not member.retiring:
+            return  # the profile change did not change this model's flags
+        if member is not None:
+            self._retire(entry, "its profile changed")
+            entry.config = config
+            return  # the new configuration starts once the old one has closed
+        entry.config = config
+        if config.identity.key in self.members or config.identity.key in self._closing:
+            self._set(entry, Status.RETIRING, "its previous configuration is closing")
+            entry.retry_at = now + SWITCH_RETRY_SECONDS
+            return
+        self._start_member(entry, config, now)
+
+    def model_config(self, folder: ModelFolder, values: dict) -> Config:
+        """Exactly the configuration of a single-model sidecar started with the fleet's flags,
+        the profile's values and `--sft-root` this folder."""
+        args = {**self.args, **values, "sft_root": str(folder.path)}
+        config = build_config(args, self.environ, self.cwd, check_paths=False, member=True)
+        check_model_paths(config)
+        return config
+
+    def _start_member(self, entry: Entry, config: Config, now: float) -> None:
+        name = entry.folder.name
+        lock = ProcessLock(config.lock_file, config.lock_mode)
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            holder = exc.holder or "another process"
+            self._set(entry, Status.LOCKED, f"locked by {holder} ({config.lock_file}); taken over when it stops")
+            entry.retry_at = now + LOCK_RETRY_SECONDS
+            return
+        except SidecarError as exc:
+            self._set(entry, Status.ERROR, str(exc), logger=log.error)
+            entry.retry_at = now + self.config.poll_interval_seconds
+            return
+        member: Member
+        with about(name):
+            reporter = self.make_reporter(config)
+        pipeline = ModelPipeline(config, self.clock, self.environ, reporter, self.scheduler,
+                                 wake=self.wake.set, guard=lambda: member.check_lock())
+        member = Member(name, config, lock, pipeline)
+        try:
+            with about(name):
+                pipeline.start()
+        except SidecarError as exc:
+            lock.release()
+            self._set(entry, Status.ERROR, str(exc), logger=log.error)
+            entry.retry_at = now + self.config.poll_interval_seconds
+            return
+        except BaseException:
+            lock.release()
+            raise
+        self.members[member.key] = member
+        entry.member = member
+        self._set(entry, Status.WATCHING, f"run {pipeline.state.run_id}, state {config.state_file.name}",
+                  logger=log.info, text=f"model {name}: watching {config.sft_root} (profile from {entry.source}; "
+                                        f"state {config.state_file}; run id {pipeline.state.run_id})")
+
+    def _set(self, entry: Entry, status: str, reason: str, logger=log.warning, text: str = "") -> None:
+        entry.status, entry.reason = status, reason
+        line = text or f"model {entry.folder.name}: {status}: {reason}"
+        if line != entry.logged:
+            entry.logged = line
+            logger("%s", line)
+
+    def _retire(self, entry: Entry, why: str) -> None:
+        """Stop giving the folder's member new evals; it closes once its running evals end."""
+        member = entry.member
+        if member is not None and not member.retiring:
+            member.retiring = why
+            entry.status, entry.reason = Status.RETIRING, why
+            log.info("model %s: %s; it stops once its running evals end", entry.folder.name, why)
+
+    def _lose(self, member: Member, exc: LockLost) -> None:
+        log.error("model %s: %s; this fleet writes nothing more for it (its running evals end on their own)",
+                  member.name, exc)
+        member.retiring = "another sidecar took its lock"
+        entry = self._entry_of(member)
+        if entry is not None:
+            entry.status, entry.reason = Status.LOCKED, f"lost its lock: {exc}"
+            entry.retry_at = None
+
+    def _running(self, key: str) -> int:
+        return sum(1 for k in self.scheduler.running if k.model == key)
+
+    # ----- events -------------------------------------------------------------------------------
+    def _drain(self, record: bool = True) -> int:
+        done = 0
+        for event in self.scheduler.drain():
+            member = self.members.get(event.key.model)
+            if not record or member is None or member.lock_lost:
+                if isinstance(event, Started):  # let the eval go on; it ends with the stop
+                    event.recorded.set()
+                continue
+            try:
+                with about(member.name):
+                    done += member.pipeline.handle(event)
+            except LockLost as exc:
+                self._lose(member, exc)
+        return done
+
+    # ----- what the loop waits for ----------------------------------------------------------
+    def _confirm_deadlines(self) -> list[float]:
+        return [d for m in self.members.values() for d in m.pipeline.readiness.confirm_deadlines]
+
+    def _wake_deadlines(self, now: float, poll: float) -> list[float]:
+        deadlines = [d for m in self.members.values() if not m.retiring for d in m.pipeline.wake_deadlines(now)]
+        deadlines += [e.retry_at for e in self.entries.values() if e.retry_at is not None]
+        if self.finder.missing or any(m.pipeline.root_missing for m in self.members.values()):
+            deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
+        if self._closing:
+            deadlines.append(now + SWITCH_RETRY_SECONDS)
+        return deadlines
+
+    def _watched(self) -> dict[Path, object]:
+        return {root: self.finder.identities.get(root) for root in self.config.models_root}
+
+    # ----- one tick -----------------------------------------------------------------------------
+    def tick(self) -> int:
+        """One pass over every model; returns how many checkpoints got an outcome recorded."""
+        now = self.clock.monotonic()
+        done = self._drain()
+        self._refresh(now)
+        stopping = self.stop_event.is_set()
+        planned: dict[str, list] = {}
+        for member in list(self.members.values()):
+            if member.lock_lost or member.retiring or member.pipeline.state is None:
+                continue
+            try:
+                member.check_lock()
+                with about(member.name):
+                    member.pipeline.resume_followed(stopping)
+                    ready, vanished = member.pipeline.scan()
+            except LockLost as exc:
+                self._lose(member, exc)
+                continue
+            done += vanished
+            if ready:
+                planned[member.key] = ready
+        done += self._dispatch(planned)
+        for member in list(self.members.values()):
+            if member.lock_lost:
+                continue
+            try:
+                with about(member.name):
+                    member.pipeline.save(force=member.pipeline.dirty)
+                    member.pipeline.report()
+            except LockLost as exc:
+                self._lose(member, exc)
+        return done
+
+    def _dispatch(self, planned: dict[str, list]) -> int:
+        """Free slots to ready checkpoints, models in turn (`order`), each model within its cap."""
+        done = 0
+        cap = self.config.max_parallel_per_model
+        running = {key: self._running(key) for key in planned}
+        names = {key: self.members[key].name for key in planned}
+        for key, ckpt in interleave(planned, names, self._served, strict=self._strict):
+            if self.stop_event.is_set():
+                break
+            member = self.members.get(key)
+            if member is None or member.lock_lost or member.retiring:
+                continue
+            if cap and running[key] >= cap:
+                continue
+            slot = self.scheduler.free_slot()
+            if slot is None:
+                break  # every slot busy: the next finished eval wakes the loop
+            try:
+                with about(member.name):
+                    done += member.pipeline.dispatch(ckpt, slot)
+            except LockLost as exc:
+                self._lose(member, exc)
+                continue
+            if EvalKey(key, ckpt.step) in self.scheduler.running:
+                running[key] += 1
+                self._served[key] = next(self._counter)
+        return done
+
+    # ----- what status shows --------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        """One dict per model folder: name, path, status, reason, state file."""
+        out = []
+        for path, entry in sorted(self.entries.items(), key=lambda kv: (kv[1].folder.name, str(kv[0]))):
+            config = entry.config
+            out.append({"model": entry.folder.name, "path": str(path), "status": entry.status, "reason": entry.reason,
+                        "profile": entry.source, "state_file": str(config.state_file) if config else None})
+        return out
