@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import labels
-from ..config import Config, build_config, check_model_paths
+from ..config import Config
 from ..errors import LockHeld, LockLost, SidecarError
 from ..executors.base import Started
 from ..labels import about
@@ -34,6 +34,7 @@ from ..watch.state import ProcessLock
 from .models import ModelFinder, ModelFolder
 from .order import interleave
 from .profiles import ProfilesFile
+from .tree import model_config
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,7 @@ class Fleet(Loop):
         self._start_member(entry, config, now)
 
     def model_config(self, folder: ModelFolder, values: dict) -> Config:
-        """Exactly the configuration of a single-model sidecar started with the fleet's flags,
-        the profile's values and `--sft-root` this folder."""
-        args = {**self.args, **values, "sft_root": str(folder.path)}
-        config = build_config(args, self.environ, self.cwd, check_paths=False, member=True)
-        check_model_paths(config)
-        return config
+        return model_config(self.args, self.environ, self.cwd, folder, values)
 
     def _start_member(self, entry: Entry, config: Config, now: float) -> None:
         name = entry.folder.name
