@@ -4,6 +4,8 @@
     python eval_wandb_sidecar.py --sft-root saves/my-model [flags]     watch (or --once)
     python eval_wandb_sidecar.py status [same identity flags | --state-file F] [--json]
     python eval_wandb_sidecar.py sync [same identity flags | --state-file F] [--dry-run]
+    python eval_wandb_sidecar.py plan [same flags as the watch] [--json]   (or the watch with --dry-run)
+    python eval_wandb_sidecar.py --models-root saves --profiles profiles.yaml [flags]   fleet mode
 
 Exit codes: 0 ok, 1 runtime error, 2 bad input (flag, config file, state file), 3 lock held.
 """
@@ -106,7 +108,9 @@ def require_wandb(mode: str) -> None:
 def cmd_watch(argv: list[str]) -> int:
     from sidecar.watch.service import Sidecar
 
-    args = vars(build_parser(PROG).parse_args(argv))
+    args = vars(build_parser(PROG, (DRY_RUN_FLAG,)).parse_args(argv))
+    if args.pop("dry_run", False):
+        return show_plan(args, as_json=False)
     config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
     if config.models_root:
         setup_logging(config.log_level)
@@ -122,6 +126,40 @@ def cmd_watch(argv: list[str]) -> int:
              sidecar.lock.kind, "once" if config.once else f"{config.watch_mode} (poll interval "
              f"{config.poll_interval_seconds:g} s)", mode, sidecar.state.run_id)
     watch(sidecar, config, (config.sft_root,))
+    return EXIT_OK
+
+
+DRY_RUN_FLAG = ("--dry-run", {"action": "store_true", "help": "print what would run next (as `plan`), then exit"})
+
+
+def cmd_plan(argv: list[str]) -> int:
+    extra = (("--json", {"action": "store_true", "help": "print JSON"}),)
+    args = vars(build_parser(f"{PROG} plan", extra).parse_args(argv))
+    return show_plan(args, as_json=bool(args.pop("json", False)))
+
+
+def show_plan(args: dict, as_json: bool) -> int:
+    """Which checkpoints the watch would run next, in order, and why each other one waits (reads only)."""
+    from sidecar.config import check_common_paths
+    from sidecar.fleet.preview import ModelPreview, format_preview, preview, preview_model
+    from sidecar.fleet.tree import resolve_tree
+
+    config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
+    now_wall, now_mono = time.time(), time.monotonic()
+    if config.models_root:
+        check_common_paths(config)
+        models = [preview_model(item.folder.name, item.config, now_wall, now_mono) if item.config is not None
+                  else ModelPreview(item.folder.name, None, item.problem)
+                  for item in resolve_tree(config, args, dict(os.environ), Path.cwd())]
+    else:
+        check_start_paths(config)
+        models = [preview_model(config.identity.safe_model, config, now_wall, now_mono)]
+    if config.executor == "slurm":
+        slots = [f"Slurm job {i + 1}" for i in range(config.max_parallel)]
+    else:
+        slots = [f"GPUs {s}" for s in config.gpu_slots]
+    plan = preview(models, slots, config.order, config.max_parallel_per_model)
+    print(json.dumps(plan, indent=2) if as_json else format_preview(plan, single=not config.models_root))
     return EXIT_OK
 
 
@@ -355,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sync(argv[1:])
         if argv and argv[0] == "align":
             return cmd_align(argv[1:])
+        if argv and argv[0] == "plan":
+            return cmd_plan(argv[1:])
         return cmd_watch(argv)
     except SidecarError as exc:
         log.debug("error details", exc_info=True)
