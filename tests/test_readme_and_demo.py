@@ -32,6 +32,21 @@ def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
     assert "--once: 0 checkpoint(s) handled" in out  # the second pass re-evaluates nothing
 
 
+def test_fleet_demo_evaluates_three_models_at_once_and_lists_the_one_without_a_profile(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEMO_DIR": str(tmp_path / "fleet demo"),
+           "PYTHON_BIN": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "examples" / "demo_fleet.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for model in ("Toy-grec-sft-cb16", "Beauty-grec-sft-cb64", "Toy-grec-rl-cb16"):
+        assert re.search(rf"^{model}\s+3\s+0\s+0\s+0\s+300\s+0\.\d{{4}} @ \d+", out, flags=re.M), out
+        for step in (100, 200, 300):
+            assert f"model {model}: evaluated checkpoint-{step}" in out, out
+    assert "Other-notes           no profile: no rule of profiles.yaml matches 'Other-notes'" in out
+    assert "next: nothing is ready to run" in out and "done: 9 checkpoint(s) already processed" in out
+
+
 def test_manager_script_passes_flags_through_from_any_folder(ws, tmp_path):
     ws.checkpoint(100)
     env = ws.env(PYTHON_BIN=sys.executable)
