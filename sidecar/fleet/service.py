@@ -285,9 +285,9 @@ class Fleet(Loop):
                   member.name, exc)
         member.retiring = "another sidecar took its lock"
         entry = self._entry_of(member)
-        if entry is not None:
+        if entry is not None:  # tried again like a model locked at start: taken back when that sidecar stops
             entry.status, entry.reason = Status.LOCKED, f"lost its lock: {exc}"
-            entry.retry_at = None
+            entry.retry_at = self.clock.monotonic() + LOCK_RETRY_SECONDS
 
     def _running(self, key: str) -> int:
         return sum(1 for k in self.scheduler.running if k.model == key)
