@@ -334,3 +334,27 @@ def test_fleet_only_flags_need_models_root(tree):
     done = tree.run(*tree.single_args(tree.saves / "x", "Toy", "--max-parallel-per-model", "2"))
     assert done.returncode == 2
     assert done.stderr.strip().endswith("--max-parallel-per-model 2: applies to fleet mode only (--models-root DIR)")
+
+
+def test_a_model_whose_lock_a_single_sidecar_takes_is_left_to_it_and_taken_back_later(tree):
+    toy, beauty = tree.saves / "Toy-grec-sft-a", tree.saves / "Beauty-grec-sft-b"
+    tree.checkpoint(toy, 1)
+    tree.checkpoint(beauty, 2)
+    fleet, out = tree.start(*tree.args("--poll-interval-seconds", "1"))
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1] and tree.processed("Beauty-grec-sft-b") == [2],
+             timeout=60)
+    tree.state_file("Toy-grec-sft-a").with_suffix(".lock").unlink()  # someone removed it: a single sidecar starts
+    single, single_out = tree.start(*tree.single_args(toy, "Toy", "--poll-interval-seconds", "1"))
+    wait_for(lambda: "this fleet writes nothing more for it" in out.read_text(), timeout=60)
+    tree.checkpoint(beauty, 4)  # the other models go on
+    tree.checkpoint(toy, 3)  # the single sidecar evaluates this one
+    wait_for(lambda: tree.processed("Beauty-grec-sft-b") == [2, 4] and tree.processed("Toy-grec-sft-a") == [1, 3],
+             timeout=60)
+    assert stop(single) == 0, single_out.read_text()
+    tree.checkpoint(toy, 5)  # the fleet takes the model back
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1, 3, 5], timeout=60)
+    assert fleet.poll() is None, out.read_text()
+    assert stop(fleet) == 0, out.read_text()
+    calls = tree.calls()
+    assert sorted(calls) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-5"], calls
+    assert f"another sidecar (pid {single.pid} on host" in out.read_text() and "Traceback" not in out.read_text()
