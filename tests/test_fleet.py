@@ -358,3 +358,38 @@ def test_a_model_whose_lock_a_single_sidecar_takes_is_left_to_it_and_taken_back_
     calls = tree.calls()
     assert sorted(calls) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-5"], calls
     assert f"another sidecar (pid {single.pid} on host" in out.read_text() and "Traceback" not in out.read_text()
+
+
+def test_max_parallel_per_model_caps_one_model_while_the_others_use_the_slots(tree):
+    busy, other = tree.saves / "Toy-grec-busy", tree.saves / "Beauty-grec-other"
+    for step in (1, 2, 3):
+        tree.checkpoint(busy, step, mode="slow")
+    tree.checkpoint(other, 10, mode="slow")
+    env_slow = {"STANDIN_SLOW": "0.5"}
+    done = subprocess.run([sys.executable, str(ENTRY), *tree.args("--once", "--gpu-slots", "0;1;2",
+                                                                   "--max-parallel-per-model", "1")],
+                          env={**tree.env(), **env_slow}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    spans = []
+    for step in (1, 2, 3):
+        start = float((tree.ctl / f"starts-checkpoint-{step}").read_text().split()[0])
+        end = float((tree.ctl / f"ends-checkpoint-{step}").read_text().split()[0])
+        spans.append((start, end))
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # never two at once
+    other_start = float((tree.ctl / "starts-checkpoint-10").read_text().split()[0])
+    assert other_start < spans[0][1]  # the other model ran beside the busy one's first eval
+
+
+def test_the_roots_and_profiles_can_come_from_the_config_file(tree):
+    tree.checkpoint(tree.saves / "Toy-grec-sft-a", 1)
+    tree.checkpoint(tree.rl / "Beauty-grec-rl-b", 2)
+    config = tree.repo / "fleet.yaml"
+    config.write_text("models-root: [saves, rl outputs]\nprofiles: profiles.yaml\nmodel-filter: ['*-grec-*']\n")
+    argv = tree.args("--once", "--config", str(config))
+    for flag in ("--models-root", "--models-root", "--profiles"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    done = tree.run(*argv)
+    assert done.returncode == 0, done.stderr
+    assert sorted(tree.calls()) == ["checkpoint-1", "checkpoint-2"]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from conftest import ENTRY, process_gone, wait_for
@@ -417,3 +418,24 @@ def test_a_slurm_sidecar_stops_what_a_killed_local_sidecar_left_and_evaluates_it
     assert [j["state"] for j in jobs] == ["COMPLETED"], (jobs, out.stderr)
     state = ws.state()
     assert state["processed_steps"] == [100] and state["in_flight"] == {}
+
+
+def test_a_fleet_runs_every_models_evals_as_jobs_over_one_max_parallel(tmp_path, slurm):
+    from test_fleet import FleetTree
+
+    tree = FleetTree(tmp_path)
+    for model, steps in (("Toy-grec-sft-a", (1, 2)), ("Beauty-grec-sft-b", (3,))):
+        for step in steps:
+            tree.checkpoint(tree.saves / model, step, mode="slow")
+    env = {**tree.env(), "STANDIN_SLOW": "1"}
+    out = subprocess.run([sys.executable, str(ENTRY), *tree.args("--once", "--executor", "slurm", "--max-parallel",
+                                                                  "2", *POLL)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    jobs = new_jobs(slurm)
+    assert len(jobs) == 3 and all(j["state"] == "COMPLETED" for j in jobs), (jobs, out.stderr)
+    assert sorted(j["name"] for j in jobs) == ["sidecar-Beauty-grec-sft-b-3", "sidecar-Toy-grec-sft-a-1",
+                                                "sidecar-Toy-grec-sft-a-2"]
+    ctl = SimpleNamespace(ctl=tree.ctl)
+    assert overlap(ctl, ["checkpoint-1", "checkpoint-2", "checkpoint-3"]) == 2
+    assert tree.processed("Toy-grec-sft-a") == [1, 2] and tree.processed("Beauty-grec-sft-b") == [3]
