@@ -3,16 +3,7 @@
 # checkpoint every ~2 s in the Hugging Face layout; each checkpoint is evaluated once, as soon as
 # its ready marker appears, with the stand-in eval script. Then it prints what was recorded.
 # Nothing to edit; runs from any folder. Output goes to DEMO_DIR (default: demo_run/, git-ignored).
-set -euo pipefail
-repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
-py="${PYTHON_BIN:-}"
-if [[ -z "$py" ]]; then
-  if [[ -x "$repo/.venv/bin/python" ]]; then py="$repo/.venv/bin/python"; else py="python3"; fi
-fi
-work="${DEMO_DIR:-$repo/demo_run}"
-rm -rf -- "$work"
-mkdir -p -- "$work"
-cd -- "$work"
+source "$(dirname -- "${BASH_SOURCE[0]}")/demo_setup.sh" demo_run
 
 sidecar_args=(
   --repo-root "$work" --sft-root saves/toy-grec-sft-cb16

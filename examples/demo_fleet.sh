@@ -4,16 +4,7 @@
 # no profile and is only listed. Each model gets its eval flags from a profiles file and its own
 # state file and run, exactly as a single-model sidecar would. Then `status --all` and `plan`.
 # Nothing to edit; runs from any folder. Output goes to DEMO_DIR (default: demo_fleet_run/).
-set -euo pipefail
-repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
-py="${PYTHON_BIN:-}"
-if [[ -z "$py" ]]; then
-  if [[ -x "$repo/.venv/bin/python" ]]; then py="$repo/.venv/bin/python"; else py="python3"; fi
-fi
-work="${DEMO_DIR:-$repo/demo_fleet_run}"
-rm -rf -- "$work"
-mkdir -p -- "$work"
-cd -- "$work"
+source "$(dirname -- "${BASH_SOURCE[0]}")/demo_setup.sh" demo_fleet_run
 
 cat > profiles.yaml <<'YAML'
 # the model folder's name chooses its data: Toy-grec-... -> data/Toy_grec, Beauty-grec-... -> data/Beauty_grec

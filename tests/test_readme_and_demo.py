@@ -17,13 +17,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert tests in ci
 
 
-def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEMO_DIR": str(tmp_path / "demo dir"),
+def run_demo(tmp_path, script: str, folder: str) -> str:
+    """Run a demo as a user would (a plain PATH, its own HOME); its output."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEMO_DIR": str(tmp_path / folder),
            "PYTHON_BIN": sys.executable}
-    result = subprocess.run(["bash", str(ROOT / "examples" / "demo.sh")], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", str(ROOT / "examples" / script)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    return result.stdout
+
+
+def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
+    out = run_demo(tmp_path, "demo.sh", "demo dir")
     for step in (100, 200, 300, 400, 500):
         assert re.search(rf"^\s+{step}\s+0\.\d{{4}}", out, flags=re.M), out
     assert "processed 5  pending 0  failed 0" in out
@@ -33,12 +38,7 @@ def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
 
 
 def test_fleet_demo_evaluates_three_models_at_once_and_lists_the_one_without_a_profile(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEMO_DIR": str(tmp_path / "fleet demo"),
-           "PYTHON_BIN": sys.executable}
-    result = subprocess.run(["bash", str(ROOT / "examples" / "demo_fleet.sh")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    out = run_demo(tmp_path, "demo_fleet.sh", "fleet demo")
     for model in ("Toy-grec-sft-cb16", "Beauty-grec-sft-cb64", "Toy-grec-rl-cb16"):
         assert re.search(rf"^{model}\s+3\s+0\s+0\s+0\s+300\s+0\.\d{{4}} @ \d+", out, flags=re.M), out
         for step in (100, 200, 300):
