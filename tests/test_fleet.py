@@ -8,9 +8,11 @@ filesystem events from watchdog, locks.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -336,28 +338,36 @@ def test_fleet_only_flags_need_models_root(tree):
     assert done.stderr.strip().endswith("--max-parallel-per-model 2: applies to fleet mode only (--models-root DIR)")
 
 
-def test_a_model_whose_lock_a_single_sidecar_takes_is_left_to_it_and_taken_back_later(tree):
+def test_a_model_whose_lock_another_process_takes_is_left_to_it_and_taken_back_later(tree):
+    """The lock file replaced by one another process holds (as a sidecar started after the file
+    was deleted would): the fleet writes nothing more for that model, the others go on, and the
+    model is taken back once the other process lets go."""
     toy, beauty = tree.saves / "Toy-grec-sft-a", tree.saves / "Beauty-grec-sft-b"
     tree.checkpoint(toy, 1)
     tree.checkpoint(beauty, 2)
     fleet, out = tree.start(*tree.args("--poll-interval-seconds", "1"))
     wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1] and tree.processed("Beauty-grec-sft-b") == [2],
              timeout=60)
-    tree.state_file("Toy-grec-sft-a").with_suffix(".lock").unlink()  # someone removed it: a single sidecar starts
-    single, single_out = tree.start(*tree.single_args(toy, "Toy", "--poll-interval-seconds", "1"))
-    wait_for(lambda: "this fleet writes nothing more for it" in out.read_text(), timeout=60)
-    tree.checkpoint(beauty, 4)  # the other models go on
-    tree.checkpoint(toy, 3)  # the single sidecar evaluates this one
-    wait_for(lambda: tree.processed("Beauty-grec-sft-b") == [2, 4] and tree.processed("Toy-grec-sft-a") == [1, 3],
-             timeout=60)
-    assert stop(single) == 0, single_out.read_text()
-    tree.checkpoint(toy, 5)  # the fleet takes the model back
-    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1, 3, 5], timeout=60)
+    lock = tree.state_file("Toy-grec-sft-a").with_suffix(".lock")
+    other = lock.with_name(lock.name + ".other")
+    other.write_text(f"{os.getpid()}\n{socket.gethostname()}\n")
+    fd = os.open(other, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(other, lock)
+    try:
+        wait_for(lambda: "this fleet writes nothing more for it" in out.read_text(), timeout=60)
+        tree.checkpoint(toy, 3)  # nobody evaluates it while the other process holds the lock
+        tree.checkpoint(beauty, 4)  # the other models go on
+        wait_for(lambda: tree.processed("Beauty-grec-sft-b") == [2, 4], timeout=60)
+        assert "checkpoint-3" not in tree.calls()
+    finally:
+        os.close(fd)  # the other process stops
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1, 3], timeout=60)
     assert fleet.poll() is None, out.read_text()
     assert stop(fleet) == 0, out.read_text()
-    calls = tree.calls()
-    assert sorted(calls) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-5"], calls
-    assert f"another sidecar (pid {single.pid} on host" in out.read_text() and "Traceback" not in out.read_text()
+    assert sorted(tree.calls()) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    text = out.read_text()
+    assert f"another sidecar (pid {os.getpid()} on host" in text and "Traceback" not in text
 
 
 def test_max_parallel_per_model_caps_one_model_while_the_others_use_the_slots(tree):

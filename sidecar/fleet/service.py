@@ -56,6 +56,7 @@ class Member:
     """A model being watched: its configuration, lock and pipeline."""
 
     name: str
+    path: Path  # its model folder as found under the root (the entry's key)
     config: Config
     lock: ProcessLock
     pipeline: ModelPipeline
@@ -189,7 +190,7 @@ class Fleet(Loop):
                         entry.status, entry.retry_at = "", now
 
     def _entry_of(self, member: Member) -> Entry | None:
-        return self.entries.get(member.config.sft_root)
+        return self.entries.get(member.path)
 
     def _place(self, entry: Entry, now: float) -> None:
         """Resolve the folder's profile and watch it with that configuration (or say why not)."""
@@ -247,7 +248,7 @@ class Fleet(Loop):
             reporter = self.make_reporter(config)
         pipeline = ModelPipeline(config, self.clock, self.environ, reporter, self.scheduler,
                                  wake=self.wake.set, guard=lambda: member.check_lock())
-        member = Member(name, config, lock, pipeline)
+        member = Member(name, entry.folder.path, config, lock, pipeline)
         try:
             with about(name):
                 pipeline.start()
