@@ -13,6 +13,13 @@ lines. The worker asks the server for the run's history line count a few seconds
 starts at the server's line count (wandb reads it with `RunResumeStatus`), so a restarted sidecar
 writes again exactly the rows whose lines never arrived. Offline, each process writes its own
 segment folder; crashed segments are read back at start-up (`reconcile`).
+
+Many reporters may share one process (fleet mode, `WandbOptions.shared`), each with its run open.
+wandb has one setup and one service (wandb-core) per process for all of them: runs are opened one
+at a time (`_INIT_LOCK`), with `reinit="create_new"` (wandb 0.31's default in a script,
+"return_previous", hands a second init the first reporter's run), and what acts on the whole
+process (`wandb.teardown()`, stopping wandb-core) is done only by a reporter that no other
+reporter's open run depends on (`_OPEN`), the last one out.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +62,14 @@ CONFIRM_MAX = 15.0  # longest wait between two such questions while lines are mi
 TABLE_GROWTH = 0.1  # with an interval, a table is logged again only once the rows grew by a tenth (or one)
 STALL_SECONDS = 120.0  # the server answers but takes no line for this long: open the run again
 QUERY_TIMEOUT = 10.0
+RELEASE_TIMEOUT = 10.0  # seconds wandb-core gets to end the stream a failed init left (shared mode)
 _CLOSE = object()
+
+# Held while a run opens, and while wandb is torn down or its wandb-core stopped: wandb's setup is
+# not meant for concurrent inits, and a teardown during another reporter's init would break it.
+_INIT_LOCK = threading.Lock()
+_OPEN_LOCK = threading.Lock()
+_OPEN: set = set()  # reporters of this process with a run open (added only under _INIT_LOCK)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class WandbOptions:
     flush_interval: float = 1.0  # seconds between wandb-core writes of the .wandb file
     one_shot: bool = False  # `sync`: no evaluation goes on behind it, no retry later
     table_seconds: float = 300.0  # at most one table per this long while rows come (0: every pass); always at exit
+    shared: bool = False  # other reporters of this process have runs open at the same time (fleet mode)
 
 
 def wandb_text(value):
@@ -186,6 +202,60 @@ def history_line_count(ref: ServerRef, timeout: float = QUERY_TIMEOUT) -> int:
         raise QueryUnsupported(f"unexpected answer {str(answer)[:200]}") from exc
 
 
+def _leave(reporter) -> bool:
+    """Take `reporter` off the open runs; whether another reporter of this process still has one."""
+    with _OPEN_LOCK:
+        _OPEN.discard(reporter)
+        return bool(_OPEN)
+
+
+@contextmanager
+def _last_out(reporter):
+    """Take `reporter` off the open runs and yield whether it was the last: then the caller may act
+    on the whole process (tear wandb down, stop wandb-core), and no run opens until it is done."""
+    with _INIT_LOCK:
+        yield not _leave(reporter)
+
+
+def _release_stream(run_id: str) -> bool:
+    """End the stream wandb-core keeps for `run_id` after an init that failed (with the server
+    answering but failing, or too slow): until then every init of that run in this process fails
+    with "run ID ... is in use", and only `wandb.teardown()` ends it, which ends every other run of
+    the process too. Whether it was ended.
+
+    wandb 0.31 has no public call for it; this sends what `run.finish()` does: the exit record,
+    then, once it is answered, the finish. Never the finish alone: wandb-core handles it on the
+    connection all runs of the process share and waits there until the stream has closed, which
+    one without an exit record never does; every run would hang."""
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.interface.interface_sock import InterfaceSock
+
+        service = wandb_setup.singleton().assert_service()
+        interface = InterfaceSock(service._asyncer, service._client, stream_id=run_id)
+        interface.deliver_exit(1).wait_or(timeout=RELEASE_TIMEOUT)
+        service.inform_finish(run_id=run_id)
+    except Exception:  # noqa: BLE001 - best effort: the run is opened once no other run is open
+        log.debug("could not end wandb-core's stream of run %s", run_id, exc_info=True)
+        return False
+    return True
+
+
+def _stop_polling(run) -> None:
+    """Stop the threads with which `run` polls wandb-core (what `finish()` does first; nothing is
+    sent): a run left unfinished would poll until wandb is torn down, then fail with a traceback."""
+    try:
+        checker = run._run_status_checker  # wandb 0.31, private
+        if checker is not None:
+            checker.join()
+    except Exception:  # noqa: BLE001 - only threads left polling
+        log.debug("could not stop the status threads of a W&B run", exc_info=True)
+
+
+def _stream_in_use(exc: Exception) -> bool:
+    return type(exc).__name__ == "ServerResponseError" and "is in use" in str(exc)
+
+
 class WandbReporter:
     """Reports state rows to one W&B run from a worker thread."""
 
@@ -235,7 +305,10 @@ class WandbReporter:
     def abandon(self, timeout: float = 10.0) -> None:
         """Stop writing at once, finishing nothing: another sidecar holds this configuration's lock
         now and writes to the same run. This process's wandb-core is stopped, so no more lines of
-        ours reach the run (rows it had not delivered are the new holder's to send)."""
+        ours reach the run (rows it had not delivered are the new holder's to send). While other
+        reporters of this process have runs open on it (fleet mode), it is not: the run is only
+        left unfinished, and wandb-core still sends what it holds of it (lines logged within about
+        a second, or during an outage)."""
         self._abandoned.set()
         if self._thread is None:
             return
@@ -329,8 +402,7 @@ class WandbReporter:
         while True:
             latest, closing = self._next_items(w)
             if self._abandoned.is_set():
-                for pid, start in child_processes("wandb-core"):  # ours: nothing more of ours is sent
-                    kill_orphan(pid, start)
+                self._drop(w, "abandoned", lambda: child_processes("wandb-core"))  # ours: nothing more of ours is sent
                 return
             if latest is not None:
                 w.take(*latest)
@@ -605,8 +677,9 @@ class WandbReporter:
                 # stay sent in state and the next start asks the server which arrived
                 log.warning("W&B server unreachable at shutdown: %d row(s) sent but not confirmed stay in state; "
                             "the next start sends again those the server lacks", len(w.sent))
-                if w.segment.get("core_pid"):
-                    kill_orphan(int(w.segment["core_pid"]), str(w.segment.get("core_start", "")))
+                core = w.segment.get("core_pid")
+                self._drop(w, "unreachable at shutdown",
+                           lambda: [(int(core), str(w.segment.get("core_start", "")))] if core else [])
                 return
         try:
             self._log_table(w, force=True)  # the rows since the last table (not logged on every pass)
@@ -622,6 +695,7 @@ class WandbReporter:
                         "the next start", _redact(f"{type(exc).__name__}: {exc}"))
             self._teardown(None)
             return
+        _leave(self)
         if self.mode != "online":
             self.finished_cleanly = True
             self._deliver(Delivery(dict(w.segment), closed=True))
@@ -637,6 +711,33 @@ class WandbReporter:
         self.finished_cleanly = count is not None and count >= end
         self._deliver(Delivery(dict(w.segment), run=w.sent_run, confirmed=count, closed=True))
 
+    def _drop(self, w: "_Worker", why: str, cores) -> None:
+        """Stop using the run without finishing it. The last reporter out stops wandb-core
+        (`cores()`: (pid, start time) of each), so that nothing more of the run is sent; while
+        another reporter of this process has a run open on it, it goes on."""
+        with _last_out(self) as last:
+            if last:
+                for pid, start in cores():
+                    kill_orphan(pid, start)
+                if self.options.shared:  # other models of the fleet may open runs later
+                    self._reset_wandb()
+            elif w.run is not None:
+                log.debug("W&B run %s (%s) is left unfinished: other runs of this process share its wandb-core",
+                          self.options.run_id, why)
+                _stop_polling(w.run)
+        w.run = None
+
+    @staticmethod
+    def _reset_wandb() -> None:
+        """Make wandb forget the wandb-core just stopped (it would hand the next init of this
+        process the dead one; the retry after that failure would come only after a backoff)."""
+        try:
+            import wandb
+
+            wandb.teardown()
+        except Exception:  # noqa: BLE001 - its wandb-core is gone: wandb only forgets it
+            log.debug("wandb teardown after stopping wandb-core failed", exc_info=True)
+
     def _lose_run(self, w: "_Worker", exc: Exception) -> None:
         log.debug("W&B run lost", exc_info=exc)
         self._teardown(w.run)
@@ -649,25 +750,10 @@ class WandbReporter:
         opts = self.options
         if self.mode == "online":
             self._check_reachable()
-        if os.environ.get("WANDB_MODE") == "":
-            os.environ.pop("WANDB_MODE")  # wandb rejects an empty value
-        # wandb's error reporting probes the server for ~10 s at exit when it is unreachable
-        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-        settings = wandb.Settings(
-            console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
-            x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
-            disable_git=True, x_save_requirements=False,
-            x_file_stream_transmit_interval=TRANSMIT_SECONDS,
-            x_file_stream_retry_wait_max_seconds=RETRY_WAIT_MAX_SECONDS,
-            finish_timeout=_finish_timeout(opts),  # an outage must not hang the exit
-            finish_timeout_raises=True,  # ...and a finish that gave up uploading must not look clean
-        )
-        # wandb sends the command line with the run: an argument holding a path's non-UTF-8 byte
-        # would make every init fail (the arguments were parsed long ago; only their text changes)
-        sys.argv[:] = [wandb_text(a) for a in sys.argv]
-        run = wandb.init(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
-                         resume=effective_resume(opts.resume, self.mode), job_type=opts.job_type, mode=self.mode,
-                         config=opts.config, settings=settings)
+        with _INIT_LOCK:
+            run = self._init(wandb)
+            with _OPEN_LOCK:
+                _OPEN.add(self)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
@@ -684,6 +770,42 @@ class WandbReporter:
         log.info("W&B %s run %s writes to %s", self.mode, opts.run_id, segment["dir"])
         return run, segment, ref
 
+    def _init(self, wandb):
+        """`wandb.init` of the run; the caller holds _INIT_LOCK (the environment and sys.argv are
+        the process's). Shared: a run beside the others; a run whose earlier init failed is opened
+        once wandb-core has ended that init's stream."""
+        opts = self.options
+        if os.environ.get("WANDB_MODE") == "":
+            os.environ.pop("WANDB_MODE")  # wandb rejects an empty value
+        # wandb's error reporting probes the server for ~10 s at exit when it is unreachable
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        settings = wandb.Settings(
+            console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
+            x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
+            disable_git=True, x_save_requirements=False,
+            x_file_stream_transmit_interval=TRANSMIT_SECONDS,
+            x_file_stream_retry_wait_max_seconds=RETRY_WAIT_MAX_SECONDS,
+            finish_timeout=_finish_timeout(opts),  # an outage must not hang the exit
+            finish_timeout_raises=True,  # ...and a finish that gave up uploading must not look clean
+        )
+        # wandb sends the command line with the run: an argument holding a path's non-UTF-8 byte
+        # would make every init fail (the arguments were parsed long ago; only their text changes)
+        sys.argv[:] = [wandb_text(a) for a in sys.argv]
+        args = dict(project=opts.project, entity=opts.entity or None, id=opts.run_id, name=opts.run_name,
+                    resume=effective_resume(opts.resume, self.mode), job_type=opts.job_type, mode=self.mode,
+                    config=opts.config, settings=settings)
+        if not opts.shared:
+            return wandb.init(**args)
+        try:
+            return wandb.init(reinit="create_new", **args)
+        except Exception as exc:
+            with _OPEN_LOCK:  # never end the stream of a run another reporter has open
+                mine = not any(r.options.run_id == opts.run_id for r in _OPEN if r is not self)
+            if not (_stream_in_use(exc) and mine and _release_stream(opts.run_id)):
+                raise
+        log.debug("ended wandb-core's stream of an earlier failed init of run %s; opening it again", opts.run_id)
+        return wandb.init(reinit="create_new", **args)
+
     def _check_reachable(self) -> None:
         """Fail fast when the server's port is closed (wandb would spend its whole timeout)."""
         if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
@@ -696,14 +818,27 @@ class WandbReporter:
             raise Outage(f"cannot connect to {url.hostname}:{port} ({exc.strerror or exc})") from exc
 
     def _teardown(self, run) -> None:
+        """Finish a lost `run` as failed and tear wandb down for a retry (best effort). The teardown
+        ends every run of the process (it stops the wandb-core they share): while another reporter
+        has a run open, only `run` is finished."""
         try:
             import wandb
 
             if run is not None:
                 run.finish(exit_code=1)
-            wandb.teardown()
         except Exception:  # noqa: BLE001 - best effort before a retry
             log.debug("wandb teardown failed", exc_info=True)
+            _leave(self)
+            return
+        with _last_out(self) as last:
+            if not last:
+                log.debug("wandb is not torn down for run %s: other runs of this process are open",
+                          self.options.run_id)
+                return
+            try:
+                wandb.teardown()
+            except Exception:  # noqa: BLE001
+                log.debug("wandb teardown failed", exc_info=True)
 
     def _outage(self, exc: Exception, ongoing: bool) -> tuple[float, bool]:
         """Log once per outage, tear wandb down; returns (when to try again (monotonic), in outage)."""
