@@ -326,6 +326,9 @@ def cmd_sync(argv: list[str]) -> int:
              ("--original-wandb-dir", {"action": "append", "default": [], "metavar": "DIR",
                                        "help": "also look here for the original tool's offline folders"}))
     args = vars(build_parser(f"{PROG} sync", extra).parse_args(argv))
+    if args.get("models_root"):
+        raise ConfigError("--models-root: sync uploads one model's runs; give that model's --sft-root and flags, or "
+                          "--state-file FILE (`status --all` lists the state files of a fleet)")
     dry_run = bool(args.pop("dry_run", False))
     more = [Path(d).expanduser().resolve() for d in args.pop("original_wandb_dir", [])]
     flags = dict(args)

@@ -403,3 +403,9 @@ def test_the_roots_and_profiles_can_come_from_the_config_file(tree):
     done = tree.run(*argv)
     assert done.returncode == 0, done.stderr
     assert sorted(tree.calls()) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_sync_names_one_model_at_a_time(tree):
+    done = tree.run("sync", *tree.args())
+    assert done.returncode == 2
+    assert "--models-root: sync uploads one model's runs" in done.stderr and len(done.stderr.splitlines()) == 1
