@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: every figure users compare tools by, with how it grows with N.
 
-    .venv/bin/python benchmarks/run.py            # the full run (about 15 min on 2 cores)
+    .venv/bin/python benchmarks/run.py            # the full run (about an hour on 2 cores)
     .venv/bin/python benchmarks/run.py --quick    # small sizes, under a minute
     .venv/bin/python benchmarks/run.py --only "idle tick,backfill" --out /tmp/results.json
 
@@ -37,6 +37,10 @@ FULL = {
     "pinning": lambda: scenarios.pinning(1000),
     "delivery": lambda: scenarios.delivery_latency(25, 2.0) + scenarios.kill_loop(30),
     "one at a time": lambda: scenarios.one_at_a_time([500, 1_000, 2_000]),
+    "fleet idle tick": lambda: scenarios.fleet_idle_tick([10, 100], 1_000, ticks=30),
+    "fleet memory": lambda: scenarios.fleet_memory([20, 100]),
+    "fleet new model latency": lambda: scenarios.fleet_new_model_latency(10, 5),
+    "fleet parallel": lambda: scenarios.fleet_parallel(10, 4, 2.0, 4),
 }
 QUICK = {
     "idle tick": lambda: scenarios.idle_tick([100, 1_000], ticks=5),
@@ -48,6 +52,10 @@ QUICK = {
     "pinning": lambda: scenarios.pinning(20),
     "delivery": lambda: scenarios.delivery_latency(2, 0.5, baseline=False) + scenarios.kill_loop(1),
     "one at a time": lambda: scenarios.one_at_a_time([10, 20], baseline=False),
+    "fleet idle tick": lambda: scenarios.fleet_idle_tick([2, 4], 10, ticks=3),
+    "fleet memory": lambda: scenarios.fleet_memory([2], seconds=1.0),
+    "fleet new model latency": lambda: scenarios.fleet_new_model_latency(2, 1),
+    "fleet parallel": lambda: scenarios.fleet_parallel(2, 1, 0.1, 2),
 }
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, Tree, folder_bytes, tree_usage, wait_file
+from common import ROOT, FleetTree, Tree, folder_bytes, tree_rss, tree_usage, wait_file
 
 sys.path.insert(0, str(ROOT))
 
@@ -508,6 +508,207 @@ def one_at_a_time(sizes: list[int], baseline: bool = True) -> list[dict]:
                         "W&B bytes after exit, ratio (before / this)",
                         theirs["W&B bytes after exit"] / max(ours["W&B bytes after exit"], 1e-9), "×"))
     return rows
+
+
+# ----- fleet mode: many models under one --models-root ------------------------------------------------
+def _wait_states(tree: FleetTree, models: int, steps: int, reported: bool, timeout: float = 900.0) -> None:
+    """Until every model's state file holds `steps` processed checkpoints (and, with `reported`,
+    none of them is waiting to be written to W&B)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = tree.states()
+        if len(states) == models and all(len(s.get("processed_steps", ())) == steps
+                                         and not (reported and s.get("unreported_steps")) for s in states.values()):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"not every one of {models} models recorded {steps} checkpoints in time")
+
+
+def _timed_ticks(fleet, ticks: int) -> tuple[float, float, list[float]]:
+    """The fleet's start, its first tick, then `ticks` idle ticks (seconds each)."""
+    started = time.perf_counter()
+    fleet.start()
+    start = time.perf_counter() - started
+    started = time.perf_counter()
+    fleet.tick()  # the first tick lists every model folder once
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(ticks):
+        started = time.perf_counter()
+        if fleet.tick() != 0:
+            raise RuntimeError("an idle fleet tick recorded something")
+        times.append(time.perf_counter() - started)
+    return start, first, times
+
+
+def fleet_idle_tick(sizes: list[int], checkpoints: int, ticks: int) -> list[dict]:
+    """A fleet over M models × `checkpoints` processed checkpoints each (made processed by a real
+    `--once` fleet backfill, W&B disabled, whose wall time is reported too): in process, the
+    start (every model's lock and state file), the first tick, and the median and max of `ticks`
+    idle ticks; then the same with every folder listed again on every tick (RELIST_SECONDS = 0,
+    the safety pass that normally runs every 5 minutes, as its worst case)."""
+    from sidecar.clock import SystemClock
+    from sidecar.config import build_config
+    from sidecar.fleet.service import Fleet
+    from sidecar.reporters.base import NullReporter
+    from sidecar.watch import discover
+
+    rows = []
+    name = f"fleet idle tick, {checkpoints:,} processed checkpoints per model"
+    for m in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = FleetTree(Path(tmp))
+            tree.models(m, lambda i: range(1, checkpoints + 1), metrics=True)
+            backfill = tree.run("--once", "--disable-wandb")
+            states = tree.states()
+            if len(states) != m or any(len(s["processed_steps"]) != checkpoints for s in states.values()):
+                raise RuntimeError(f"the fleet backfill of {m} × {checkpoints} did not record everything")
+            args = tree.config_args("--disable-wandb")
+            config = build_config(args, {}, Path.cwd(), check_paths=False)
+            measured = {}
+            for relist in (False, True):
+                saved = discover.RELIST_SECONDS
+                discover.RELIST_SECONDS = 0.0 if relist else saved
+                fleet = Fleet(config, args, SystemClock(), {}, lambda c: NullReporter(), Path.cwd())
+                try:
+                    measured[relist] = _timed_ticks(fleet, ticks)
+                finally:
+                    fleet.close()
+                    discover.RELIST_SECONDS = saved
+        start, first, times = measured[False]
+        relisting = measured[True][2]
+        rows += [row(name, m, "backfill (--once, W&B disabled)", backfill, "s"),
+                 row(name, m, "backfill per checkpoint", backfill / (m * checkpoints) * 1000, "ms"),
+                 row(name, m, "start (every model's lock and state)", start * 1000, "ms"),
+                 row(name, m, "first tick after a start", first * 1000, "ms"),
+                 row(name, m, "median", statistics.median(times) * 1000, "ms"),
+                 row(name, m, "max", max(times) * 1000, "ms"),
+                 row(name, m, "median per model", statistics.median(times) / m * 1000, "ms"),
+                 row(name, m, "median, full relisting every tick", statistics.median(relisting) * 1000, "ms"),
+                 row(name, m, "max, full relisting every tick", max(relisting) * 1000, "ms")]
+    return rows
+
+
+def _peak_rss(pid: int, seconds: float) -> tuple[int, int, int]:
+    """Peak RSS of the process itself, of its descendants, and of both together, sampled every
+    0.2 s for `seconds`."""
+    own = children = total = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        a, b = tree_rss(pid)
+        own, children, total = max(own, a), max(children, b), max(total, a + b)
+        if time.monotonic() >= deadline:
+            return own, children, total
+        time.sleep(0.2)
+
+
+def fleet_memory(sizes: list[int], evaluated: int = 3, seconds: float = 5.0) -> list[dict]:
+    """One watching fleet process (W&B offline) over M models, each with `evaluated` checkpoints
+    evaluated, so every model's run is open: once every row is written to W&B, the peak RSS over
+    `seconds` of the Python process, of its children (wandb-core) and of both; the same for one
+    single-model sidecar, and the per-model cost against it."""
+    flags = ("--wandb-mode", "offline", "--watch-mode", "events", "--poll-interval-seconds", "3600",
+             "--gpu-slots", "0;1")
+    rows = []
+    single = f"memory: one single-model sidecar, {evaluated} checkpoints evaluated, W&B offline, watching"
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Tree(Path(tmp))
+        tree.checkpoints(evaluated, metrics=False)
+        proc = tree.start(*flags)
+        try:
+            for step in range(1, evaluated + 1):
+                _reported(tree, step)
+            own, children, total = _peak_rss(proc.pid, seconds)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    one = total
+    rows += [row(single, 1, "peak RSS, Python", own / 2**20, "MB"),
+             row(single, 1, "peak RSS, children (wandb-core)", children / 2**20, "MB"),
+             row(single, 1, "peak RSS, total", total / 2**20, "MB")]
+    name = f"fleet memory, {evaluated} checkpoints evaluated per model, W&B offline, watching"
+    totals = {}
+    for m in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = FleetTree(Path(tmp))
+            tree.models(m, lambda i: range(1, evaluated + 1), metrics=False)
+            proc = tree.start(*flags)
+            try:
+                _wait_states(tree, m, evaluated, reported=True)
+                own, children, total = _peak_rss(proc.pid, seconds)
+                runs = sum(1 for _ in (tree.base / "wandb_dir" / "wandb").glob("offline-run-*"))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+        if runs != m:
+            raise RuntimeError(f"a fleet of {m} models opened {runs} offline runs")
+        totals[m] = total
+        rows += [row(name, m, "peak RSS, Python", own / 2**20, "MB"),
+                 row(name, m, "peak RSS, children (wandb-core)", children / 2**20, "MB"),
+                 row(name, m, "peak RSS, total", total / 2**20, "MB"),
+                 row(name, m, "total per model", total / m / 2**20, "MB"),
+                 row(name, m, "per model against one single-model sidecar", total / m / one, "×"),
+                 row(name, m, "M single-model sidecars against this fleet", m * one / total, "×")]
+    small, big = min(sizes), max(sizes)
+    if big > small:
+        rows.append(row(name, big, f"each model beyond {small}", (totals[big] - totals[small]) / (big - small) / 2**20,
+                        "MB"))
+    return rows
+
+
+def fleet_new_model_latency(idle_models: int, k: int) -> list[dict]:
+    """A watching fleet (events, ready marker) over `idle_models` models whose checkpoints are all
+    processed; k times a new model folder appears with one checkpoint, whose marker is written last:
+    from the marker's creation to the eval script's start."""
+    marker = "trainer_state.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = FleetTree(Path(tmp))
+        tree.models(idle_models, lambda i: range(1, 4), metrics=True, marker=marker)
+        proc = tree.start("--watch-mode", "events", "--ready-marker", marker, "--checkpoint-ready-seconds", "120",
+                          "--poll-interval-seconds", "3600", "--disable-wandb", "--max-attempts", "1")
+        lat = []
+        try:
+            _wait_states(tree, idle_models, 3, reported=False)
+            time.sleep(1)
+            for j in range(k):
+                ckpt = tree.model(idle_models + j) / f"checkpoint-{1000 + j}"  # a step no other model has
+                ckpt.mkdir(parents=True)
+                (ckpt / "model.safetensors").write_bytes(os.urandom(4096))
+                ready = time.time()
+                (ckpt / marker).write_text("{}")
+                lat.append(wait_file(tree.starts / ckpt.name) - ready)
+                time.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    name = f"fleet: new model folder, marker → eval start, {idle_models} idle models watched"
+    return [row(name, k, "median", statistics.median(lat) * 1000, "ms"), row(name, k, "max", max(lat) * 1000, "ms")]
+
+
+def fleet_parallel(models: int, per_model: int, eval_seconds: float, slots: int) -> list[dict]:
+    """A `--once` fleet over `models` × `per_model` checkpoints to evaluate, each eval taking
+    `eval_seconds`, on `slots` GPU slots: the process's wall time, and the span from the first
+    eval's start to the last eval's end (its metrics.json written), each against the ideal
+    (evals × eval_seconds / slots)."""
+    total = models * per_model
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = FleetTree(Path(tmp))
+        tree.models(models, lambda i: range(i * per_model + 1, (i + 1) * per_model + 1), metrics=False)
+        wall = tree.run("--once", "--disable-wandb", "--gpu-slots", ";".join(str(i) for i in range(slots)),
+                        env=tree.env(EVAL_SECONDS=str(eval_seconds)))
+        starts = [float(f.read_text()) for f in tree.starts.iterdir()]
+        ends = [p.stat().st_mtime for p in (tree.repo / "results").rglob("metrics.json")]
+        processed = sum(len(s["processed_steps"]) for s in tree.states().values())
+    if len(starts) != total or len(ends) != total or processed != total:
+        raise RuntimeError(f"the fleet ran {len(starts)} evals and recorded {processed}, expected {total}")
+    ideal = total * eval_seconds / slots
+    span = max(ends) - min(starts)
+    name = f"fleet parallel: {models} models × {per_model} checkpoints, {eval_seconds:g} s evals, {slots} GPU slots"
+    return [row(name, total, "wall time of the --once process", wall, "s"),
+            row(name, total, "first eval's start → last eval's end", span, "s"),
+            row(name, total, "ideal (evals × eval time / slots)", ideal, "s"),
+            row(name, total, "ratio, first start → last end / ideal", span / ideal, "×"),
+            row(name, total, "ratio, wall time / ideal", wall / ideal, "×")]
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "align-child":

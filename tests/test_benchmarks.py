@@ -11,7 +11,9 @@ from conftest import ROOT
 SCENARIOS = ("idle tick", "backfill, W&B disabled", "backfill, W&B offline", "backfill with W&B offline vs the original",
              "ready → eval start, marker",
              "ready → eval start, 1 s quiet period", "backlog of", "idle watching", "align", "pin a checkpoint",
-             "row recorded in state → on the W&B server", "kill -9 loop", "20 checkpoints arriving one at a time")
+             "row recorded in state → on the W&B server", "kill -9 loop", "20 checkpoints arriving one at a time",
+             "fleet idle tick", "memory: one single-model sidecar", "fleet memory", "fleet: new model folder",
+             "fleet parallel")
 
 
 def test_quick_benchmark_run_completes_and_writes_well_formed_results(tmp_path):
@@ -31,6 +33,8 @@ def test_quick_benchmark_run_completes_and_writes_well_formed_results(tmp_path):
         assert f["growth"] is None or (math.isfinite(f["growth"]) and f["growth"] >= 0)
     grown = [f for f in figures if f["scenario"] == "idle tick" and f["growth"] is not None]
     assert grown and all(f["growth_of_n"] == 10 for f in grown)  # 100 -> 1,000 checkpoints
+    grown = [f for f in figures if f["scenario"].startswith("fleet idle tick") and f["growth"] is not None]
+    assert grown and all(f["growth_of_n"] == 2 for f in grown)  # 2 -> 4 models
     assert "| idle tick | 1,000 | median |" in done.stdout  # the table a user reads
 
 
@@ -39,5 +43,6 @@ def test_unknown_scenario_is_one_line_and_exit_2(tmp_path):
                            "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == ("run.py: --only: unknown scenario 'nope' (choose from idle tick, backfill, "
-                                   "latency, parallel, idle watching, align, pinning, delivery, one at a time)")
+                                   "latency, parallel, idle watching, align, pinning, delivery, one at a time, "
+                                   "fleet idle tick, fleet memory, fleet new model latency, fleet parallel)")
     assert not (tmp_path / "r.json").exists()
