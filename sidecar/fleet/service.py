@@ -248,6 +248,7 @@ class Fleet(Loop):
             reporter = self.make_reporter(config)
         pipeline = ModelPipeline(config, self.clock, self.environ, reporter, self.scheduler,
                                  wake=self.wake.set, guard=lambda: member.check_lock())
+        pipeline.batch_until_tick_end = True  # one write per model per tick for reused results (see there)
         member = Member(name, entry.folder.path, config, lock, pipeline)
         try:
             with about(name):

@@ -78,6 +78,10 @@ class ModelPipeline:
         self._submitted: tuple = ()
         self._seal = False  # a killed online sidecar may have lost its last table and summary: write them
         self.dirty = False
+        # With many pipelines (a fleet) a round over the models can take longer than the batch
+        # interval: each reused row would then rewrite its model's state. Batched writes wait for
+        # the end of the tick instead (reused results are found again if a crash loses them).
+        self.batch_until_tick_end = False
         self._last_save = float("-inf")
         self._save_failing = False
         self._save_error = ""
@@ -449,7 +453,7 @@ class ModelPipeline:
         if not self.dirty and not force:
             return True
         now = self.clock.monotonic()
-        if not force and now - self._last_save < SAVE_BATCH_SECONDS:
+        if not force and (self.batch_until_tick_end or now - self._last_save < SAVE_BATCH_SECONDS):
             return True
         try:
             self.store.save(self.state, self.clock.time(), guard=self._guard)
