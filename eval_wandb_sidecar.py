@@ -85,7 +85,9 @@ def watch(sidecar, config, roots) -> None:
     try:
         if config.once:
             done = sidecar.run_once()
-            log.info("--once: %d checkpoint(s) handled; nothing ready is left", done)
+            skipped = sidecar.skipped() if hasattr(sidecar, "skipped") else []
+            log.info("--once: %d checkpoint(s) handled; nothing ready is left%s", done,
+                     f" but in {len(skipped)} model(s) not evaluated: {'; '.join(skipped)}" if skipped else "")
         elif config.watch_mode == "poll":
             sidecar.run_forever()
         else:

@@ -409,3 +409,88 @@ def test_sync_names_one_model_at_a_time(tree):
     done = tree.run("sync", *tree.args())
     assert done.returncode == 2
     assert "--models-root: sync uploads one model's runs" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_one_folder_name_under_two_roots_is_refused_for_the_second_not_mixed(tree):
+    """Both would write results/<name>/checkpoint-N/metrics.json and the same log folder."""
+    tree.checkpoint(tree.saves / "Toy-grec-x", 1)
+    tree.checkpoint(tree.saves / "Toy-grec-x", 2)
+    tree.checkpoint(tree.rl / "Toy-grec-x", 5)
+    done = tree.run(*tree.args("--once", "--gpu-slots", "0;1"))
+    assert done.returncode == 0, done.stderr
+    assert tree.calls() == ["checkpoint-5"]  # rl outputs/ comes first by path; saves/ is refused
+    assert "would share" in done.stderr and "rename one of the folders" in done.stderr
+    assert "in 1 model(s) not evaluated: Toy-grec-x (error:" in done.stderr.splitlines()[-1]
+    table = tree.run("status", "--all", *tree.args()).stdout
+    assert "error: " in table and "(the same folder name under two roots)" in table  # status says so too
+
+
+def test_a_profile_removed_and_restored_during_an_eval_watches_the_model_again(tree):
+    model = tree.saves / "Toy-grec-sft-a"
+    tree.checkpoint(model, 1, mode="slow")
+    proc = subprocess.Popen([sys.executable, str(ENTRY), *tree.args("--poll-interval-seconds", "0.5")],
+                            env={**tree.env(), "STANDIN_SLOW": "3"}, stdout=open(tree.ctl / "fleet.out", "w"),
+                            stderr=subprocess.STDOUT)
+    tree.procs.append(proc)
+    out = tree.ctl / "fleet.out"
+    wait_for(lambda: (tree.ctl / "starts-checkpoint-1").exists(), timeout=60)
+    tree.profiles.write_text("rules: []\n")
+    wait_for(lambda: "model Toy-grec-sft-a: no profile" in out.read_text(), timeout=30)
+    tree.profiles.write_text(PROFILES)
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1], timeout=60)  # the running eval is recorded
+    tree.checkpoint(model, 2)
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1, 2], timeout=60)  # and the model is watched again
+    assert stop(proc) == 0, out.read_text()
+    assert tree.calls() == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_plan_counts_the_slots_a_watching_fleet_uses(tree):
+    model = tree.saves / "Toy-grec-sft-a"
+    tree.checkpoint(model, 1, mode="slow-once")
+    tree.checkpoint(model, 2)
+    proc, out = tree.start(*tree.args())
+    wait_for(lambda: (tree.ctl / "started-checkpoint-1").exists(), timeout=60)
+    plan = tree.run("plan", *tree.args())
+    assert plan.returncode == 0, plan.stderr
+    assert "running now:" in plan.stdout and "checkpoint-1" in plan.stdout.split("running now:")[1].split("\n")[1]
+    assert "checkpoint-2        when a slot frees" in plan.stdout, plan.stdout
+    assert stop(proc) == 0, out.read_text()
+
+
+def test_once_says_which_models_it_did_not_evaluate(tree):
+    toy, beauty = tree.saves / "Toy-grec-sft-a", tree.saves / "Beauty-grec-sft-b"
+    tree.checkpoint(toy, 1)
+    tree.checkpoint(beauty, 2)
+    single, single_out = tree.start(*tree.single_args(toy, "Toy"))
+    wait_for(lambda: tree.processed("Toy-grec-sft-a") == [1], timeout=60)
+    tree.checkpoint(toy, 3)
+    done = tree.run(*tree.args("--once"))
+    assert done.returncode == 0, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert f"in 1 model(s) not evaluated: Toy-grec-sft-a (locked: locked by pid {single.pid}" in last, last
+    assert stop(single) == 0, single_out.read_text()
+
+
+def test_a_symlinked_model_folder_is_one_model_and_a_repointed_link_is_followed(tree):
+    first, second = tree.saves / "Toy-grec-r1", tree.saves / "Toy-grec-r2"
+    tree.checkpoint(first, 1)
+    tree.checkpoint(second, 7)
+    link = tree.saves / "Toy-grec-latest"
+    link.symlink_to(first.name)
+    proc, out = tree.start(*tree.args("--poll-interval-seconds", "0.5"))
+    wait_for(lambda: tree.processed("Toy-grec-r1") == [1] and tree.processed("Toy-grec-r2") == [7], timeout=60)
+    wait_for(lambda: "model Toy-grec-latest: duplicate: the same model as" in out.read_text(), timeout=30)
+    third = tree.repo / "elsewhere" / "Toy-grec-r3"  # outside the roots: reached only through the link
+    tree.checkpoint(third, 9)
+    link.unlink()
+    link.symlink_to(third)
+    wait_for(lambda: tree.processed("Toy-grec-r3") == [9], timeout=60)
+    fourth = tree.repo / "elsewhere" / "Toy-grec-r4"
+    tree.checkpoint(fourth, 11)
+    replacement = tree.repo / "new-link"  # made outside the roots, then renamed over the link
+    replacement.symlink_to(fourth)
+    os.replace(replacement, link)  # the link, watched through, now points at another run
+    wait_for(lambda: tree.processed("Toy-grec-r4") == [11], timeout=60)
+    assert stop(proc) == 0, out.read_text()
+    assert sorted(tree.calls()) == ["checkpoint-1", "checkpoint-11", "checkpoint-7", "checkpoint-9"]
+    assert "Traceback" not in out.read_text()

@@ -90,3 +90,34 @@ def test_model_folders_are_the_subfolders_holding_checkpoints(tmp_path, caplog):
     (saves / "empty-yet" / "checkpoint-2").mkdir()  # a model now
     assert sorted(f.name for f in finder.scan().values()) == ["a", "b", "empty-yet"]
     assert sorted(f.name for f in ModelFinder((saves,), ("e*",)).scan().values()) == ["empty-yet"]
+
+
+def test_a_folder_whose_mtime_does_not_follow_its_entries_is_listed_on_every_pass_after_once(tmp_path, monkeypatch,
+                                                                                               caplog):
+    """As on an object-store FUSE mount: found by the relisting, said once, never trusted again."""
+    root = tmp_path / "run"
+    (root / "checkpoint-1").mkdir(parents=True)
+    _old(root)
+    disc = Discoverer(root)
+    disc.scan()
+    stamp = os.stat(root).st_mtime_ns
+    (root / "checkpoint-2").mkdir()
+    os.utime(root, ns=(stamp, stamp))
+    later = time.monotonic() + discover.RELIST_SECONDS + 1
+    monkeypatch.setattr(discover.time, "monotonic", lambda: later)
+    assert [c.step for c in disc.scan()] == [1, 2]
+    assert "entries changed but the folder's modification time did not" in caplog.text
+    (root / "checkpoint-3").mkdir()
+    os.utime(root, ns=(stamp, stamp))
+    monkeypatch.setattr(discover.time, "monotonic", lambda: later + 1)  # well before the next relisting
+    assert [c.step for c in disc.scan()] == [1, 2, 3]
+
+
+def test_fuse_filesystems_are_never_trusted(monkeypatch, tmp_path):
+    root = tmp_path / "run"
+    (root / "checkpoint-1").mkdir(parents=True)
+    _old(root)
+    monkeypatch.setitem(discover._MTIME_RELIABLE, os.stat(root).st_dev, False)  # stands in for a fuse.gcsfuse mount
+    disc = Discoverer(root)
+    disc.scan()
+    assert not disc._stamps.unchanged(root, os.stat(root))

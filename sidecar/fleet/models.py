@@ -80,8 +80,9 @@ class ModelFinder:
             self._warned.add(root)
             log.warning("--models-root %s holds checkpoint folders itself: it is a model folder (watch it with "
                         "--sft-root, or give its parent as --models-root)", root)
-        self._stamps.listed(root, st)
-        self._subfolders[root] = sorted(names)
+        names.sort()
+        self._stamps.listed(root, st, changed=root in self._subfolders and names != self._subfolders[root])
+        self._subfolders[root] = names
         return self._subfolders[root]
 
     def _holds_checkpoints(self, path: Path) -> bool:
@@ -98,7 +99,7 @@ class ModelFinder:
         except OSError:
             self._models.pop(path, None)
             return False
-        self._stamps.listed(path, st)
+        self._stamps.listed(path, st, changed=path in self._models and holds != self._models[path])
         self._models[path] = holds
         return holds
 

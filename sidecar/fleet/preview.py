@@ -34,6 +34,7 @@ class ModelPreview:
     ready: list[Checkpoint] = field(default_factory=list)
     reused: set[int] = field(default_factory=set)  # ready steps recorded from their metrics.json, no eval
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why)
+    running: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, what runs it) of a watched model
     processed: int = 0
 
 
@@ -76,6 +77,9 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
         if step in in_flight:
             entry = in_flight[step]
             who = f"Slurm job {entry['job_id']}" if entry.get("job_id") else f"pid {entry.get('pid', '?')}"
+            if holder:
+                out.running.append((ckpt.name, f"{who}, started {entry.get('started', '?')}"))
+                continue
             out.waiting.append((ckpt.name, f"in flight ({who}, started {entry.get('started', '?')}); "
                                            f"a sidecar that starts settles it first"))
             continue
@@ -117,8 +121,9 @@ def preview(models: list[ModelPreview], slots: list[str], order: str, cap: int =
     planned = {m.name: m.ready for m in models if m.ready}
     by_name = {m.name: m for m in models}
     upcoming = []
-    free = len(slots)
-    per_model: dict[str, int] = {}
+    busy = sum(len(m.running) for m in models)  # a watching sidecar's evals hold slots now
+    free = max(0, len(slots) - busy)
+    per_model: dict[str, int] = {m.name: len(m.running) for m in models}
     for name, ckpt in interleave(planned, {n: n for n in planned}, {}, strict=order == "model-then-step"):
         model = by_name[name]
         if ckpt.step in model.reused:
@@ -129,15 +134,17 @@ def preview(models: list[ModelPreview], slots: list[str], order: str, cap: int =
         if cap and per_model[name] > cap:
             when = f"after this model's earlier evals (--max-parallel-per-model {cap})"
         elif free > 0:
-            slot = len(slots) - free
             free -= 1
-            when = f"starts at once on slot {slot + 1} ({slots[slot]})"
+            slot = len(slots) - free - 1 - busy  # slots in order while none is busy
+            when = "starts at once on a free slot" if busy else f"starts at once on slot {slot + 1} ({slots[slot]})"
         else:
             when = "when a slot frees"
         upcoming.append({"model": name, "checkpoint": ckpt.name, "step": ckpt.step, "when": when})
     waiting = [{"model": m.name, "checkpoint": None, "why": m.problem} for m in models if m.problem]
     waiting += [{"model": m.name, "checkpoint": c, "why": why} for m in models for c, why in m.waiting]
-    return {"models": len(models), "slots": len(slots), "order": order, "next": upcoming, "waiting": waiting,
+    running = [{"model": m.name, "checkpoint": c, "by": who} for m in models for c, who in m.running]
+    return {"models": len(models), "slots": len(slots), "order": order, "running": running, "next": upcoming,
+            "waiting": waiting,
             "processed": sum(m.processed for m in models),
             "notes": [{"model": m.name, "note": m.note} for m in models if m.note]}
 
@@ -148,7 +155,7 @@ ORDER_TEXT = {"oldest-first": "models in turn, oldest step first inside a model"
 
 
 def format_preview(plan: dict, single: bool = False) -> str:
-    width = max([12] + [len(x["model"]) for x in plan["next"] + plan["waiting"]])
+    width = max([12] + [len(x["model"]) for x in plan["next"] + plan["waiting"] + plan["running"]])
     if single:
         order = "newest step first" if plan["order"] == "newest-first" else "oldest step first"
     else:
@@ -156,6 +163,10 @@ def format_preview(plan: dict, single: bool = False) -> str:
     lines = [f"plan: {plan['models']} model(s), {plan['slots']} slot(s); order: {order}"]
     for note in plan["notes"]:
         lines.append(f"note: {note['model']} is {note['note']} (this is what it would do next)")
+    if plan["running"]:
+        lines.append("running now:")
+        for item in plan["running"]:
+            lines.append(f"        {item['model']:<{width}}  {item['checkpoint']:<18}  {item['by']}")
     if plan["next"]:
         lines.append("next, in order:")
         for i, item in enumerate(plan["next"], 1):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..watch.state import ProcessLock
 from .models import ModelFinder, ModelFolder
 from .order import interleave
 from .profiles import ProfilesFile
-from .tree import model_config
+from .tree import clash_text, model_config, output_folders
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Status:
     ERROR = "error"
     RETIRING = "retiring"
     REMOVED = "removed"
+    DUPLICATE = "duplicate"
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Entry:
     source: str = ""  # what gave its profile
     member: Member | None = None
     config: Config | None = None
+    link: bool = False  # the model folder is a symlink (its target may change)
     retry_at: float | None = None  # monotonic: place it again then (locked, error, switching)
     logged: str = field(default="", repr=False)  # the last reason logged (each is logged once)
 
@@ -171,14 +174,15 @@ class Fleet(Loop):
                 log.warning("model %s: its folder %s was removed; its state stays in %s", entry.folder.name, path,
                             entry.config.state_dir if entry.config else self.config.state_dir)
                 self._retire(entry, "its folder was removed")
-                entry.status, entry.reason = Status.REMOVED, "its folder was removed"
+                entry.status, entry.reason, entry.retry_at = Status.REMOVED, "its folder was removed", None
             self.finder.forget(path)
-        for path, folder in sorted(folders.items()):
+        # real folders first: a symlink to a model folder is the duplicate, not the folder itself
+        for path, folder in sorted(folders.items(), key=lambda kv: (os.path.islink(kv[0]), kv[0])):
             entry = self.entries.get(path)
             if entry is None:
-                entry = self.entries[path] = Entry(folder)
+                entry = self.entries[path] = Entry(folder, link=os.path.islink(path))
             due = entry.retry_at is not None and now >= entry.retry_at
-            if not entry.status or entry.status == Status.REMOVED or changed or due:
+            if not entry.status or entry.status == Status.REMOVED or changed or due or self._repointed(entry):
                 self._place(entry, now)
         for member in list(self.members.values()):
             if member.retiring and not self._running(member.key):
@@ -186,7 +190,7 @@ class Fleet(Loop):
                 entry = self._entry_of(member)
                 if entry is not None and entry.member is member:
                     entry.member = None
-                    if entry.status == Status.RETIRING:
+                    if entry.status != Status.REMOVED:  # placed again: its new profile, or its lock back
                         entry.status, entry.retry_at = "", now
 
     def _entry_of(self, member: Member) -> Entry | None:
@@ -213,18 +217,48 @@ class Fleet(Loop):
             return
         entry.source = source
         member = entry.member
-        if member is not None and member.config == config and not member.retiring:
-            return  # the profile change did not change this model's flags
         if member is not None:
+            if member.config == config and not member.retiring:
+                return  # the profile change did not change this model's flags
             self._retire(entry, "its profile changed")
             entry.config = config
-            return  # the new configuration starts once the old one has closed
+            entry.retry_at = now + SWITCH_RETRY_SECONDS  # the new configuration starts once the old one closed
+            return
         entry.config = config
-        if config.identity.key in self.members or config.identity.key in self._closing:
+        key = config.identity.key
+        other = self.members.get(key)
+        if other is not None and other.path != entry.folder.path:
+            self._set(entry, Status.DUPLICATE, f"the same model as {other.path} (a symlink to it?); watched there")
+            entry.retry_at = now + self.config.poll_interval_seconds
+            return
+        clash = self._clash(entry, config)
+        if clash:
+            self._set(entry, Status.ERROR, clash, logger=log.error)
+            entry.retry_at = now + self.config.poll_interval_seconds
+            return
+        if key in self.members or key in self._closing:
             self._set(entry, Status.RETIRING, "its previous configuration is closing")
             entry.retry_at = now + SWITCH_RETRY_SECONDS
             return
         self._start_member(entry, config, now)
+
+    def _clash(self, entry: Entry, config: Config) -> str:
+        """The model placed first keeps the output folders two model folders of one name share."""
+        mine = output_folders(config)
+        for other in self.members.values():
+            if other.path != entry.folder.path and set(mine) & set(output_folders(other.config)):
+                return clash_text(entry.folder.path, config, other.path)
+        return ""
+
+    def _repointed(self, entry: Entry) -> bool:
+        """A symlinked model folder now points elsewhere (its configuration names the old target)."""
+        member = entry.member
+        if member is None or not entry.link or member.retiring:
+            return False
+        try:
+            return Path(os.path.realpath(entry.folder.path)) != member.config.sft_root
+        except OSError:
+            return False
 
     def model_config(self, folder: ModelFolder, values: dict) -> Config:
         return model_config(self.args, self.environ, self.cwd, folder, values)
@@ -249,6 +283,10 @@ class Fleet(Loop):
         pipeline = ModelPipeline(config, self.clock, self.environ, reporter, self.scheduler,
                                  wake=self.wake.set, guard=lambda: member.check_lock())
         pipeline.batch_until_tick_end = True  # one write per model per tick for reused results (see there)
+        if entry.link and config.watch_mode == "events":
+            log.warning("model %s: %s is a symlink; filesystem events do not follow it, so its new checkpoints are "
+                        "found only when another event wakes the loop (use --watch-mode auto for a safety scan)",
+                        name, entry.folder.path)
         member = Member(name, entry.folder.path, config, lock, pipeline)
         try:
             with about(name):
@@ -316,7 +354,8 @@ class Fleet(Loop):
 
     def _wake_deadlines(self, now: float, poll: float) -> list[float]:
         deadlines = [d for m in self.members.values() if not m.retiring for d in m.pipeline.wake_deadlines(now)]
-        deadlines += [e.retry_at for e in self.entries.values() if e.retry_at is not None]
+        deadlines += [e.retry_at for e in self.entries.values()
+                      if e.retry_at is not None and e.folder.root not in self.finder.missing]
         if self.finder.missing or any(m.pipeline.root_missing for m in self.members.values()):
             deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
         if self._closing:
@@ -388,12 +427,7 @@ class Fleet(Loop):
                 self._served[key] = next(self._counter)
         return done
 
-    # ----- what status shows --------------------------------------------------------------------
-    def rows(self) -> list[dict]:
-        """One dict per model folder: name, path, status, reason, state file."""
-        out = []
-        for path, entry in sorted(self.entries.items(), key=lambda kv: (kv[1].folder.name, str(kv[0]))):
-            config = entry.config
-            out.append({"model": entry.folder.name, "path": str(path), "status": entry.status, "reason": entry.reason,
-                        "profile": entry.source, "state_file": str(config.state_file) if config else None})
-        return out
+    def skipped(self) -> list[str]:
+        """Model folders not being evaluated now, with why (for the `--once` summary)."""
+        return [f"{e.folder.name} ({e.status}: {e.reason})" for _, e in sorted(self.entries.items())
+                if e.status in (Status.LOCKED, Status.ERROR, Status.DUPLICATE)]

@@ -24,6 +24,18 @@ def model_config(args: dict, environ: dict[str, str], cwd: Path, folder: ModelFo
     return config
 
 
+def output_folders(config: Config) -> tuple[Path, Path]:
+    """Where a model's evals write: results/<folder name>/ and the log folder. Two model folders
+    of one name under two roots would share them."""
+    return config.results_root / config.sft_root.name, config.log_dir / config.identity.safe_model
+
+
+def clash_text(path: Path, config: Config, other: Path) -> str:
+    results, logs = output_folders(config)
+    return (f"{path} would share {results} and {logs} with the model at {other} (the same folder name under two "
+            f"roots): its evals would overwrite each other's results; rename one of the folders")
+
+
 @dataclass(frozen=True)
 class TreeModel:
     folder: ModelFolder
@@ -38,7 +50,8 @@ def resolve_tree(config: Config, args: dict, environ: dict[str, str], cwd: Path,
     profiles = load_profiles(config.profiles, config.profiles_data_root) if config.profiles else None
     finder = ModelFinder(config.models_root, config.model_filter)
     out = []
-    for path, folder in sorted(finder.scan().items(), key=lambda kv: (kv[1].name, str(kv[0]))):
+    taken: dict[Path, Path] = {}  # output folder -> the model folder placed first (by path, as the fleet does)
+    for path, folder in sorted(finder.scan().items()):
         values, source = {}, "the command line"
         if profiles is not None:
             resolved = profiles.resolve(folder.name)
@@ -47,7 +60,14 @@ def resolve_tree(config: Config, args: dict, environ: dict[str, str], cwd: Path,
                 continue
             values, source = resolved.values, resolved.source
         try:
-            out.append(TreeModel(folder, model_config(args, environ, cwd, folder, values, check), source=source))
+            config = model_config(args, environ, cwd, folder, values, check)
         except SidecarError as exc:
             out.append(TreeModel(folder, None, f"error: profile from {source}: {exc}", source))
-    return out
+            continue
+        other = next((taken[f] for f in output_folders(config) if f in taken), None)
+        if other is not None:
+            out.append(TreeModel(folder, None, f"error: {clash_text(path, config, other)}", source))
+            continue
+        taken.update((f, path) for f in output_folders(config))
+        out.append(TreeModel(folder, config, source=source))
+    return sorted(out, key=lambda m: (m.folder.name, str(m.folder.path)))

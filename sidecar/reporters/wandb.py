@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .. import labels
 from ..crash import crash_point
 from ..executors.processes import child_processes, kill_orphan, process_start_time, run_command
 from ..files import clean_name
@@ -289,7 +290,7 @@ class WandbReporter:
         the next snapshot, so the snapshot goes with the number of deliveries collected so far:
         the state knew of those when it was built."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="wandb-reporter", daemon=True)
+            self._thread = labels.thread(self._work, "wandb-reporter")  # its lines name the model in a fleet
             self._thread.start()
         with self._lock:
             seen = self._collected

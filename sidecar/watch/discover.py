@@ -23,22 +23,67 @@ RACY_SECONDS = 2.0
 RELIST_SECONDS = 300.0
 
 
+_MTIME_RELIABLE: dict[int, bool] = {}  # st_dev -> whether its folders' mtimes follow their entries
+
+
+def mtime_reliable(dev: int) -> bool:
+    """False for FUSE filesystems (gcsfuse, s3fs, ...: object stores often report one fixed mtime
+    for every folder): their folders are listed on every pass. From /proc/self/mountinfo."""
+    if dev not in _MTIME_RELIABLE:
+        wanted = f"{os.major(dev)}:{os.minor(dev)}"
+        fstype = ""
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+                for line in mounts:
+                    fields = line.split()
+                    if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                        fstype = line.split(" - ", 1)[1].split()[0]
+        except OSError:
+            pass
+        _MTIME_RELIABLE[dev] = not (fstype == "fuse" or fstype.startswith("fuse."))
+    return _MTIME_RELIABLE[dev]
+
+
 class Stamps:
-    """Which folders are unchanged since a trusted listing (their (dev, ino, mtime) then)."""
+    """Which folders are unchanged since a trusted listing (their (dev, ino, mtime) then).
+
+    A folder whose entries changed while its mtime stayed the same (found by the relisting every
+    RELIST_SECONDS) is never trusted again: it is listed on every pass, and that is said once."""
 
     def __init__(self) -> None:
         self._stamps: dict[object, tuple[tuple, float]] = {}  # key -> (stamp, monotonic relist deadline)
+        self._blind: set = set()  # folders whose mtime was seen not to follow their entries
 
     def unchanged(self, key, st: os.stat_result) -> bool:
         seen = self._stamps.get(key)
-        return seen is not None and seen[0] == (st.st_dev, st.st_ino, st.st_mtime_ns) and time.monotonic() < seen[1]
+        return seen is not None and seen[0] == _stamp(st) and time.monotonic() < seen[1]
 
-    def listed(self, key, st: os.stat_result, trust: bool = True) -> None:
-        """The folder was just listed (as it was at `st`); trusted unless its mtime is too recent."""
-        if trust and time.time_ns() - st.st_mtime_ns >= RACY_SECONDS * 1e9:
-            self._stamps[key] = ((st.st_dev, st.st_ino, st.st_mtime_ns), time.monotonic() + RELIST_SECONDS)
+    def listed(self, key, st: os.stat_result, trust: bool = True, changed: bool = False) -> None:
+        """The folder was just listed (as it was at `st`); trusted unless its mtime is too recent,
+        it is on a filesystem whose mtimes cannot be trusted, or (`changed`: the listing differs
+        from the one before) its mtime stayed the same while its entries changed."""
+        seen = self._stamps.get(key)
+        if changed and seen is not None and seen[0] == _stamp(st) and key not in self._blind and _still(key, st):
+            self._blind.add(key)
+            log.warning("%s: entries changed but the folder's modification time did not (a FUSE or object-store "
+                        "filesystem?); it is listed again on every pass from now on", key)
+        if trust and key not in self._blind and mtime_reliable(st.st_dev) \
+                and time.time_ns() - st.st_mtime_ns >= RACY_SECONDS * 1e9:
+            self._stamps[key] = (_stamp(st), time.monotonic() + RELIST_SECONDS)
         else:
             self._stamps.pop(key, None)
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _still(path, st: os.stat_result) -> bool:
+    """The folder's stamp is still `st`'s (an entry made between the stat and the listing moved it)."""
+    try:
+        return _stamp(os.stat(path)) == _stamp(st)
+    except OSError:
+        return False
 
 
 class RootMissing(Exception):
@@ -88,8 +133,9 @@ class Discoverer:
         if self.identity != (st.st_dev, st.st_ino):  # a new (or replaced) root: nothing carries over
             self.identity = (st.st_dev, st.st_ino)
             self._last_names, self._last_entries = None, None
-        self._stamps.listed(root, st, trust=not links)  # symlinks are always checked again
-        if not links and folders == self._last_entries:
+        same = folders == self._last_entries
+        self._stamps.listed(root, st, trust=not links, changed=not same and self._last_entries is not None)
+        if not links and same:  # (symlinks are always checked again)
             self.unchanged = True
             return list(self._last)  # the same folders as last time
         self._last_entries = folders
