@@ -106,7 +106,7 @@ def test_a_failed_job_is_a_failure_with_state_exit_code_and_log_and_is_retried(w
 def test_sigterm_leaves_the_job_running_and_a_restart_reattaches_without_submitting_again(ws, slurm):
     ws.checkpoint(100)
     ws.mode(100, "slow")
-    env = ws.env(STANDIN_SLOW="6")
+    env = ws.env(STANDIN_SLOW="15")  # outlives the status calls and the stop below on a loaded machine
     proc = ws.start("--executor", "slurm", *POLL, "--poll-interval-seconds", "0.5", env=env)
     entry = wait_for(lambda: ws.state()["in_flight"]["100"]["slurm_state"] == "RUNNING"
                      and ws.state()["in_flight"]["100"], timeout=60)
@@ -116,7 +116,7 @@ def test_sigterm_leaves_the_job_running_and_a_restart_reattaches_without_submitt
     assert json.loads(ws.status("--json").stdout)["in_flight"][0]["slurm_job_id"] == job
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert slurm.job_state(job) == "RUNNING"  # left running by default
+    assert slurm.job_state(job) in ("RUNNING", "COMPLETING")  # left running by default (not cancelled)
     assert ws.state()["in_flight"]["100"]["job_id"] == job
 
     out = ws.run("--once", "--executor", "slurm", *POLL, env=env)
