@@ -27,13 +27,7 @@ processed() {
   "$py" "$repo/eval_wandb_sidecar.py" status "${sidecar_args[@]}" --json 2>/dev/null \
     | "$py" -c 'import json, sys; print(json.load(sys.stdin)["processed"])' 2>/dev/null || echo 0
 }
-for _ in $(seq 1 120); do
-  [[ "$(processed)" == "5" ]] && break
-  sleep 0.5
-done
-kill -TERM "$sidecar_pid"
-wait "$sidecar_pid" || true
-trap - EXIT
+stop_after 5
 echo
 echo "== 3. what the sidecar logged while watching"
 grep -E "evaluated|watching" sidecar.log | sed -e 's/^\[[^]]*\] //'

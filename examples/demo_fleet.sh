@@ -46,13 +46,7 @@ processed() {
     | "$py" -c 'import json, sys; print(sum(m.get("processed", 0) for m in json.load(sys.stdin)["models"]))' \
     2>/dev/null || echo 0
 }
-for _ in $(seq 1 120); do
-  [[ "$(processed)" == "9" ]] && break
-  sleep 0.5
-done
-kill -TERM "$sidecar_pid"
-wait "$sidecar_pid" || true
-trap - EXIT
+stop_after 9
 echo
 echo "== 3. what the sidecar logged (each line about one model names it)"
 grep -E "watching|no profile|evaluated" sidecar.log | sed -e 's/^\[[^]]*\] //' -e 's/ (profile from.*//'

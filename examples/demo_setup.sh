@@ -10,3 +10,15 @@ work="${DEMO_DIR:-$repo/$1}"
 rm -rf -- "$work"
 mkdir -p -- "$work"
 cd -- "$work"
+
+# stop_after N: wait (up to 60 s) until `processed` (defined by the demo) prints N, then stop the
+# sidecar ($sidecar_pid) and wait for it
+stop_after() {
+  for _ in $(seq 1 120); do
+    [[ "$(processed)" == "$1" ]] && break
+    sleep 0.5
+  done
+  kill -TERM "$sidecar_pid"
+  wait "$sidecar_pid" || true
+  trap - EXIT
+}

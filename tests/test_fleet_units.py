@@ -31,6 +31,20 @@ def _old(path):
     os.utime(path, (old, old))
 
 
+def hidden_entry(tmp_path):
+    """A root listed while trusted, then given checkpoint-2 without its mtime moving:
+    (root, its discoverer, that mtime)."""
+    root = tmp_path / "run"
+    (root / "checkpoint-1").mkdir(parents=True)
+    _old(root)
+    disc = Discoverer(root)
+    disc.scan()
+    stamp = os.stat(root).st_mtime_ns
+    (root / "checkpoint-2").mkdir()
+    os.utime(root, ns=(stamp, stamp))
+    return root, disc, stamp
+
+
 def test_a_root_is_listed_again_only_when_its_folder_changed(tmp_path, monkeypatch):
     root = tmp_path / "run"
     (root / "checkpoint-1").mkdir(parents=True)
@@ -61,14 +75,7 @@ def test_a_listing_of_a_folder_changed_just_now_is_not_trusted(tmp_path, monkeyp
 def test_every_root_is_listed_again_after_the_relist_interval(tmp_path, monkeypatch):
     """A new entry that left the folder's mtime as it was (a server clock far behind ours) is
     found by the relisting every RELIST_SECONDS at the latest."""
-    root = tmp_path / "run"
-    (root / "checkpoint-1").mkdir(parents=True)
-    _old(root)
-    disc = Discoverer(root)
-    disc.scan()
-    stamp = os.stat(root).st_mtime_ns
-    (root / "checkpoint-2").mkdir()
-    os.utime(root, ns=(stamp, stamp))
+    root, disc, stamp = hidden_entry(tmp_path)
     assert [c.step for c in disc.scan()] == [1]  # trusted and unchanged: not listed
     later = time.monotonic() + discover.RELIST_SECONDS + 1
     monkeypatch.setattr(discover.time, "monotonic", lambda: later)
@@ -95,14 +102,7 @@ def test_model_folders_are_the_subfolders_holding_checkpoints(tmp_path, caplog):
 def test_a_folder_whose_mtime_does_not_follow_its_entries_is_listed_on_every_pass_after_once(tmp_path, monkeypatch,
                                                                                                caplog):
     """As on an object-store FUSE mount: found by the relisting, said once, never trusted again."""
-    root = tmp_path / "run"
-    (root / "checkpoint-1").mkdir(parents=True)
-    _old(root)
-    disc = Discoverer(root)
-    disc.scan()
-    stamp = os.stat(root).st_mtime_ns
-    (root / "checkpoint-2").mkdir()
-    os.utime(root, ns=(stamp, stamp))
+    root, disc, stamp = hidden_entry(tmp_path)
     later = time.monotonic() + discover.RELIST_SECONDS + 1
     monkeypatch.setattr(discover.time, "monotonic", lambda: later)
     assert [c.step for c in disc.scan()] == [1, 2]
