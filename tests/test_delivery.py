@@ -449,8 +449,10 @@ def test_ctrl_c_during_sync_then_sync_again_sends_no_row_twice(ws, server):
     server.start()
     server.fail_with, server.fail_paths = 503, ("/upload/",)  # the table file cannot be uploaded: finish waits
     out = open(ws.ctl / "sync-interrupted.out", "w")
-    proc = subprocess.Popen([sys.executable, str(ENTRY), "sync", *args(ws, mode="offline")], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    # a finish that waits 60 s (twice the init timeout) for the upload: the Ctrl-C below comes while it
+    # waits even on a loaded machine (with 15 s the finish once gave up first)
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "sync", *args(ws, "--wandb-init-timeout", "30", mode="offline")],
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
     wait_for(lambda: server_steps(server, ws) == [100, 200, 300], timeout=60)
     wait_for(lambda: sent(ws).keys() == {"100", "200", "300"}, timeout=30)  # recorded while sync still runs
     proc.send_signal(signal.SIGINT)
