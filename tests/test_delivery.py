@@ -449,10 +449,11 @@ def test_ctrl_c_during_sync_then_sync_again_sends_no_row_twice(ws, server):
     server.start()
     server.fail_with, server.fail_paths = 503, ("/upload/",)  # the table file cannot be uploaded: finish waits
     out = open(ws.ctl / "sync-interrupted.out", "w")
-    # a finish that waits 60 s (twice the init timeout) for the upload: the Ctrl-C below comes while it
-    # waits even on a loaded machine (with 15 s the finish once gave up first)
-    proc = subprocess.Popen([sys.executable, str(ENTRY), "sync", *args(ws, "--wandb-init-timeout", "30", mode="offline")],
-                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    # Ctrl-C as a terminal delivers it: the sync starts with SIGINT's default disposition even when the
+    # test runner's was "ignore" (a runner started in the background by a non-interactive shell), which
+    # a child would inherit and Python would then keep, so the Ctrl-C below would never arrive
+    proc = subprocess.Popen([sys.executable, str(ENTRY), "sync", *args(ws, mode="offline")], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: server_steps(server, ws) == [100, 200, 300], timeout=60)
     wait_for(lambda: sent(ws).keys() == {"100", "200", "300"}, timeout=30)  # recorded while sync still runs
     proc.send_signal(signal.SIGINT)
