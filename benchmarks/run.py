@@ -44,8 +44,8 @@ FULL = {
 }
 QUICK = {
     "idle tick": lambda: scenarios.idle_tick([100, 1_000], ticks=5),
-    "backfill": lambda: scenarios.backfill([100, 1_000], wandb_sizes=[100]) + scenarios.original_approach(20),
-    "latency": lambda: scenarios.latency(3),
+    "backfill": lambda: scenarios.backfill([100, 300], wandb_sizes=[100]) + scenarios.original_approach(20),
+    "latency": lambda: scenarios.latency(2),
     "parallel": lambda: scenarios.parallel(4, 0.5, [1, 2]),
     "idle watching": lambda: scenarios.idle_watch(2, settle=1.0),
     "align": lambda: scenarios.align(2, 1_000, 5),
