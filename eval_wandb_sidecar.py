@@ -85,7 +85,7 @@ def watch(sidecar, config, roots) -> None:
     try:
         if config.once:
             done = sidecar.run_once()
-            skipped = sidecar.skipped() if hasattr(sidecar, "skipped") else []
+            skipped = sidecar.skipped()
             log.info("--once: %d checkpoint(s) handled; nothing ready is left%s", done,
                      f" but in {len(skipped)} model(s) not evaluated: {'; '.join(skipped)}" if skipped else "")
         elif config.watch_mode == "poll":

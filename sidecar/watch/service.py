@@ -132,6 +132,10 @@ class Loop:
         """Each watched root's identity: (st_dev, st_ino), MISSING, or None (not looked at yet)."""
         raise NotImplementedError
 
+    def skipped(self) -> list[str]:
+        """What is watched but not evaluated now, with why (for the `--once` summary); none here."""
+        return []
+
     # ----- loops ------------------------------------------------------------------------------
     def run_once(self) -> int:
         """Tick until nothing ready is left and no eval runs (or a stop is requested); returns
