@@ -49,7 +49,8 @@ class Flag:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag("repo-root", "path", ".", help="folder the eval script runs in (default: current folder)"),
+    Flag("repo-root", "path", ".", help="folder the eval script runs in; default: the folder of eval_wandb_sidecar.py "
+         "when it holds the eval script, else the current folder"),
     Flag("sft-root", "path", None, help="folder holding checkpoint-<N> folders (required), or one checkpoint"),
     Flag("eval-script", "path", "evaluate_sft_3b.sh", help="eval script, run as `bash SCRIPT SFT_ROOT`"),
     Flag("category", "str", "Industrial_and_Scientific", "CATEGORY"),
@@ -107,7 +108,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("wandb-system-stats", "bool", False, help="let W&B sample system stats (off: cheaper)"),
     Flag("wandb-table-minutes", "float", 5.0, minimum=0, maximum=30 * 24 * 60,
          help="log the W&B table at most once per this many minutes while rows come, and at exit (0 = every pass)"),
-    Flag("summary-metrics", "str", "HR@10,NDCG@10", help="metrics with best/last summary keys"),
+    Flag("summary-metrics", "str", "HR@10,NDCG@10",
+         help="metrics with best/last summary keys; NAME:min for a metric where lower is better, e.g. acc,loss:min"),
     Flag("executor", "choice", "local", choices=EXECUTORS, help="local: evals run here; slurm: each eval is a Slurm job"),
     Flag("slurm-args", "args", "", help='sbatch options for each eval job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00"'),
     Flag("max-parallel", "int", 1, minimum=1, maximum=10000, help="Slurm jobs in flight at once (--executor slurm)"),
@@ -121,6 +123,31 @@ FLAGS: tuple[Flag, ...] = (
     Flag("max-parallel-per-model", "int", 0, minimum=0, maximum=10000, help="fleet mode: evals of one model at once (0 = no cap)"),
 )
 _BY_DEST = {f.dest: f for f in FLAGS}
+_BY_FLAG = {f.name: f for f in FLAGS}
+
+# The help's sections, in order; a subcommand's help shows only the sections it uses.
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("identity (which state file, W&B run and results a configuration has)",
+     ("sft-root", "category", "test-data-path", "index-path", "seed", "num-beams", "sid-levels", "dataset",
+      "cb-setting", "eval-split")),
+    ("evaluation", ("repo-root", "eval-script", "cuda-list", "python-bin", "batch-size", "max-new-tokens",
+                    "temperature", "do-sample", "length-penalty", "results-root", "force-eval", "force-eval-steps",
+                    "eval-timeout-seconds", "max-attempts", "retry-backoff-seconds", "retry-failed", "gpu-slots",
+                    "pin-checkpoints", "eval-kill-grace-seconds")),
+    ("watching", ("once", "poll-interval-seconds", "checkpoint-ready-seconds", "ready-marker", "watch-mode",
+                  "order", "max-pending-per-cycle")),
+    ("state and logs", ("state-dir", "lock-mode", "log-dir", "log-level")),
+    ("Weights & Biases", ("disable-wandb", "wandb-mode", "wandb-project", "wandb-entity", "wandb-run-id",
+                          "wandb-run-name", "wandb-resume", "wandb-job-type", "wandb-fallback", "wandb-init-timeout",
+                          "wandb-system-stats", "wandb-table-minutes", "summary-metrics")),
+    ("Slurm", ("executor", "slurm-args", "max-parallel", "slurm-cancel-on-exit", "slurm-poll-seconds")),
+    ("fleet mode (one sidecar for a tree of models)",
+     ("models-root", "model-filter", "profiles", "profiles-data-root", "max-parallel-per-model")),
+)
+# The groups each reading subcommand shows (it accepts every flag, so a watch's command line can be
+# reused as it is; the others do not change what it reads).
+STATUS_GROUPS = ("identity", "state and logs", "fleet mode")
+SYNC_GROUPS = ("identity", "state and logs", "Weights & Biases")
 
 
 @dataclass(frozen=True)
@@ -190,6 +217,7 @@ class Config:
     profiles: Path | None
     profiles_data_root: Path | None
     max_parallel_per_model: int
+    summary_lower_better: frozenset[str]  # the --summary-metrics given as NAME:min
     identity: Identity = field(compare=False)
     config_file: Path | None = None
 
@@ -255,23 +283,47 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_args(glued, namespace)
 
 
-def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, dict], ...] = ()) -> argparse.ArgumentParser:
-    """The command line: every flag as a string (typed later, so errors name flag and value)."""
-    parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS, allow_abbrev=False,
-                     description="Evaluate every new checkpoint once and report it to one W&B run.")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file supplying any flag")
-    for flag in FLAGS:
-        default = f" (default: {flag.default})" if flag.default not in (None, "", False) else ""
-        env = f" [env {flag.env}]" if flag.env else ""
-        if flag.kind == "bool":
-            parser.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
-        elif flag.kind in ("paths", "strs"):
-            parser.add_argument(f"--{flag.name}", action="append", metavar="DIR" if flag.kind == "paths" else "GLOB",
-                                help=f"{flag.help}{env}")
-        else:
-            parser.add_argument(f"--{flag.name}", metavar=flag.dest.upper(), help=f"{flag.help}{default}{env}")
+def _default_text(flag: Flag) -> str:
+    if flag.dest == "repo_root" or flag.default in (None, "", False) or flag.default == frozenset() \
+            or flag.default == ():
+        return ""
+    return f" (default: {flag.default:g})" if isinstance(flag.default, float) else f" (default: {flag.default})"
+
+
+def _metavar(flag: Flag) -> str:
+    if flag.kind == "float":
+        return "SECONDS" if flag.name.endswith("-seconds") else "MINUTES" if flag.name.endswith("-minutes") else "X"
+    return {"path": "PATH", "int": "N", "steps": "STEPS", "args": "ARGS"}.get(flag.kind, "TEXT")
+
+
+def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, dict], ...] = (),
+                 groups: tuple[str, ...] | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every flag as a string (typed later, so errors name flag and value).
+
+    `groups`: the help shows only the flag sections whose titles start with these (every flag is
+    accepted all the same); `extra`: the subcommand's own flags, shown first."""
+    parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS, allow_abbrev=False, usage="%(prog)s [flags]",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description=description or "Evaluate every new checkpoint once and report it to one W&B run.")
+    own = parser.add_argument_group("options of this command")
+    own.add_argument("--config", metavar="FILE.yaml", help="YAML file supplying any flag")
     for name, kwargs in extra:
-        parser.add_argument(name, **kwargs)
+        own.add_argument(name, **kwargs)
+    for title, names in GROUPS:
+        shown = groups is None or any(title.startswith(g) for g in groups)
+        group = parser.add_argument_group(title) if shown else parser
+        for name in names:
+            flag = _BY_FLAG[name]
+            env = f" [env {flag.env}]" if flag.env else ""
+            text = f"{flag.help}{_default_text(flag)}{env}".strip() if shown else argparse.SUPPRESS
+            if flag.kind == "bool":
+                group.add_argument(f"--{flag.name}", action="store_true", help=text)
+            elif flag.kind in ("paths", "strs"):
+                group.add_argument(f"--{flag.name}", action="append", help=text,
+                                   metavar="DIR" if flag.kind == "paths" else "GLOB")
+            else:
+                metavar = "{" + ",".join(flag.choices) + "}" if flag.kind == "choice" else _metavar(flag)
+                group.add_argument(f"--{flag.name}", metavar=metavar, help=text)
     return parser
 
 
@@ -425,33 +477,71 @@ def _resolve(raw: str, base: Path, flag: str = "") -> Path:
         raise ConfigError(f"{flag or 'path'}: cannot resolve {raw!r} ({exc})") from exc
 
 
-def flag_values(args: dict, environ: dict[str, str], cwd: Path) -> tuple[dict[str, Any], Path | None]:
+# Set by `python eval_wandb_sidecar.py` (the original's entry): the folder of that script, the
+# default --repo-root when it holds the eval script (its users keep both files in their repository
+# and run them from anywhere). The installed `eval-sidecar` command has none: the current folder.
+ENTRY_DIR: Path | None = None
+
+
+def flag_values(args: dict, environ: dict[str, str], cwd: Path,
+                sources: dict[str, str] | None = None) -> tuple[dict[str, Any], Path | None]:
     """Every flag's value by the one precedence order (command line > environment > config file >
-    defaults), converted and range-checked but not cross-checked; and the config file read."""
+    defaults), converted and range-checked but not cross-checked; and the config file read.
+    `sources`, when given, gets where each value came from (`--print-config`)."""
     config_file = None
     file_values: dict = {}
     if args.get("config"):
         config_file = _resolve(args["config"], cwd, "--config")
         file_values = _load_yaml(config_file)
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for flag in FLAGS:
         dest = flag.dest
         if dest in args:
-            values[dest] = _convert(flag, args[dest], "command line")
+            values[dest], origin[dest] = _convert(flag, args[dest], "command line"), "command line"
         elif flag.env and environ.get(flag.env, "") != "":
             values[dest] = _convert(flag, environ[flag.env], f"{flag.env} (environment)")
+            origin[dest] = f"environment {flag.env}"
         elif dest in file_values:
             values[dest] = _convert(flag, file_values[dest], f"{config_file}: {flag.name}")
+            origin[dest] = f"config file {config_file}"
         else:
-            values[dest] = flag.default
+            values[dest], origin[dest] = flag.default, "default"
+    if origin["repo_root"] == "default":
+        values["repo_root"], origin["repo_root"] = default_repo_root(values["eval_script"], cwd)
+    if sources is not None:
+        sources.update(origin)
     return values, config_file
 
 
-def parse_summary_metrics(text: str) -> tuple[str, ...]:
-    metrics = tuple(m.strip() for m in str(text).split(",") if m.strip())
-    if not metrics:
-        raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10, got {text!r}")
-    return metrics
+def default_repo_root(eval_script: str, cwd: Path) -> tuple[str, str]:
+    """--repo-root when none is given: the folder of eval_wandb_sidecar.py when the eval script is
+    there (the original tool's default), else the current folder; and why (for --print-config)."""
+    if ENTRY_DIR is not None and not Path(str(eval_script)).expanduser().is_absolute():
+        if (ENTRY_DIR / str(eval_script)).is_file():
+            return str(ENTRY_DIR), f"default: the folder of eval_wandb_sidecar.py (it holds {eval_script})"
+    return str(cwd), "default: the current folder"
+
+
+def parse_summary_metrics(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """`"acc,loss:min"` -> the metric names and those where lower is better (`:max`, the default,
+    for higher)."""
+    names: list[str] = []
+    lower: set[str] = set()
+    for part in str(text).split(","):
+        name, colon, goal = part.strip().rpartition(":") if part.strip().endswith((":min", ":max")) \
+            else (part.strip(), "", "max")
+        name = name.strip()
+        if not name:
+            continue
+        if name in names:
+            raise ConfigError(f"--summary-metrics: {name!r} is named twice in {text!r}")
+        names.append(name)
+        if goal == "min":
+            lower.add(name)
+    if not names:
+        raise ConfigError(f"--summary-metrics: expected metric names like HR@10,NDCG@10 or acc,loss:min, got {text!r}")
+    return tuple(names), frozenset(lower)
 
 
 def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True,
@@ -469,7 +559,7 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     _check_resume(values)
     values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
     values["slurm_args"] = parse_slurm_args(values["slurm_args"])
-    values["summary_metrics"] = parse_summary_metrics(values["summary_metrics"])
+    values["summary_metrics"], values["summary_lower_better"] = parse_summary_metrics(values["summary_metrics"])
     _check_fleet(values)
     if values["models_root"] and not values["sft_root"]:
         values["sft_root"] = values["models_root"][0]  # fleet mode: each model's config names its own
