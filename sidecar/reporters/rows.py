@@ -57,10 +57,16 @@ def table_columns(rows: Iterable[dict], first: Iterable[str] = (), limit: int = 
     return ["checkpoint_step", "checkpoint_name", *BASE_METRICS, *sorted(others), "metrics_path"]
 
 
-def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", "NDCG@10")) -> dict:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", "NDCG@10"),
+                      lower_better: frozenset[str] = frozenset()) -> dict:
     """best_<m>, best_step_for_<m>, last_<m> (m lower-cased) and last_step over all rows.
 
-    The best value wins by strictly greater, so the earliest step keeps a tie (as the original).
+    The best value wins by strictly greater (strictly less for the metrics in `lower_better`), so
+    the earliest step keeps a tie (as the original). Values that are not numbers are skipped.
     """
     summary: dict = {}
     if not rows:
@@ -70,12 +76,13 @@ def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", 
     last = rows[steps[-1]]
     for metric in metrics:
         name = metric.lower()
-        if last.get(metric) is not None:
+        if _number(last.get(metric)):
             summary[f"last_{name}"] = float(last[metric])
         best = best_step = None
+        sign = -1.0 if metric in lower_better else 1.0
         for step in steps:
             value = rows[step].get(metric)
-            if value is not None and (best is None or float(value) > best):
+            if _number(value) and (best is None or sign * float(value) > sign * best):
                 best, best_step = float(value), step
         if best is not None:
             summary[f"best_{name}"] = best

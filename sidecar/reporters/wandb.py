@@ -87,6 +87,7 @@ class WandbOptions:
     system_stats: bool = False
     fallback: str = "none"  # or "offline"
     summary_metrics: tuple[str, ...] = ("HR@10", "NDCG@10")
+    summary_lower_better: frozenset[str] = frozenset()  # the summary metrics whose best is the minimum
     flush_interval: float = 1.0  # seconds between wandb-core writes of the .wandb file
     one_shot: bool = False  # `sync`: no evaluation goes on behind it, no retry later
     table_seconds: float = 300.0  # at most one table per this long while rows come (0: every pass); always at exit
@@ -107,6 +108,7 @@ def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbO
         resume=settings.wandb_resume, job_type=settings.wandb_job_type, mode=mode or settings.wandb_mode,
         config={k: wandb_text(v) for k, v in wandb_config.items()}, init_timeout=settings.wandb_init_timeout, system_stats=settings.wandb_system_stats,
         fallback=settings.wandb_fallback, summary_metrics=settings.summary_metrics,
+        summary_lower_better=getattr(settings, "summary_lower_better", frozenset()),
         table_seconds=60.0 * settings.wandb_table_minutes,
     )
 
@@ -555,7 +557,7 @@ class WandbReporter:
         rows = w.latest.rows if w.latest is not None else {}
         if not rows:
             return
-        summary = summary_from_rows(rows, self.options.summary_metrics)
+        summary = summary_from_rows(rows, self.options.summary_metrics, self.options.summary_lower_better)
         # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
         # the last step, so the eval/* summary is set from the last step's row.
         summary.update(history_row(rows[max(rows)], self.options.summary_metrics))
@@ -757,6 +759,10 @@ class WandbReporter:
                 _OPEN.add(self)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
+        for name in opts.summary_metrics:  # W&B's own summary and goal agree with best_<metric>
+            lower = name in opts.summary_lower_better
+            run.define_metric(f"eval/{wandb_text(name)}", step_metric="checkpoint_step",
+                              summary="min" if lower else "max", goal="minimize" if lower else "maximize")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
                    "started": _utc_now(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
                    "host": socket.gethostname(), "steps": []}

@@ -42,12 +42,24 @@ def adopt_state(state: State | None, config: Config, store_path) -> State:
                     changed)
     state.eval_params = params
     state.max_attempts = config.max_attempts  # status judges "given up" by what the sidecar uses
+    state.settings = settings_of(config)
     if config.retry_failed and state.failed:
         log.info("--retry-failed: %d failed checkpoint(s) get a fresh attempt budget", reset_failures(state))
     if state.upgraded_from == 1 and state.rows and not state.segments:
         # The original tool reported its rows as it went: never log them a second time.
         state.segments.append({"dir": "", "mode": "original tool", "closed": True, "steps": sorted(state.rows)})
     return state
+
+
+def settings_of(config: Config) -> dict:
+    """The settings `status` explains a state with (`State.settings`)."""
+    return {
+        "summary_metrics": [f"{m}:min" if m in config.summary_lower_better else m for m in config.summary_metrics],
+        "wandb_mode": config.wandb_mode if config.reporting else "disabled",
+        "ready_marker": config.ready_marker,
+        "checkpoint_ready_seconds": config.checkpoint_ready_seconds,
+        "retry_backoff_seconds": config.retry_backoff_seconds,
+    }
 
 
 @dataclass

@@ -28,7 +28,7 @@ _KNOWN = {
     "version", "model_config_key", "run_id", "run_name", "processed_steps", "failed_steps",
     "table_rows", "last_seen_step", "last_update_time", "vanished_steps", "in_flight",
     "unreported_steps", "pending_steps", "eval_params", "wandb_segments", "pins_dir", "wandb_sent", "wandb_run",
-    "max_attempts",
+    "max_attempts", "sidecar_settings",
 }
 
 
@@ -186,6 +186,10 @@ class State:
         self.wandb_run = ""  # entity/project/run_id of the run the rows are reported to (entity may be empty)
         self.pins_dir: str | None = None  # where --pin-checkpoints keeps this model's pins
         self.max_attempts: int | None = None  # --max-attempts of the sidecar that last started (None: not known)
+        # what `status` explains with, as the sidecar that last started had it: summary_metrics
+        # (["acc", "loss:min"]), wandb_mode (online / offline / disabled), ready_marker,
+        # checkpoint_ready_seconds, retry_backoff_seconds
+        self.settings: dict = {}
         self.extra: dict = {}
         self.upgraded_from: int | None = None
         # in memory only: how often each step's row was replaced in this process (what tells a
@@ -227,6 +231,8 @@ class State:
         _checked(data.get("pins_dir"), "path?", "the state", "pins_dir")
         state.pins_dir = data.get("pins_dir") or None
         state.max_attempts = _checked(data.get("max_attempts"), "attempts?", "the state", "max_attempts")
+        settings = data.get("sidecar_settings") or {}
+        state.settings = settings if isinstance(settings, dict) else {}  # informative only: never fatal
         segments = data.get("wandb_segments") or []
         if not isinstance(segments, list):
             raise ValueError(f"wandb_segments must be a list (got {_show(segments)})")
@@ -278,6 +284,8 @@ class State:
             data["pins_dir"] = self.pins_dir
         if self.max_attempts is not None:
             data["max_attempts"] = self.max_attempts
+        if self.settings:
+            data["sidecar_settings"] = self.settings
         data.update(self.extra)
         return data
 
