@@ -59,6 +59,7 @@ def settings_of(config: Config) -> dict:
         "ready_marker": config.ready_marker,
         "checkpoint_ready_seconds": config.checkpoint_ready_seconds,
         "retry_backoff_seconds": config.retry_backoff_seconds,
+        "identity": dict(config.identity.payload),  # what the key is a hash of: tells one configuration from another
     }
 
 

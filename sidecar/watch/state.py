@@ -188,7 +188,7 @@ class State:
         self.max_attempts: int | None = None  # --max-attempts of the sidecar that last started (None: not known)
         # what `status` explains with, as the sidecar that last started had it: summary_metrics
         # (["acc", "loss:min"]), wandb_mode (online / offline / disabled), ready_marker,
-        # checkpoint_ready_seconds, retry_backoff_seconds
+        # checkpoint_ready_seconds, retry_backoff_seconds, identity (the payload the key hashes)
         self.settings: dict = {}
         self.extra: dict = {}
         self.upgraded_from: int | None = None
