@@ -759,10 +759,9 @@ class WandbReporter:
                 _OPEN.add(self)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
-        for name in opts.summary_metrics:  # W&B's own summary and goal agree with best_<metric>
-            lower = name in opts.summary_lower_better
+        for name in opts.summary_metrics:  # W&B's own summary of eval/<m> agrees with best_<m>
             run.define_metric(f"eval/{wandb_text(name)}", step_metric="checkpoint_step",
-                              summary="min" if lower else "max", goal="minimize" if lower else "maximize")
+                              summary="min" if name in opts.summary_lower_better else "max")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
                    "started": _utc_now(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
                    "host": socket.gethostname(), "steps": []}
