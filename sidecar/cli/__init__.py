@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:  # a package missing from this interpreter
+        if (exc.name or "").split(".")[0] in ("sidecar", ""):
+            return internal_error(exc)  # a file of the sidecar itself is missing: not a package to install
         log.debug("missing package", exc_info=True)
         name = (exc.name or "?").split(".")[0]
         package = PACKAGES.get(name, name)
@@ -96,8 +98,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               f"{sys.executable} -m pip install -r {requirements} (or start the sidecar with the "
               f"interpreter of a venv that has it)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as exc:  # an internal error: one line here, the traceback at debug level
-        log.debug("internal error", exc_info=True)
-        print(f"{common.PROG}: internal error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+    except Exception as exc:
+        return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> int:
+    """An internal error: one line here, the traceback at debug level."""
+    log.debug("internal error", exc_info=exc)
+    print(f"{common.PROG}: internal error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)",
+          file=sys.stderr)
+    return EXIT_RUNTIME

@@ -150,7 +150,7 @@ def print_config(args: dict) -> int:
         value = getattr(config, flag.dest, values[flag.dest])
         if flag.dest == "summary_metrics":
             value = ",".join(f"{m}:min" if m in config.summary_lower_better else m for m in value)
-        print(f"--{flag.name:<{width}} {shown(value):<40} {sources[flag.dest]}")
+        print(f"--{flag.name:<{width}} {shown(value):<40}  [{sources[flag.dest]}]")
     if not config.models_root:
         print(f"\nmodel config key {config.identity.key}\nstate file       {config.state_file}\n"
               f"W&B run id       {config.wandb_run_id or config.identity.default_run_id}")
