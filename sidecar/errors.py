@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCK_HELD = 3
+EXIT_ONCE_FAILED = 4  # `once`: an evaluation failed in this run (the next run retries it)
 
 
 class SidecarError(Exception):

@@ -54,13 +54,13 @@ def stop_on_signals(sidecar, config) -> None:
 
 
 def watch(sidecar, config, roots) -> int:
-    """Run the loop (`--once`, or until stopped), then close; the exit code."""
+    """Run the loop (`--once`, or until stopped), then close; the exit code. A `once` run ends with
+    one line counting what it did and exits EXIT_ONCE_FAILED (4) when an evaluation failed in it."""
+    summary, code = "", EXIT_OK
     try:
         if config.once:
-            done = sidecar.run_once()
-            skipped = sidecar.skipped()
-            log.info("--once: %d checkpoint(s) handled; nothing ready is left%s", done,
-                     f" but in {len(skipped)} model(s) not evaluated: {'; '.join(skipped)}" if skipped else "")
+            sidecar.run_once()
+            summary, code = sidecar.once_result()
         elif config.watch_mode == "poll":
             sidecar.run_forever()
         else:
@@ -70,7 +70,9 @@ def watch(sidecar, config, roots) -> int:
             sidecar.run_forever(watchers=tuple(Watcher(root, sidecar.notify, markers) for root in roots))
     finally:
         sidecar.close()
-    return EXIT_OK
+    if summary:  # after the close: the last line
+        log.info("%s", summary)
+    return code
 
 
 WATCH_TEXT = ("Evaluate every new checkpoint once and report it to one W&B run.\n\n"

@@ -101,7 +101,7 @@ class Fleet(Loop):
                  make_reporter: Callable[[Config], Reporter], cwd: Path, executor=None, spawn=None) -> None:
         """`config`: the fleet's own (its sft_root is a placeholder); `args`: the flags given on
         the command line, from which each model's configuration is built with its profile."""
-        super().__init__(config, clock)
+        super().__init__(config, clock, environ)
         self.args = {k: v for k, v in args.items() if k != "sft_root"}
         self.environ = dict(environ)
         self.cwd = cwd
@@ -115,6 +115,7 @@ class Fleet(Loop):
         self._served: dict[str, int] = {}
         self._counter = itertools.count(1)
         self._strict = config.order == "model-then-step"
+        self._hinted: set[str] = set()  # models whose --force-eval hint is in the log
 
     # ----- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +128,7 @@ class Fleet(Loop):
     def close(self) -> None:
         """Stop every running eval and wait for them, then close every model (in parallel: each
         finishes its W&B run) and release their locks."""
+        self.backfill.finish(stopped=True)
         self.request_stop()
         try:
             self._finish_running()
@@ -283,6 +285,8 @@ class Fleet(Loop):
         pipeline = ModelPipeline(config, self.clock, self.environ, reporter, self.scheduler,
                                  wake=self.wake.set, guard=lambda: member.check_lock())
         pipeline.batch_until_tick_end = True  # one write per model per tick for reused results (see there)
+        pipeline.hints = False  # the fleet logs one line for all its models (`_hint`)
+        self._wire(pipeline, f"{name}/")
         if entry.link and config.watch_mode == "events":
             log.warning("model %s: %s is a symlink; filesystem events do not follow it, so its new checkpoints are "
                         "found only when another event wakes the loop (use --watch-mode auto for a safety scan)",
@@ -365,6 +369,9 @@ class Fleet(Loop):
     def _watched(self) -> dict[Path, object]:
         return {root: self.finder.identities.get(root) for root in self.config.models_root}
 
+    def _pipelines(self) -> list[ModelPipeline]:
+        return [m.pipeline for m in self.members.values() if m.pipeline.state is not None]
+
     # ----- one tick -----------------------------------------------------------------------------
     def tick(self) -> int:
         """One pass over every model; returns how many checkpoints got an outcome recorded."""
@@ -373,6 +380,8 @@ class Fleet(Loop):
         self._refresh(now)
         stopping = self.stop_event.is_set()
         planned: dict[str, list] = {}
+        outstanding = len(self.scheduler.running)
+        scanned: list[Member] = []
         for member in list(self.members.values()):
             if member.lock_lost or member.retiring or member.pipeline.state is None:
                 continue
@@ -385,8 +394,12 @@ class Fleet(Loop):
                 self._lose(member, exc)
                 continue
             done += vanished
+            outstanding += member.pipeline.backlog
+            scanned.append(member)
             if ready:
                 planned[member.key] = ready
+        self._hint(scanned)
+        self.backfill.update(outstanding)
         done += self._dispatch(planned)
         for member in list(self.members.values()):
             if member.lock_lost:
@@ -397,7 +410,19 @@ class Fleet(Loop):
                     member.pipeline.report()
             except LockLost as exc:
                 self._lose(member, exc)
+        self.backfill.nudge()
         return done
+
+    def _hint(self, scanned: list[Member]) -> None:
+        """One line for the models where --force-eval found nothing to run but processed checkpoints."""
+        idle = [m for m in scanned if m.pipeline.force_eval_idle and m.key not in self._hinted]
+        if not idle:
+            return
+        self._hinted.update(m.key for m in idle)
+        log.info("--force-eval: nothing new to evaluate in %d model(s) (%s); their %d processed checkpoint(s) keep "
+                 "their results (--force-eval makes new checkpoints run the eval script even when a metrics.json "
+                 "exists; to re-evaluate processed ones, run that model alone, --sft-root with --force-eval-steps)",
+                 len(idle), ", ".join(sorted(m.name for m in idle)), sum(m.pipeline.force_eval_idle for m in idle))
 
     def _dispatch(self, planned: dict[str, list]) -> int:
         """Free slots to ready checkpoints, models in turn (`order`), each model within its cap."""

@@ -1,13 +1,15 @@
 """Judging an eval: what its result and metrics mean for the checkpoint (pure, no I/O).
 
 `judge` turns what the executor saw (`EvalResult`) and what the metrics reader found into one
-`Verdict`; the pipeline applies it to the state and logs it.
+`Verdict`; the pipeline applies it to the state and logs it. `RunTally` counts what a run
+recorded (for the backfill's progress and the `once` run's last line, `once_summary`).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from ..errors import MetricsError
 from ..executors.base import EvalResult, Outcome
@@ -84,3 +86,115 @@ def wants_metrics(result: EvalResult) -> bool:
     if result.outcome is Outcome.UNKNOWN:
         return True
     return result.outcome is Outcome.EXITED and result.returncode == 0 and not result.error
+
+
+# ----- what a run did (the backfill's progress, the `once` summary) -------------------------------
+class Counted(enum.Enum):
+    """One recorded outcome, as a run counts it."""
+
+    EVALUATED = "evaluated"  # the eval ran and its metrics were recorded
+    REUSED = "reused"  # a metrics.json already there was recorded (no eval)
+    FAILED = "failed"  # a failed attempt; retried later
+    GIVEN_UP = "given up"  # a failed attempt that was the last one allowed
+    VANISHED = "vanished"  # the checkpoint was deleted before or during its eval
+
+
+@dataclass
+class RunTally:
+    """The outcomes recorded since the sidecar started. A checkpoint that fails and then succeeds
+    in the same run counts as evaluated only; `failed` holds the checkpoints whose last outcome
+    in this run is a failure: (model, step) -> its failure record, with `label` (how to name it)
+    and `max_attempts` added."""
+
+    evaluated: int = 0
+    reused: int = 0
+    vanished: int = 0
+    failed: dict = field(default_factory=dict)
+
+    def add(self, kind: Counted, model: str, step: int, failure: dict | None = None) -> None:
+        key = (model, step)
+        if kind in (Counted.FAILED, Counted.GIVEN_UP):
+            self.failed[key] = dict(failure or {})
+            return
+        self.failed.pop(key, None)
+        if kind is Counted.EVALUATED:
+            self.evaluated += 1
+        elif kind is Counted.REUSED:
+            self.reused += 1
+        else:
+            self.vanished += 1
+
+
+def clock_text(wall: float, now_wall: float) -> str:
+    """A local time for a message: `14:05:12` when it is within 12 hours, else with the date."""
+    fmt = "%H:%M:%S" if abs(wall - now_wall) < 12 * 3600 else "%Y-%m-%d %H:%M:%S"
+    return time.strftime(fmt, time.localtime(wall))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def when_retried(retry_after: float, now_wall: float, once: bool) -> str:
+    """When a failed checkpoint runs again: `retry in 300 s`; in a `once` run, whose process exits
+    before a later retry, `the next run retries it (from 14:05:12 on)`."""
+    delay = retry_after - now_wall
+    if once and delay > 0:
+        return f"the next run retries it (from {clock_text(retry_after, now_wall)} on)"
+    return f"retry in {delay:.0f} s"
+
+
+def retry_text(failure: dict, max_attempts: int, now_wall: float, once: bool) -> str:
+    """The end of a failed attempt's warning: `attempt 1 of 3, retry in 300 s`, or in a `once` run
+    `attempt 1 of 3; the next run retries it (from 14:05:12 on)`."""
+    when = when_retried(float(failure.get("retry_after", now_wall)), now_wall, once)
+    joint = "; " if when.startswith("the next run") else ", "
+    return f"attempt {int(failure.get('attempts', 0))} of {max_attempts}{joint}{when}"
+
+
+def _failed_part(failures: list[dict], now_wall: float) -> str:
+    if not failures:
+        return "0 failed"
+    retried = [f for f in failures if not f.get("given_up")]
+    given_up = [f for f in failures if f.get("given_up")]
+    if len(failures) == 1:
+        f = failures[0]
+        if given_up:
+            what = f"given up after {plural(int(f.get('attempts', 0)), 'attempt')}; --retry-failed runs it again"
+        else:
+            what = f"attempt {int(f.get('attempts', 0))} of {int(f.get('max_attempts', 0))}; retried by the next run"
+            if float(f.get("retry_after", 0.0)) > now_wall:
+                what += f" from {clock_text(float(f['retry_after']), now_wall)} on"
+        return f"1 failed ({f.get('label', '?')}: {what})"
+    names = ", ".join(str(f.get("label", "?")) for f in failures[:5]) + (", ..." if len(failures) > 5 else "")
+    bits = []
+    if retried:
+        first = min(float(f.get("retry_after", 0.0)) for f in retried)
+        bits.append(f"{len(retried)} retried by the next run"
+                    + (f" from {clock_text(first, now_wall)} on" if first > now_wall else ""))
+    if given_up:
+        bits.append(f"{len(given_up)} given up (--retry-failed runs them again)")
+    return f"{len(failures)} failed ({names}; {', '.join(bits)})"
+
+
+def once_summary(tally: RunTally, not_ready: int, retries: list[float], skipped: list[str], now_wall: float,
+                 stopped: bool = False) -> str:
+    """The last line of a `once` run: evaluated / reused / failed / waiting, then the models not
+    evaluated (fleet mode). `not_ready`: wanted checkpoints not ready yet (or, when `stopped`,
+    not reached before the stop); `retries`: the retry times of checkpoints that failed in an
+    earlier run and whose retry is not due yet."""
+    failures = [tally.failed[k] for k in sorted(tally.failed, key=lambda k: (str(k[0]), k[1]))]
+    parts = [f"{tally.evaluated} evaluated", f"{tally.reused} reused (metrics.json existed)",
+             _failed_part(failures, now_wall)]
+    if tally.vanished:
+        parts.append(f"{tally.vanished} vanished (deleted before or during their eval)")
+    why = "left for the next run: stopped first" if stopped else "not ready yet"
+    if retries:
+        parts.append(f"{not_ready + len(retries)} waiting ({not_ready} {why}, {len(retries)} for a retry of an "
+                     f"earlier failure, the first from {clock_text(min(retries), now_wall)} on)")
+    else:
+        parts.append(f"{not_ready} waiting ({why})")
+    line = "once: " + ", ".join(parts)
+    if skipped:
+        line += f"; {len(skipped)} model(s) not evaluated: {'; '.join(skipped)}"
+    return line

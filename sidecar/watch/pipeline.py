@@ -24,10 +24,10 @@ from ..reporters.rows import ROW_FIELDS
 from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
 from .discover import Discoverer, RootMissing
 from .metrics import read_metrics
-from .outcome import Decision, Evidence, judge
+from .outcome import Counted, Decision, Evidence, judge, plural, retry_text, when_retried
 from .pins import Pins
 from .plan import (Policy, build_row, next_retry, plan, record_failure, record_success, record_vanished,
-                   still_wanted)
+                   still_wanted, wants)
 from .readiness import ReadinessTracker
 from .recovery import adopt_state, reconcile_reporting, triage_in_flight
 from .reporting import apply_delivery
@@ -85,6 +85,13 @@ class ModelPipeline:
         self._last_save = float("-inf")
         self._save_failing = False
         self._save_error = ""
+        # The loop's hooks: it counts every recorded outcome (a backfill's progress, the `once`
+        # summary), and while a backfill runs each checkpoint's own lines are at DEBUG.
+        self.on_outcome = lambda kind, step, failure=None: None
+        self.in_backfill = lambda: False
+        self.backlog = 0  # checkpoints ready and due at the last scan (before --max-pending-per-cycle)
+        self.force_eval_idle = 0  # --force-eval with nothing to run: the processed checkpoints it leaves as they are
+        self.hints = True  # log start-up hints here (a fleet gathers its models' into one line)
 
     # ----- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +139,7 @@ class ModelPipeline:
         """Discover and walk the root: (the checkpoints to evaluate now, in order; how many outcomes
         were recorded: checkpoints that vanished before their eval)."""
         state = self.state
+        self.backlog = 0
         try:
             found = self.discoverer.scan()
         except RootMissing as exc:
@@ -167,7 +175,24 @@ class ModelPipeline:
             state.last_seen_step = found[-1].step
             self.dirty = True
         ready = [c for c in self._ready(found, now_mono, now_wall, first_scan) if c.step not in running]
+        if first_scan:
+            self._force_eval_hint(found)
+        self.backlog = sum(1 for c in ready if wants(c.step, state, now_wall, self.policy))
         return plan(ready, state, now_wall, self.policy), done
+
+    def _force_eval_hint(self, found: list[Checkpoint]) -> None:
+        """--force-eval with nothing to run but processed checkpoints here: it does not re-evaluate
+        those (it makes new checkpoints run the eval script over an existing metrics.json)."""
+        state = self.state
+        if not self.config.force_eval or self.config.force_eval_steps or state.pending:
+            return
+        done = [c.step for c in found if c.step in state.processed]
+        self.force_eval_idle = len(done)
+        if done and self.hints:
+            example = ",".join(map(str, done[-2:]))
+            log.info("--force-eval: nothing new to evaluate; the %d processed checkpoint(s) keep their results "
+                     "(--force-eval makes new checkpoints run the eval script even when a metrics.json exists; "
+                     "--force-eval-steps %s re-evaluates processed ones)", len(done), example)
 
     def _settle_vanished(self, found: list[Checkpoint], running: set[int], now_wall: float) -> int:
         """Seen-but-unprocessed steps that are gone now were rotated away before their eval."""
@@ -185,6 +210,7 @@ class ModelPipeline:
             record_vanished(state, step, name, "deleted before its eval", now_wall)
             self._interrupted.discard(step)
             self.readiness.forget(step)
+            self.on_outcome(Counted.VANISHED, step)
         if gone:
             self.dirty = True
         return len(gone)
@@ -219,6 +245,22 @@ class ModelPipeline:
             deadlines.append(now_mono + (retry - wall))
         return deadlines
 
+    def waiting(self, now_wall: float, failed_here: set[int]) -> tuple[int, list[float]]:
+        """For the `once` summary: (how many wanted checkpoints were not ready at the last scan;
+        the retry times of those that failed in an earlier run and are not due yet). Steps in
+        `failed_here` failed in this run: they are counted as failed, not here."""
+        state = self.state
+        not_ready, retries = 0, []
+        for step in state.pending if state is not None else ():
+            if step in failed_here or not still_wanted(step, state, self.policy):
+                continue
+            retry_after = float(state.failed.get(step, {}).get("retry_after", 0.0))
+            if retry_after > now_wall:
+                retries.append(retry_after)
+            else:
+                not_ready += 1
+        return not_ready, retries
+
     # ----- dispatch ---------------------------------------------------------------------------
     def metrics_path(self, ckpt: Checkpoint) -> Path:
         return self.config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"
@@ -234,6 +276,7 @@ class ModelPipeline:
             record = record_failure(state, ckpt, f"{metrics_path} {unusable}; remove it (the eval script writes "
                                     f"its results there)", self.clock.time(), self.policy)
             log.error("%s", record["error"])
+            self._count_failure(ckpt.step, record)
             self.dirty = True
             self.save(force=True)
             return 1
@@ -242,6 +285,7 @@ class ModelPipeline:
         if not ckpt.path.is_dir():
             log.warning("%s was deleted before its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted before its eval", self.clock.time())
+            self.on_outcome(Counted.VANISHED, step)
             self.dirty = True
             return 1
         cuda = self.scheduler.cuda(slot)
@@ -254,7 +298,7 @@ class ModelPipeline:
         self.dirty = True
         if not self.save(force=True):
             return self._not_started(ckpt)
-        log.info("evaluating %s %s (log: %s)", ckpt.name, self.scheduler.executor.where(job), job.log_path)
+        self._chat("evaluating %s %s (log: %s)", ckpt.name, self.scheduler.executor.where(job), job.log_path)
         self.scheduler.start(EvalKey(self.model, step), job, slot, metrics_path, ckpt)
         return 0
 
@@ -273,8 +317,8 @@ class ModelPipeline:
                 self._warn_unattributed(metrics_path)
             self._succeed(ckpt, metrics, metrics_path, evaluated=False)
             return True
-        log.info("%s was produced by another configuration of this model (run eval-%s); evaluating %s "
-                 "with this one (the eval script overwrites it)", metrics_path, made_by, ckpt.name)
+        self._chat("%s was produced by another configuration of this model (run eval-%s); evaluating %s "
+                   "with this one (the eval script overwrites it)", metrics_path, made_by, ckpt.name)
         self._foreign[ckpt.step] = fingerprint(metrics_path)
         return False
 
@@ -297,7 +341,7 @@ class ModelPipeline:
         now = self.clock.time()
         record = record_failure(self.state, ckpt, f"{ckpt.name} was not started (its in-flight record must be saved "
                                 f"first): {self._save_error}", now, self.policy, consume_attempt=False)
-        log.warning("%s; not counted as an attempt, retry in %.0f s", record["error"], record["retry_after"] - now)
+        log.warning("%s; not counted as an attempt, %s", record["error"], self._retry(record, now))
         return 0
 
     def _pinned(self, ckpt: Checkpoint) -> Checkpoint:
@@ -315,6 +359,11 @@ class ModelPipeline:
     def _unpin(self, name: str) -> None:
         if self.pins is not None:
             self.pins.unpin(name)
+
+    def _chat(self, msg: str, *args) -> None:
+        """A checkpoint's own progress line: INFO, but DEBUG during a backfill (its progress shows
+        instead: one line per checkpoint of thousands says nothing)."""
+        log.log(logging.DEBUG if self.in_backfill() else logging.INFO, msg, *args)
 
     def _log_path(self, name: str) -> Path:
         return self.config.log_dir / self.config.identity.safe_model / f"{name}.log"
@@ -395,9 +444,11 @@ class ModelPipeline:
             return
         elif decision is Decision.KEEP_EARLIER:
             self._drop_reevaluation(step, verdict.error)
+            self.on_outcome(Counted.VANISHED, step)
         elif decision is Decision.VANISHED:
             log.warning("%s was deleted during its eval; recorded as vanished", ckpt.name)
             record_vanished(state, step, ckpt.name, "deleted during its eval", now)
+            self.on_outcome(Counted.VANISHED, step)
         else:
             self._record_failure(ckpt, verdict.error, verdict.consume_attempt, log_path, now)
         self._interrupted.discard(step)
@@ -407,14 +458,22 @@ class ModelPipeline:
     def _record_failure(self, ckpt: Checkpoint, error: str, consume: bool, log_path: Path, now: float) -> None:
         record = record_failure(self.state, ckpt, f"{error}; see {log_path}", now, self.policy, consume_attempt=consume)
         if not consume:  # not the eval's doing (preemption, node failure, a full disk)
-            log.warning("%s; not counted as an attempt, retry in %.0f s (see %s)", error, record["retry_after"] - now,
-                        log_path)
+            log.warning("%s; not counted as an attempt, %s (see %s)", error, self._retry(record, now), log_path)
         elif record.get("given_up"):
             self._unpin(ckpt.name)
-            log.error("%s; giving up after %d attempts (see %s)", error, record["attempts"], log_path)
+            log.error("%s; giving up after %s (see %s)", error, plural(int(record["attempts"]), "attempt"), log_path)
         else:
-            log.warning("%s; attempt %d of %d, retry in %.0f s (see %s)", error, record["attempts"],
-                        self.policy.max_attempts, record["retry_after"] - now, log_path)
+            log.warning("%s; %s (see %s)", error, retry_text(record, self.policy.max_attempts, now, self.config.once),
+                        log_path)
+        self._count_failure(ckpt.step, record)
+
+    def _retry(self, record: dict, now: float) -> str:
+        return when_retried(float(record["retry_after"]), now, self.config.once)
+
+    def _count_failure(self, step: int, record: dict) -> None:
+        kind = Counted.GIVEN_UP if record.get("given_up") else Counted.FAILED
+        self.on_outcome(kind, step, {**record, "max_attempts": self.policy.max_attempts,
+                                     "label": record.get("checkpoint") or f"checkpoint-{step}"})
 
     def _drop_reevaluation(self, step: int, why: str) -> None:
         """Give up re-evaluating a processed step whose checkpoint is gone: its recorded result stands."""
@@ -439,8 +498,9 @@ class ModelPipeline:
             self.policy = replace(self.policy, force_steps=self.policy.force_steps - {ckpt.step})
         self.dirty = True
         shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("HR@10", "NDCG@10") if k in metrics)
-        log.info("%s %s%s", "evaluated" if evaluated else "recorded existing metrics of", ckpt.name,
-                 f": {shown}" if shown else "")
+        self._chat("%s %s%s", "evaluated" if evaluated else "recorded existing metrics of", ckpt.name,
+                   f": {shown}" if shown else "")
+        self.on_outcome(Counted.EVALUATED if evaluated else Counted.REUSED, ckpt.step)
         # A finished evaluation is saved at once; reused metrics.json files are batched (a
         # backfill of 10,000 must not rewrite the state 10,000 times).
         self.save(force=evaluated)

@@ -3,21 +3,26 @@
 One tick: take the events of running evals -> the pipeline scans and plans -> free slots get
 evals -> the state is saved -> rows go to the reporter. Everything a checkpoint goes through is
 in `pipeline`; which eval runs where in `scheduler`; what an ended eval means in `outcome`.
+Many checkpoints ready at once make a backfill (`Backfill`): one progress instead of a line each.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 from pathlib import Path
 
 from ..config import Config
 from ..crash import crash_point
-from ..errors import ConfigError, LockLost
+from ..errors import EXIT_OK, EXIT_ONCE_FAILED, ConfigError, LockLost
 from ..executors.base import Started
 from ..executors.local import LocalExecutor
+from ..labels import about
+from ..progress import Progress, on_terminal
 from ..reporters.base import NullReporter, Reporter
+from .outcome import Counted, RunTally, once_summary
 from .pipeline import ModelPipeline
 from .plan import next_wake
 from .scheduler import Scheduler
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 EVENT_MIN_GAP = 0.2  # seconds between two ticks woken by filesystem events
 ROOT_MISSING_RECHECK_SECONDS = 5.0  # while --sft-root is gone, look for it at least this often
 FINISH_WAIT = 60.0  # seconds beyond the kill grace period that close() waits for stopped evals to end
+BACKFILL_MIN = 20  # more checkpoints than this ready (or running) at once make a backfill
+PROGRESS_ENV = "SIDECAR_PROGRESS_SECONDS"  # a backfill's progress line in a log comes this often
+PROGRESS_SECONDS = 60.0
 
 
 def slurm_executor(config: Config, environ: dict[str, str]):
@@ -61,6 +69,95 @@ def make_scheduler(config: Config, environ: dict[str, str], executor, clock, not
                      on_event=notify, spawn=spawn)
 
 
+def progress_seconds(environ: dict[str, str]) -> float:
+    """How often a backfill logs its progress line (SIDECAR_PROGRESS_SECONDS, default 60)."""
+    raw = environ.get(PROGRESS_ENV, "")
+    if not raw.strip():
+        return PROGRESS_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{PROGRESS_ENV}={raw!r}: expected a number of seconds above 0 (default {PROGRESS_SECONDS:g})")
+    return value
+
+
+class Backfill:
+    """Many checkpoints ready at once (a restart over thousands whose metrics.json exist, a
+    sidecar started late): one progress over them, a bar with N/M and an ETA on a terminal, else
+    a log line every `every` seconds, and one summary line at the end, while each checkpoint's
+    own line moves to DEBUG. It starts when more than BACKFILL_MIN checkpoints are ready or
+    running at once (a training run's new checkpoint now and then never does), takes in what
+    becomes ready meanwhile, and ends when nothing is left to run. In fleet mode one progress
+    counts every model's checkpoints (the models share the slots, so only the whole has an ETA)."""
+
+    def __init__(self, clock, every: float) -> None:
+        self.clock = clock
+        self.every = every
+        self.progress: Progress | None = None
+        self.counts = RunTally()  # the outcomes of this backfill
+        self._models: set[str] = set()
+        self._nudged = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.progress is not None
+
+    def update(self, outstanding: int) -> None:
+        """After a tick's scans: `outstanding` checkpoints are ready and due, or running."""
+        if self.progress is None:
+            if outstanding > BACKFILL_MIN:
+                self._begin(outstanding)
+        elif outstanding == 0:
+            self.finish()
+        else:
+            self.progress.grow(self.progress.done + outstanding)
+
+    def _begin(self, total: int) -> None:
+        bar = on_terminal()
+        how = "a progress bar below" if bar else f"a progress line every {self.every:g} s"
+        with about(""):
+            log.info("backfill: %d checkpoints are ready at once; %s, each checkpoint's own line at DEBUG", total, how)
+            self.progress = Progress("backfill", total, log, every=self.every, bar=bar, clock=self.clock.monotonic)
+        self.counts = RunTally()
+        self._models = set()
+        self._nudged = self.clock.monotonic()
+
+    def counted(self, kind: Counted, model: str, step: int, failure: dict | None) -> None:
+        if self.progress is None:
+            return
+        self.counts.add(kind, model, step, failure)
+        self._models.add(model)
+        with about(""):  # the progress is the fleet's, not the model's whose outcome this is
+            self.progress.advance()
+
+    def nudge(self) -> None:
+        """Once a tick: the progress line is due even while a long eval runs."""
+        if self.progress is not None:
+            self._nudged = self.clock.monotonic()
+            with about(""):
+                self.progress.advance(0)
+
+    def deadline(self) -> float | None:
+        """When the loop should wake for the next progress line (monotonic), or None."""
+        return self._nudged + self.every if self.progress is not None else None
+
+    def finish(self, stopped: bool = False) -> None:
+        """The summary line (`backfill: 1000/1000 checkpoints in 3m05s (12 evaluated, 988 reused, 0 failed)`)."""
+        progress, self.progress = self.progress, None
+        if progress is None:
+            return
+        with about(""):
+            text = progress.close()
+            counts = self.counts
+            parts = [f"{counts.evaluated} evaluated", f"{counts.reused} reused", f"{len(counts.failed)} failed"]
+            if counts.vanished:
+                parts.append(f"{counts.vanished} vanished")
+            models = f" of {len(self._models)} models" if len(self._models) > 1 else ""
+            log.info("%s%s (%s)%s", text, models, ", ".join(parts), "; stopped" if stopped else "")
+
+
 def freeze_loaded() -> None:
     """Loaded states live as long as the process: keep the garbage collector from walking them
     again and again (with 50,000 rows a full collection stalls a tick by ~150 ms)."""
@@ -75,13 +172,43 @@ class Loop:
 
     watch_flag = "--sft-root"  # named when a watched root is replaced
 
-    def __init__(self, config: Config, clock) -> None:
+    def __init__(self, config: Config, clock, environ: dict[str, str] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self._prompt = threading.Event()  # wake-ups that skip the event-burst gap: a ready marker, an eval's news
         self.scheduler: Scheduler
+        self.tally = RunTally()  # every outcome recorded since the start (the `once` summary)
+        self.backfill = Backfill(clock, progress_seconds(environ or {}))
+
+    def _wire(self, pipeline: ModelPipeline, label: str = "") -> None:
+        """Count the pipeline's outcomes here; `label` goes before its checkpoints' names in the
+        `once` summary (a fleet's model)."""
+        model = pipeline.model
+
+        def counted(kind: Counted, step: int, failure: dict | None = None) -> None:
+            if failure is not None and label:
+                failure = {**failure, "label": f"{label}{failure.get('label', '')}"}
+            self.tally.add(kind, model, step, failure)
+            self.backfill.counted(kind, model, step, failure)
+
+        pipeline.on_outcome = counted
+        pipeline.in_backfill = lambda: self.backfill.active
+
+    def once_result(self) -> tuple[str, int]:
+        """After `run_once`: its last line (evaluated / reused / failed / waiting, and the models
+        not evaluated) and the exit code (EXIT_ONCE_FAILED when a checkpoint's last outcome in this
+        run is a failure: the next run retries it)."""
+        now = self.clock.time()
+        not_ready, retries = 0, []
+        for pipeline in self._pipelines():
+            failed_here = {step for model, step in self.tally.failed if model == pipeline.model}
+            count, times = pipeline.waiting(now, failed_here)
+            not_ready += count
+            retries += times
+        text = once_summary(self.tally, not_ready, retries, self.skipped(), now, stopped=self.stop_event.is_set())
+        return text, EXIT_ONCE_FAILED if self.tally.failed else EXIT_OK
 
     def notify(self, urgent: bool = False) -> None:
         """Something changed (from another thread): the watcher saw a file event (`urgent`: a
@@ -136,6 +263,10 @@ class Loop:
         """What is watched but not evaluated now, with why (for the `--once` summary); none here."""
         return []
 
+    def _pipelines(self) -> list[ModelPipeline]:
+        """The pipelines open now (for the `once` summary)."""
+        raise NotImplementedError
+
     # ----- loops ------------------------------------------------------------------------------
     def run_once(self) -> int:
         """Tick until nothing ready is left and no eval runs (or a stop is requested); returns
@@ -153,7 +284,9 @@ class Loop:
                 self.clock.wait(self.stop_event, max(0.0, min(confirming) - self.clock.monotonic()))
                 continue
             if running and done == 0:
-                self.clock.wait(self.wake, None)  # an eval finishing (or a signal) wakes us
+                # an eval finishing (or a signal) wakes us; a backfill's progress line too
+                deadline = self.backfill.deadline()
+                self.clock.wait(self.wake, None if deadline is None else max(0.0, deadline - self.clock.monotonic()))
                 self.wake.clear()
         return total
 
@@ -217,6 +350,8 @@ class Loop:
             if done:
                 continue
             deadlines = self._wake_deadlines(now, poll)
+            if self.backfill.deadline() is not None:
+                deadlines.append(self.backfill.deadline())
             self.clock.wait(self.wake, next_wake(now, poll_deadline if use_poll else None, deadlines))
             self.wake.clear()
             # A burst of events (a trainer writing a big file) wakes the loop at most every
@@ -233,11 +368,12 @@ class Sidecar(Loop):
 
     def __init__(self, config: Config, clock, environ: dict[str, str], executor=None,
                  reporter: Reporter | None = None, spawn=None) -> None:
-        super().__init__(config, clock)
+        super().__init__(config, clock, environ)
         environ = dict(environ)
         self.scheduler = make_scheduler(config, environ, executor, clock, self.notify, spawn)
         self.pipeline = ModelPipeline(config, clock, environ, reporter or NullReporter(), self.scheduler,
                                       wake=self.wake.set, guard=self._check_lock)
+        self._wire(self.pipeline)
         self.lock = ProcessLock(config.lock_file, config.lock_mode)
         self._lock_lost = False  # another sidecar holds the lock file now: write nothing more
 
@@ -262,6 +398,7 @@ class Sidecar(Loop):
         state, close the reporter, release the lock. If another sidecar took the lock (found now or
         earlier), stop our evals and write nothing more."""
         crash_point("shutdown")
+        self.backfill.finish(stopped=True)
         try:
             if not self._lock_lost:
                 self.request_stop()
@@ -308,6 +445,9 @@ class Sidecar(Loop):
             deadlines.append(now + min(poll, ROOT_MISSING_RECHECK_SECONDS))
         return deadlines
 
+    def _pipelines(self) -> list[ModelPipeline]:
+        return [self.pipeline]
+
     def _watched(self) -> dict[Path, object]:
         pipeline = self.pipeline
         return {self.config.sft_root: MISSING if pipeline.root_missing else pipeline.discoverer.identity}
@@ -322,6 +462,7 @@ class Sidecar(Loop):
         pipeline.resume_followed(self.stop_event.is_set())
         planned, vanished = pipeline.scan()
         done += vanished
+        self.backfill.update(pipeline.backlog + len(self.scheduler.running))
         for ckpt in planned:
             if self.stop_event.is_set():
                 break
@@ -331,4 +472,5 @@ class Sidecar(Loop):
             done += pipeline.dispatch(ckpt, slot)
         pipeline.save(force=pipeline.dirty)
         pipeline.report()
+        self.backfill.nudge()
         return done
