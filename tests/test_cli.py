@@ -91,7 +91,7 @@ def test_status_shows_counts_in_flight_last_best_and_last_error(ws):
     for step in (100, 200, 300):
         ws.checkpoint(step)
     ws.mode(300, "fail")
-    assert ws.run("--once", "--max-attempts", "1").returncode == 0
+    assert ws.run("--once", "--max-attempts", "1").returncode == 4  # an eval failed in this run
     ws.checkpoint(400)
     ws.mode(400, "sleep")
     proc = ws.start("--poll-interval-seconds", "3600", "--max-attempts", "1")

@@ -420,7 +420,7 @@ def test_one_folder_name_under_two_roots_is_refused_for_the_second_not_mixed(tre
     assert done.returncode == 0, done.stderr
     assert tree.calls() == ["checkpoint-5"]  # rl outputs/ comes first by path; saves/ is refused
     assert "would share" in done.stderr and "rename one of the folders" in done.stderr
-    assert "in 1 model(s) not evaluated: Toy-grec-x (error:" in done.stderr.splitlines()[-1]
+    assert "; 1 model(s) not evaluated: Toy-grec-x (error:" in done.stderr.splitlines()[-1]
     table = tree.run("status", "--all", *tree.args()).stdout
     assert "error: " in table and "(the same folder name under two roots)" in table  # status says so too
 
@@ -467,7 +467,7 @@ def test_once_says_which_models_it_did_not_evaluate(tree):
     done = tree.run(*tree.args("--once"))
     assert done.returncode == 0, done.stderr
     last = done.stderr.splitlines()[-1]
-    assert f"in 1 model(s) not evaluated: Toy-grec-sft-a (locked: locked by pid {single.pid}" in last, last
+    assert f"; 1 model(s) not evaluated: Toy-grec-sft-a (locked: locked by pid {single.pid}" in last, last
     assert stop(single) == 0, single_out.read_text()
 
 

@@ -57,7 +57,7 @@ def test_version_1_state_is_adopted_without_losing_anything(ws):
     state_file.write_text(json.dumps(v1))
     ws.mode(200, "fail")
     result = ws.run("--once", "--retry-backoff-seconds", "0", "--max-attempts", "3")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # checkpoint-200 given up in this run
     state = ws.state()
     assert "checkpoint-100" not in ws.calls()  # processed steps are not re-evaluated
     assert ws.calls().count("checkpoint-200") == 2  # the old failure counted as attempt 1 of 3
@@ -127,7 +127,7 @@ def test_each_kind_of_failure_is_recorded_retried_and_never_blocks_others(ws):
         ws.mode(step, mode)
     ws.checkpoint(500)
     result = ws.run("--once", "--retry-backoff-seconds", "0", "--max-attempts", "2")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # evals failed in this run
     state = ws.state()
     assert state["processed_steps"] == [500]
     failed = state["failed_steps"]
@@ -145,7 +145,7 @@ def test_each_kind_of_failure_is_recorded_retried_and_never_blocks_others(ws):
 def test_backoff_delays_the_retry(ws):
     ws.checkpoint(100)
     ws.mode(100, "fail-once")
-    assert ws.run("--once", "--retry-backoff-seconds", "300").returncode == 0
+    assert ws.run("--once", "--retry-backoff-seconds", "300").returncode == 4
     entry = ws.state()["failed_steps"]["100"]
     assert entry["attempts"] == 1 and entry["retry_after"] > time.time() + 250
     assert ws.run("--once", "--retry-backoff-seconds", "300").returncode == 0
@@ -159,7 +159,7 @@ def test_timeout_kills_the_whole_process_group(ws):
     ws.checkpoint(100)
     ws.mode(100, "sleep")
     result = ws.run("--once", "--eval-timeout-seconds", "1", "--max-attempts", "1")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # the eval failed (timed out) in this run
     entry = ws.state()["failed_steps"]["100"]
     assert "timed out after 1 s" in entry["error"]
     grandchild = int((ws.ctl / "grandchild-checkpoint-100").read_text())
@@ -171,7 +171,7 @@ def test_checkpoint_deleted_before_or_during_its_eval_is_vanished(ws):
     ws.mode(100, "delete-self")
     gone_before = ws.checkpoint(200)
     ws.mode(200, "fail")
-    assert ws.run("--once", "--retry-backoff-seconds", "300").returncode == 0
+    assert ws.run("--once", "--retry-backoff-seconds", "300").returncode == 4  # checkpoint-200 failed
     import shutil
     shutil.rmtree(gone_before)  # rotated away while waiting for its retry
     assert ws.run("--once").returncode == 0

@@ -34,7 +34,7 @@ def test_demo_evaluates_every_checkpoint_and_says_where_state_lives(tmp_path):
     assert "processed 5  pending 0  failed 0" in out
     assert f"state file    {tmp_path / 'demo dir'}/state/wandb_eval_sidecar/toy-grec-sft-cb16_" in out
     assert "evaluated checkpoint-500" in out and "watching" in out  # evaluated live, while watching
-    assert "--once: 0 checkpoint(s) handled" in out  # the second pass re-evaluates nothing
+    assert "once: 0 evaluated, 0 reused (metrics.json existed), 0 failed" in out  # the second pass re-evaluates nothing
 
 
 def test_fleet_demo_evaluates_three_models_at_once_and_lists_the_one_without_a_profile(tmp_path):
