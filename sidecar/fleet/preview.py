@@ -18,11 +18,188 @@ from ..errors import SidecarError
 from ..watch.attribution import producer
 from ..watch.discover import Discoverer, RootMissing
 from ..watch.pipeline import policy_for
-from ..watch.plan import still_wanted
+from ..watch.plan import Policy, still_wanted
 from ..watch.readiness import ReadinessTracker, walk
-from ..watch.state import read_state
+from ..watch.state import State, read_state, utc_iso
 from .order import interleave
 from .overview import watched_by
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why one checkpoint has no result yet (or will get none): the one place that says so, for
+    `plan` and `status`. `reason` is one word (JSON); `text` the words a user reads."""
+
+    checkpoint: str
+    step: int
+    reason: str  # ready, marker, quiet, shards, empty, retry, given_up, vanished, in_flight, unknown
+    text: str
+    until: float | None = None  # wall time the quiet period ends, or the retry is due
+    attempt: int | None = None  # retry: the attempt that comes next; given up: the attempts made
+    of: int | None = None  # --max-attempts
+    marker: str | None = None
+    missing: tuple[str, ...] = ()  # shards named by an index that are not there
+    error: str | None = None  # the last attempt's error (retry, given up)
+
+    @property
+    def readiness(self) -> bool:
+        """The checkpoint's files are not complete yet (as opposed to a retry, an eval, a record)."""
+        return self.reason in ("marker", "quiet", "shards", "empty")
+
+    def to_json(self) -> dict:
+        out: dict = {"checkpoint": self.checkpoint, "step": self.step, "reason": self.reason, "text": self.text}
+        if self.until is not None:
+            out["until"] = utc_iso(self.until)
+        for name in ("attempt", "of", "marker", "error"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.missing:
+            out["missing"] = list(self.missing)
+        return out
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decides readiness and retries, as the sidecar has them."""
+
+    marker: str | None
+    quiet_seconds: float
+    policy: Policy
+
+    @classmethod
+    def of(cls, config: Config) -> "Rules":
+        return cls(config.ready_marker, config.checkpoint_ready_seconds, policy_for(config))
+
+
+@dataclass
+class Explained:
+    processed: int = 0  # checkpoints on disk with a result
+    ready: list[Checkpoint] = field(default_factory=list)  # ready now (or after the start-up confirmation)
+    waits: list[Wait] = field(default_factory=list)  # the others, by step
+
+
+def clock_text(wall: float, now_wall: float | None = None) -> str:
+    """`HH:MM:SS` local time; with the date when it is not today."""
+    when = time.localtime(wall)
+    if now_wall is not None and time.localtime(now_wall)[:3] != when[:3]:
+        return time.strftime("%Y-%m-%d %H:%M:%S", when)
+    return time.strftime("%H:%M:%S", when)
+
+
+def found_checkpoints(sft_root: Path, pins_dir: str | None) -> tuple[list[Checkpoint], set[int]]:
+    """The checkpoints the sidecar would see: the folders under the root, plus pinned ones rotation
+    deleted there (`--pin-checkpoints`); and the pinned steps (complete by construction). Raises
+    RootMissing."""
+    found = Discoverer(sft_root).scan()
+    if not pins_dir:
+        return found, set()
+    from ..watch.pins import Pins
+
+    pins = Pins(Path(pins_dir).parent.parent, Path(pins_dir).name).existing()
+    steps = {c.step for c in found}
+    return sorted(found + [p for p in pins if p.step not in steps]), {p.step for p in pins}
+
+
+def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall: float, now_mono: float,
+            pinned: set[int] = frozenset(), look: bool = True) -> Explained:
+    """Sort the checkpoints as the sidecar would now (`plan.still_wanted`, the retry times, the
+    readiness check of a sidecar that just started): processed, ready, or waiting and why.
+    `look`: the folders can be read (else readiness is not known: reason "unknown")."""
+    out = Explained()
+    policy = rules.policy
+    failed = state.failed if state else {}
+    in_flight = state.in_flight if state else {}
+    readiness = ReadinessTracker(rules.quiet_seconds, rules.marker)
+    for ckpt in found:
+        step = ckpt.step
+        if state is not None and not still_wanted(step, state, policy):
+            if step in state.processed:
+                out.processed += 1
+            else:
+                failure = failed[step]
+                attempts = int(failure.get("attempts", 0))
+                out.waits.append(Wait(ckpt.name, step, "given_up", f"given up after {attempts} attempt(s)",
+                                      attempt=attempts, of=policy.max_attempts, error=failure.get("error", "")))
+            continue
+        if step in in_flight:
+            entry = in_flight[step]
+            who = f"Slurm job {entry['job_id']}" if entry.get("job_id") else f"pid {entry.get('pid', '?')}"
+            out.waits.append(Wait(ckpt.name, step, "in_flight", f"{who}, started {entry.get('started', '?')}"))
+            continue
+        failure = failed.get(step)
+        if failure is not None and float(failure.get("retry_after", 0.0)) > now_wall:
+            until = float(failure["retry_after"])
+            attempt = int(failure.get("attempts", 0)) + 1
+            out.waits.append(Wait(ckpt.name, step, "retry", f"retry at {clock_text(until, now_wall)} (attempt "
+                                  f"{attempt} of {policy.max_attempts})", until=until, attempt=attempt,
+                                  of=policy.max_attempts, error=failure.get("error", "")))
+            continue
+        if step in pinned:
+            out.ready.append(ckpt)
+            continue
+        if not look:
+            out.waits.append(Wait(ckpt.name, step, "unknown", "pending (its folder cannot be read here)"))
+            continue
+        ok, reason, _ = readiness.check(step, ckpt.path, now_mono, now_wall, at_startup=True)
+        if ok or reason == "confirming":
+            out.ready.append(ckpt)
+        else:
+            out.waits.append(_not_ready(ckpt, reason, rules, now_wall))
+    return out
+
+
+def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: float, now_mono: float,
+                  watched: bool) -> tuple[list[Wait], str]:
+    """Every checkpoint of a state without a result, and why (`status`): as `explain` sees them on
+    disk, the ready ones (`watched`: a sidecar runs for them), and the vanished ones of the state.
+    When the root cannot be read here, the state's own record (and the second value says why)."""
+    problem = ""
+    try:
+        if sft_root is None:
+            raise RootMissing("")
+        found, pinned = found_checkpoints(sft_root, state.pins_dir)
+        look = True
+    except RootMissing as exc:
+        if sft_root is None:
+            problem = ("the state file does not name its --sft-root (an older sidecar wrote it): the identity flags "
+                       "show each folder; the reasons here are the state file's")
+        else:
+            problem = f"--sft-root {sft_root} cannot be read here ({exc}); the reasons here are the state file's"
+        steps = (set(state.pending) | set(state.failed) | set(state.in_flight)) - state.processed - set(state.vanished)
+        names = {s: str(state.failed.get(s, {}).get("checkpoint") or state.in_flight.get(s, {}).get("checkpoint")
+                        or f"checkpoint-{s}") for s in steps}
+        found, pinned, look = [Checkpoint(s, names[s], sft_root or Path(".")) for s in sorted(steps)], set(), False
+    seen = explain(found, state, rules, now_wall, now_mono, pinned, look)
+    ready_text = ("ready; starts when a slot frees" if watched
+                  else "ready; no sidecar is running for this configuration (`once` evaluates it)")
+    waits = seen.waits + [Wait(c.name, c.step, "ready", ready_text) for c in seen.ready]
+    present = {c.step for c in found}
+    for step, entry in state.vanished.items():
+        if step not in present and step not in state.processed:
+            waits.append(Wait(str(entry.get("checkpoint") or f"checkpoint-{step}"), step, "vanished",
+                              f"vanished: {entry.get('reason', 'deleted')} ({entry.get('time', '?')})"))
+    return sorted(waits, key=lambda w: w.step), problem
+
+
+def _not_ready(ckpt: Checkpoint, reason: str, rules: Rules, now_wall: float) -> Wait:
+    name, step = ckpt.name, ckpt.step
+    if reason in ("settling", "still being written"):
+        snap = walk(ckpt.path)
+        if snap is not None:
+            until = snap.newest_mtime + rules.quiet_seconds
+            return Wait(name, step, "quiet", f"quiet until {clock_text(until, now_wall)} (its files changed "
+                                             f"{max(0.0, now_wall - snap.newest_mtime):.0f} s ago)", until=until)
+    if reason.startswith("waiting for shards"):
+        missing = tuple(reason.partition(": ")[2].split(", "))
+        return Wait(name, step, "shards", f"shards named by the index are missing: {', '.join(missing)}",
+                    missing=missing)
+    if reason.startswith("waiting for marker"):
+        return Wait(name, step, "marker", reason, marker=rules.marker)
+    if reason == "empty":
+        return Wait(name, step, "empty", "empty (no files)")
+    if reason == "vanished":
+        return Wait(name, step, "vanished", "vanished: deleted while being looked at")
+    return Wait(name, step, "unknown", reason)
 
 
 @dataclass
@@ -38,10 +215,6 @@ class ModelPreview:
     processed: int = 0
 
 
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(wall))
-
-
 def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -> ModelPreview:
     """What one model's pipeline would do with its checkpoints as they are now."""
     out = ModelPreview(name, config)
@@ -54,66 +227,29 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
         out.problem = f"error: {exc}"
         return out
     try:
-        found = Discoverer(config.sft_root).scan()
+        found, pinned = found_checkpoints(config.sft_root, state.pins_dir if state else None)
     except RootMissing as exc:
         out.problem = f"--sft-root is missing or unreadable ({exc})"
         return out
     policy = policy_for(config)
-    processed = state.processed if state else set()
-    failed = state.failed if state else {}
-    in_flight = state.in_flight if state else {}
-    readiness = ReadinessTracker(config.checkpoint_ready_seconds, config.ready_marker)
-    candidates = []
-    for ckpt in found:
-        step = ckpt.step
-        if state is not None and not still_wanted(step, state, policy):
-            if step in processed:
-                out.processed += 1
-            else:
-                failure = failed[step]
-                out.waiting.append((ckpt.name, f"given up after {failure.get('attempts')} attempt(s): "
-                                               f"{failure.get('error', '')}"))
-            continue
-        if step in in_flight:
-            entry = in_flight[step]
-            who = f"Slurm job {entry['job_id']}" if entry.get("job_id") else f"pid {entry.get('pid', '?')}"
-            if holder:
-                out.running.append((ckpt.name, f"{who}, started {entry.get('started', '?')}"))
-                continue
-            out.waiting.append((ckpt.name, f"in flight ({who}, started {entry.get('started', '?')}); "
-                                           f"a sidecar that starts settles it first"))
-            continue
-        failure = failed.get(step)
-        if failure is not None and float(failure.get("retry_after", 0.0)) > now_wall:
-            out.waiting.append((ckpt.name, f"retry at {_clock(float(failure['retry_after']))} (attempt "
-                                           f"{int(failure.get('attempts', 0)) + 1} of {policy.max_attempts})"))
-            continue
-        ok, reason, _ = readiness.check(step, ckpt.path, now_mono, now_wall, at_startup=True)
-        if ok or reason == "confirming":
-            candidates.append(ckpt)
+    seen = explain(found, state, Rules.of(config), now_wall, now_mono, pinned)
+    out.processed = seen.processed
+    for wait in seen.waits:
+        if wait.reason == "in_flight" and holder:
+            out.running.append((wait.checkpoint, wait.text))
+        elif wait.reason == "in_flight":
+            out.waiting.append((wait.checkpoint, f"in flight ({wait.text}); a sidecar that starts settles it first"))
+        elif wait.reason == "given_up":
+            out.waiting.append((wait.checkpoint, f"{wait.text}: {wait.error}"))
         else:
-            out.waiting.append((ckpt.name, f"not ready: {_readiness_text(reason, ckpt.path, config, now_wall)}"))
-    candidates.sort(key=lambda c: c.step, reverse=policy.order == "newest-first")
-    out.ready = candidates
-    for ckpt in candidates:
+            out.waiting.append((wait.checkpoint, f"not ready: {wait.text}" if wait.readiness else wait.text))
+    out.ready = sorted(seen.ready, key=lambda c: c.step, reverse=policy.order == "newest-first")
+    for ckpt in out.ready:
         metrics = config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"
         rerun = config.force_eval or ckpt.step in policy.force_steps
         if not rerun and metrics.is_file() and producer(metrics) in (None, config.identity.key):
             out.reused.add(ckpt.step)
     return out
-
-
-def _readiness_text(reason: str, folder: Path, config: Config, now_wall: float) -> str:
-    if reason in ("settling", "still being written"):
-        snap = walk(folder)
-        if snap is not None:
-            until = snap.newest_mtime + config.checkpoint_ready_seconds
-            return f"quiet until {_clock(until)} (its files changed {max(0.0, now_wall - snap.newest_mtime):.0f} s ago)"
-    if reason.startswith("waiting for shards"):
-        return reason.replace("waiting for shards", "shards named by the index are missing")
-    if reason == "empty":
-        return "the folder is empty"
-    return reason
 
 
 def preview(models: list[ModelPreview], slots: list[str], order: str, cap: int = 0) -> dict:

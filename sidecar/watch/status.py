@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from ..reporters.rows import summary_from_rows
+import os
+import re
+import shlex
+from pathlib import Path
+
+from ..errors import SidecarError
+from ..reporters.rows import metric_names, summary_from_rows
 from .plan import Policy, is_given_up
+from .sparkline import MAX_CELLS, metric_points, sparkline, to_ascii
 from .state import State
 
 
@@ -29,9 +36,97 @@ def delivery(state: State, synced_elsewhere: frozenset[str] = frozenset()) -> di
     }
 
 
+DEFAULT_METRICS: tuple[tuple[str, ...], frozenset[str]] = (("HR@10", "NDCG@10"), frozenset())
+
+
+def summary_metrics_of(state: State | None, given: tuple[tuple[str, ...], frozenset[str]] | None = None,
+                       fallback: tuple[tuple[str, ...], frozenset[str]] = DEFAULT_METRICS
+                       ) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The summary metrics and those where lower is better: `given` (--summary-metrics given to
+    `status`), else those the sidecar that wrote the state had, else `fallback`."""
+    if given is not None:
+        return given
+    recorded = state.settings.get("summary_metrics") if state is not None else None
+    if isinstance(recorded, list) and recorded and all(isinstance(m, str) and m for m in recorded):
+        from ..config import parse_summary_metrics
+
+        try:
+            return parse_summary_metrics(",".join(recorded))
+        except SidecarError:
+            pass
+    return fallback
+
+
+def mode_of(state: State | None, fallback: str) -> str:
+    """The W&B mode the state was written with (its settings), else `fallback`."""
+    recorded = state.settings.get("wandb_mode") if state is not None else None
+    return recorded if isinstance(recorded, str) and recorded else fallback
+
+
+def metric_summary(rows: dict[int, dict], metrics: tuple[str, ...], lower_better: frozenset[str]) -> dict:
+    """{metric: {best, best_step, last, goal}} of the summary metrics found in some row (`last`
+    is None when the last row lacks it)."""
+    flat = summary_from_rows(rows, metrics, lower_better)
+    out = {}
+    for metric in metrics:
+        key = metric.lower()
+        if f"best_{key}" in flat:
+            out[metric] = {"best": flat[f"best_{key}"], "best_step": flat[f"best_step_for_{key}"],
+                           "last": flat.get(f"last_{key}"), "goal": "min" if metric in lower_better else "max"}
+    return out
+
+
+def row_metric_names(rows: dict[int, dict], limit: int = 10) -> list[str]:
+    """Up to `limit` metric names the rows hold, by name (to say what there is instead)."""
+    names = {k for row in rows.values() for k in metric_names(row)}
+    return sorted(names)[:limit]
+
+
+def curve(rows: dict[int, dict], metric: str, cells: int = MAX_CELLS) -> dict | None:
+    """The sparkline of `metric` against step (block characters) with its range; None without values."""
+    points = metric_points(rows, metric)
+    line = sparkline(points, cells)
+    if not line:
+        return None
+    values = [v for _, v in points if v is not None]
+    return {"metric": metric, "line": line, "first_step": points[0][0], "last_step": points[-1][0],
+            "min": min(values), "max": max(values)}
+
+
+def charts_of(state: State, mode: str, environ: dict[str, str]) -> dict:
+    """Where every eval/* curve can be seen: `wandb leet FOLDER` for the latest offline run folder
+    that is still on disk, else the online run's page (wandb leet shows that too)."""
+    for seg in reversed(state.segments):
+        folder = seg.get("dir")
+        if seg.get("mode") == "offline" and folder and Path(folder).is_dir():
+            return {"folder": folder, "url": None, "command": f"wandb leet {shlex.quote(folder)}"}
+        if seg.get("mode") == "online" and seg.get("run"):
+            url = run_url(str(seg["run"]), environ)
+            if url:
+                return {"folder": folder or None, "url": url, "command": f"wandb leet {url}"}
+        if seg.get("mode") == "online" and folder and Path(folder).is_dir():
+            return {"folder": folder, "url": None, "command": f"wandb leet {shlex.quote(folder)}"}
+    return {"folder": None, "url": None, "command": None}
+
+
+def run_url(run: str, environ: dict[str, str]) -> str | None:
+    """The web page of `entity/project/run_id` on the W&B server of WANDB_BASE_URL (wandb.ai by default)."""
+    entity, _, rest = run.partition("/")
+    project, _, run_id = rest.partition("/")
+    if not (entity and project and run_id):
+        return None
+    base = (environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/")
+    if base in ("https://api.wandb.ai", "http://api.wandb.ai"):
+        base = "https://wandb.ai"
+    return f"{base}/{entity}/{project}/runs/{run_id}"
+
+
 def summarize(state: State, now_wall: float, max_attempts: int | None = None, mode: str = "",
-              synced_elsewhere: frozenset[str] = frozenset()) -> dict:
-    """A JSON-ready summary: counts, in-flight evals, last/best HR@10 and NDCG@10, last error.
+              synced_elsewhere: frozenset[str] = frozenset(), metrics: tuple[str, ...] = DEFAULT_METRICS[0],
+              lower_better: frozenset[str] = frozenset(), waiting: list[dict] | None = None) -> dict:
+    """A JSON-ready summary: counts, in-flight evals, last/best of the summary metrics (and the
+    original's HR@10 / NDCG@10 keys), last error; with `waiting` (each checkpoint without a result
+    and why, `preview.Wait.to_json`), the pending count is of those still wanted.
 
     A failure is given up as the sidecar judges it (`plan.is_given_up`): against `max_attempts`
     when given (the --max-attempts of the flags `status` got), else against the --max-attempts
@@ -45,6 +140,8 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         given_up = [s for s, f in state.failed.items() if is_given_up(f, policy)]
     retrying = [s for s in state.failed if s not in given_up]
     pending = [s for s in state.pending if s not in state.processed and s not in given_up]
+    if waiting is not None:
+        pending = [w["step"] for w in waiting if w["reason"] not in ("given_up", "vanished")]
     in_flight = []
     for step, entry in sorted(state.in_flight.items()):
         started = entry.get("started_at")
@@ -59,6 +156,8 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         step, failure = max(state.failed.items(), key=lambda kv: str(kv[1].get("time", "")))
         last_error = {"step": step, "checkpoint": failure.get("checkpoint"), "error": failure.get("error"),
                       "time": failure.get("time"), "attempts": failure.get("attempts")}
+    first = metrics[0] if metrics else "HR@10"
+    per_metric = metric_summary(state.rows, metrics, lower_better)
     return {
         "run_id": state.run_id,
         "run_name": state.run_name,
@@ -79,9 +178,14 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         "best_step_for_hr@10": summary.get("best_step_for_hr@10"),
         "best_ndcg@10": summary.get("best_ndcg@10"),
         "best_step_for_ndcg@10": summary.get("best_step_for_ndcg@10"),
+        "summary_metrics": [f"{m}:min" if m in lower_better else m for m in metrics],
+        "summary": per_metric,
+        "summary_missing": [m for m in metrics if m not in per_metric],
+        "curve": curve(state.rows, first),
         "last_seen_step": state.last_seen_step,
         "last_update_time": state.last_update_time,
         "last_error": last_error,
+        "waiting": waiting if waiting is not None else [],
         "vanished_steps": sorted(state.vanished),
         "pins": _pins(state.pins_dir),
         "wandb_segments": [{"dir": s.get("dir"), "mode": s.get("mode"), "started": s.get("started"),
@@ -118,11 +222,99 @@ def _pins(pins_dir: str | None) -> dict | None:
 
 
 def _num(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    if value is None:
+        return "-"
+    size = abs(value)
+    return f"{value:.4f}" if size == 0 or 1e-3 <= size < 1e5 else f"{value:.4g}"
 
 
-def format_status(info: dict, state_file: str) -> str:
-    """The human-readable status table."""
+def _curve_text(info: dict, ascii: bool) -> str:
+    c = info["curve"]
+    return (f"{to_ascii(c['line']) if ascii else c['line']}  steps {c['first_step']}-{c['last_step']}, "
+            f"min {_num(c['min'])}, max {_num(c['max'])}")
+
+
+def _charts_text(info: dict) -> str:
+    charts = info.get("charts") or {}
+    if charts.get("command"):
+        return charts["command"]
+    if info["wandb_mode"] == "disabled":
+        return "none: W&B is disabled for this configuration (status --rows prints every row)"
+    return "no W&B run folder is recorded yet (then: wandb leet FOLDER)"
+
+
+WAITING_SHOWN = 10  # the human status lists this many waiting checkpoints (--rows and --json: all)
+
+
+def _waiting_lines(info: dict) -> list[str]:
+    waits = [w for w in info.get("waiting") or [] if w["reason"] != "in_flight"]
+    if not waits:
+        return []
+    width = max(len(w["checkpoint"]) for w in waits[:WAITING_SHOWN])
+    lines = []
+    for i, wait in enumerate(waits[:WAITING_SHOWN]):
+        lines.append(f"{'waiting' if i == 0 else '':<13} {wait['checkpoint']:<{width}}  {wait['text']}")
+    if len(waits) > WAITING_SHOWN:
+        rest = waits[WAITING_SHOWN:]
+        kinds: dict[str, int] = {}
+        for wait in rest:
+            kinds[wait["reason"]] = kinds.get(wait["reason"], 0) + 1
+        counts = ", ".join(f"{n} {REASON_WORDS.get(k, k)}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        lines.append(f"{'':<13} ... and {len(rest)} more ({counts}; status --rows lists each)")
+    return lines
+
+
+REASON_WORDS = {"ready": "ready", "marker": "waiting for the marker", "quiet": "in their quiet period",
+                "shards": "missing shards", "empty": "empty", "retry": "waiting to retry", "given_up": "given up",
+                "vanished": "vanished", "unknown": "not readable here"}
+
+
+def _in_flight_lines(info: dict) -> list[str]:
+    if not info["in_flight"]:
+        return ["in flight     none"]
+    lines = []
+    orphan = "watched_by" in info and not info["watched_by"]
+    for entry in info["in_flight"]:
+        if entry.get("slurm_job_id"):
+            elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
+            node = f" on {entry['node']}" if entry.get("node") else ""
+            lines.append(f"in flight     {entry['checkpoint']}: slurm job {entry['slurm_job_id']} "
+                         f"{entry['slurm_state'] or '?'}{node} (as last seen), submitted {elapsed} ago")
+        elif entry["interrupted"]:
+            lines.append(f"in flight     {entry['checkpoint']}: interrupted when the sidecar stopped; "
+                         f"it will be evaluated again")
+        else:
+            elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
+            gpus = f" on GPUs {entry['gpus']}" if entry.get("gpus") else ""
+            gone = "; its sidecar is not running: evaluated again at the next start" if orphan else ""
+            lines.append(f"in flight     {entry['checkpoint']}{gpus} for {elapsed} (pid {entry['pid']} on "
+                         f"{entry['host']}){gone}")
+    return lines
+
+
+def _metric_lines(info: dict, ascii: bool) -> list[str]:
+    if info["last_step"] is None:
+        return ["results       none yet"]
+    per_metric = info.get("summary")
+    if per_metric is None:  # a summary made without the summary metrics: the original's two
+        per_metric = {m: {"best": info[f"best_{m.lower()}"], "best_step": info[f"best_step_for_{m.lower()}"],
+                          "last": info[f"last_{m.lower()}"], "goal": "max"}
+                      for m in ("HR@10", "NDCG@10") if info.get(f"best_{m.lower()}") is not None}
+    last = "".join(f"  {m} {_num(v['last'])}" for m, v in per_metric.items() if v["last"] is not None)
+    lines = [f"last step     {info['last_step']}{last}"]
+    for metric, v in per_metric.items():
+        goal = "lowest" if v["goal"] == "min" else "highest"
+        lines.append(f"{'best ' + metric:<13} {_num(v['best'])} at step {v['best_step']} ({goal})")
+    if info.get("summary_missing"):
+        have = ", ".join(info.get("row_metrics") or []) or "no metrics"
+        lines.append(f"{'no values':<13} {', '.join(info['summary_missing'])} (in no row; the rows have {have})")
+    if info.get("curve"):
+        lines.append(f"{info['curve']['metric'] + ' curve':<13} {_curve_text(info, ascii)}")
+    return lines
+
+
+def format_status(info: dict, state_file: str, ascii: bool = False) -> str:
+    """The human-readable status table (`ascii`: the curve without block characters)."""
     lines = [
         f"state file    {state_file}",
         f"run           {info['run_id']} ({info['run_name']}), W&B mode {info['wandb_mode'] or '-'}",
@@ -132,29 +324,13 @@ def format_status(info: dict, state_file: str) -> str:
     ]
     if info["wandb_mode"] != "disabled":
         lines.append(f"W&B delivery  {_delivery_line(info)}")
-    if info["in_flight"]:
-        for entry in info["in_flight"]:
-            if entry.get("slurm_job_id"):
-                elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
-                node = f" on {entry['node']}" if entry.get("node") else ""
-                lines.append(f"in flight     {entry['checkpoint']}: slurm job {entry['slurm_job_id']} "
-                             f"{entry['slurm_state'] or '?'}{node} (as last seen), submitted {elapsed} ago")
-            elif entry["interrupted"]:
-                lines.append(f"in flight     {entry['checkpoint']}: interrupted when the sidecar stopped; "
-                             f"it will be evaluated again")
-            else:
-                elapsed = "-" if entry["elapsed_seconds"] is None else f"{entry['elapsed_seconds']:.0f} s"
-                gpus = f" on GPUs {entry['gpus']}" if entry.get("gpus") else ""
-                lines.append(f"in flight     {entry['checkpoint']}{gpus} for {elapsed} (pid {entry['pid']} on {entry['host']})")
-    else:
-        lines.append("in flight     none")
-    if info["last_step"] is None:
-        lines.append("results       none yet")
-    else:
-        lines.append(f"last step     {info['last_step']}  HR@10 {_num(info['last_hr@10'])}  "
-                     f"NDCG@10 {_num(info['last_ndcg@10'])}")
-        lines.append(f"best HR@10    {_num(info['best_hr@10'])} at step {info['best_step_for_hr@10']}")
-        lines.append(f"best NDCG@10  {_num(info['best_ndcg@10'])} at step {info['best_step_for_ndcg@10']}")
+    lines += _in_flight_lines(info)
+    lines += _waiting_lines(info)
+    if info.get("sft_root_problem"):
+        lines.append(f"{'note':<13} {info['sft_root_problem']}")
+    lines += _metric_lines(info, ascii)
+    if "charts" in info:
+        lines.append(f"full charts   {_charts_text(info)}")
     if info["last_error"]:
         err = info["last_error"]
         lines.append(f"last error    {err['checkpoint']} (attempt {err['attempts']}, {err['time']}): {err['error']}")
@@ -174,17 +350,120 @@ def format_status(info: dict, state_file: str) -> str:
     return "\n".join(lines)
 
 
-def format_rows(rows: dict[int, dict]) -> str:
-    """One line per evaluated checkpoint: step, HR@K and NDCG@K for the K present."""
-    if not rows:
-        return "(no rows yet)"
+def row_columns(rows: dict[int, dict], metrics: tuple[str, ...], width: int) -> list[str]:
+    """The metric columns of `status --rows`: the summary metrics, then HR@K / NDCG@K, then other
+    metrics by name while the line fits in `width` characters (those that are in some row)."""
     from ..reporters.rows import BASE_METRICS
 
-    names = [m for m in BASE_METRICS if any(m in r for r in rows.values())]
-    header = f"{'step':>8}  " + "  ".join(f"{m:>8}" for m in names)
-    lines = [header]
-    for step in sorted(rows):
+    present: set[str] = set()
+    for row in rows.values():
+        present.update(k for k in metric_names(row)
+                       if isinstance(row[k], (int, float)) and not isinstance(row[k], bool))
+    head = [m for m in dict.fromkeys([*metrics, *BASE_METRICS]) if m in present]
+    used = 8 + sum(2 + max(8, len(m)) for m in head)
+    for name in sorted(present.difference(head)):
+        if used + 2 + max(8, len(name)) > width:
+            break
+        head.append(name)
+        used += 2 + max(8, len(name))
+    return head
+
+
+def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metrics: tuple[str, ...] = (),
+                width: int = 100) -> str:
+    """One line per checkpoint by step: the metrics of each evaluated one (`row_columns`), and
+    why each other one has no result yet."""
+    waits = {w["step"]: w for w in waiting or []}
+    if not rows and not waits:
+        return "(no rows yet)"
+    names = row_columns(rows, metrics, width)
+    header = f"{'step':>8}  " + "  ".join(f"{m:>{max(8, len(m))}}" for m in names)
+    lines = [header.rstrip()]
+    for step in sorted(set(rows) | set(waits)):
+        if step not in rows:
+            lines.append(f"{step:>8}  {waits[step]['text']}")
+            continue
         row = rows[step]
-        cells = "  ".join(f"{row[m]:>8.4f}" if isinstance(row.get(m), (int, float)) else f"{'-':>8}" for m in names)
+        cells = "  ".join(_cell(row.get(m), max(8, len(m))) for m in names)
         lines.append(f"{step:>8}  {cells}")
     return "\n".join(lines)
+
+
+def _cell(value, width: int) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{_num(value):>{width}}"
+    return f"{'-':>{width}}"
+
+
+def other_configurations(state_dir: Path, file_model: str, payload: dict, own: Path) -> list[dict]:
+    """The other state files of this model in `state_dir` (the same model part of the name): each
+    with its counts and, when it recorded its identity, the identity values that differ from
+    `payload` ((name, here, there) by name)."""
+    from .state import read_state
+
+    pattern = re.compile(re.escape(file_model) + r"_[0-9a-f]{20}\.json")
+    try:
+        names = sorted(n for n in os.listdir(state_dir) if pattern.fullmatch(n))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        path = state_dir / name
+        if path == own:
+            continue
+        item: dict = {"state_file": str(path), "processed": None, "updated": None, "differs": None, "error": None}
+        try:
+            state = read_state(path)
+        except SidecarError as exc:
+            out.append({**item, "error": str(exc)})
+            continue
+        if state is None:
+            continue
+        item.update(processed=len(state.processed), updated=state.last_update_time)
+        theirs = state.settings.get("identity")
+        if isinstance(theirs, dict):
+            item["differs"] = [(k, payload.get(k), theirs.get(k)) for k in sorted(set(payload) | set(theirs))
+                               if payload.get(k) != theirs.get(k)]
+        out.append(item)
+    return out
+
+
+# the flag that sets each identity value (model_name comes from --sft-root's folder name)
+IDENTITY_FLAGS = {"model_name": "--sft-root", "dataset": "--dataset", "cb_setting": "--cb-setting", "seed": "--seed",
+                  "num_beams": "--num-beams", "sid_levels": "--sid-levels", "eval_split": "--eval-split",
+                  "sft_root": "--sft-root", "test_data_path": "--test-data-path", "index_path": "--index-path"}
+
+
+def format_others(others: list[dict], model: str, state_dir: Path) -> str:
+    """What `status` says when the flags name no state file but the model has others."""
+    lines = [f"other configurations of {model} have state files in {state_dir}:"]
+    hint, beams = "", False
+    for item in others:
+        name = Path(item["state_file"]).name
+        if item["error"]:
+            lines.append(f"  {name}: {item['error']}")
+            continue
+        counts = f"{item['processed']} processed, updated {item['updated'] or '-'}"
+        if item["differs"] is None:
+            lines.append(f"  {name} ({counts}): no identity recorded (written by an older sidecar)")
+            continue
+        differs = "; ".join(f"{k} {_shown(here)} here, {_shown(there)} there" for k, here, there in item["differs"])
+        lines.append(f"  {name} ({counts}): {differs or 'the same identity values'}")
+        beams = beams or any(k == "num_beams" for k, _, _ in item["differs"])
+        if not hint and item["differs"]:
+            derived = ("model_name", "dataset", "cb_setting", "eval_split")  # follow from the paths unless given
+            flags = [f"{IDENTITY_FLAGS.get(k, k)} {shlex.quote(str(there))}" for k, _, there in item["differs"]
+                     if k not in derived or len(item["differs"]) == 1]
+            hint = " ".join(dict.fromkeys(flags))
+    first = shlex.quote(others[0]["state_file"])
+    if hint:
+        lines.append(f"to read the first: the flags it was started with ({hint}), or --state-file {first}")
+    else:
+        lines.append(f"to read one: the flags it was started with, or --state-file {first}")
+    if beams:
+        lines.append("(a forgotten --num-beams is the usual cause: it is part of the identity, the decoding flags are not)")
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return "-" if value is None else str(value)
