@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ MANAGER = ROOT / "eval_wandb_sidecar.sh"
 
 
 def manage(ws, tmp_path, *args, timeout=120, **env):
-    environ = ws.env(PYTHON_BIN=sys.executable, MANAGER_DIR=str(tmp_path / "manager dir"), **env)
+    environ = ws.env(SIDECAR_PYTHON=sys.executable, PYTHON_BIN=sys.executable,
+                     MANAGER_DIR=str(tmp_path / "manager dir"), **env)
     return subprocess.run(["bash", str(MANAGER), *args], cwd=tmp_path, env=environ, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -332,10 +334,33 @@ def test_tail_of_an_unknown_instance_is_an_error_and_creates_nothing(ws, tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == ["other.log"]
 
 
-def test_help_prints_the_whole_usage_block_and_nothing_after_it(ws, tmp_path):
-    result = manage(ws, tmp_path, "help")
-    assert result.returncode == 0
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("Manager for eval_wandb_sidecar.py")
-    assert any(line.split()[:3] == ["bash", "eval_wandb_sidecar.sh", "list"] for line in lines)
-    assert lines[-1].startswith("STOP_TIMEOUT") and "set -euo" not in result.stdout
+def test_usage_is_the_help_a_user_needs_and_nothing_else(ws, tmp_path):
+    helped = manage(ws, tmp_path, "help")
+    assert helped.returncode == 0 and helped.stderr == ""
+    text = helped.stdout
+    lines = text.splitlines()
+    assert lines[0] == "Usage: bash eval_wandb_sidecar.sh COMMAND [--instance NAME] [flags...]"
+    assert lines[1] == "" and lines[-1].strip() and text.endswith("\n") and "\n\n\n" not in text
+    # no remnant of the script: shebang, comments, shell code, the internal command
+    assert not [line for line in lines if line.lstrip().startswith("#") or "set -e" in line or "_supervise" in line]
+    assert max(len(line) for line in lines) <= 100
+    commands_part = text.split("\nCommands:\n")[1].split("\nEnvironment:\n")[0]
+    environment_part = text.split("\nEnvironment:\n")[1]
+    script = MANAGER.read_text()
+    # every command of the script's dispatch, and every setting it reads from the environment
+    dispatch = script[script.rindex('case "$command" in'):]
+    commands = {c for label in re.findall(r"^  ([a-z_|-]+)\)", dispatch, flags=re.M) for c in label.split("|")}
+    commands = {c for c in commands if not c.startswith(("_", "-"))}
+    assert commands == {"start", "stop", "status", "tail", "list", "run", "once", "sync", "align", "help"}
+    for name in commands:
+        assert re.search(rf"^  (\S+\|)?{name}\b", commands_part, flags=re.M), name
+    variables = set(re.findall(r"\$\{([A-Z][A-Z_]+):-", script))
+    assert {"SIDECAR_PYTHON", "PYTHON_BIN", "SIDECAR_LOG_MAX_MB", "SIDECAR_RESTART_BACKOFF_SECONDS"} <= variables
+    for name in variables:
+        assert re.search(rf"^  {name} ", environment_part, flags=re.M), name
+    # no arguments, or an unknown command: the same text on stderr, exit 2
+    bare = manage(ws, tmp_path)
+    assert (bare.returncode, bare.stdout, bare.stderr) == (2, "", text)
+    unknown = manage(ws, tmp_path, "bogus")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == "eval_wandb_sidecar.sh: unknown command 'bogus'\n" + text
