@@ -15,9 +15,7 @@ from pathlib import Path
 from ..checkpoints import Checkpoint
 from ..config import Config
 from ..errors import SidecarError
-from ..watch.attribution import producer
 from ..watch.discover import Discoverer, RootMissing
-from ..watch.pipeline import policy_for
 from ..watch.plan import Policy, still_wanted
 from ..watch.readiness import ReadinessTracker, walk
 from ..watch.state import State, read_state, utc_iso
@@ -68,6 +66,8 @@ class Rules:
 
     @classmethod
     def of(cls, config: Config) -> "Rules":
+        from ..watch.pipeline import policy_for  # the watch's own, imported only where a Config has it
+
         return cls(config.ready_marker, config.checkpoint_ready_seconds, policy_for(config))
 
 
@@ -217,6 +217,9 @@ class ModelPreview:
 
 def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -> ModelPreview:
     """What one model's pipeline would do with its checkpoints as they are now."""
+    from ..watch.attribution import producer
+    from ..watch.pipeline import policy_for
+
     out = ModelPreview(name, config)
     holder = watched_by(config.lock_file)
     if holder:

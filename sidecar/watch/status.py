@@ -63,10 +63,9 @@ def mode_of(state: State | None, fallback: str) -> str:
     return recorded if isinstance(recorded, str) and recorded else fallback
 
 
-def metric_summary(rows: dict[int, dict], metrics: tuple[str, ...], lower_better: frozenset[str]) -> dict:
-    """{metric: {best, best_step, last, goal}} of the summary metrics found in some row (`last`
-    is None when the last row lacks it)."""
-    flat = summary_from_rows(rows, metrics, lower_better)
+def metric_summary(flat: dict, metrics: tuple[str, ...], lower_better: frozenset[str]) -> dict:
+    """{metric: {best, best_step, last, goal}} of the summary metrics found in some row, from
+    `summary_from_rows` over them (`last` is None when the last row lacks it)."""
     out = {}
     for metric in metrics:
         key = metric.lower()
@@ -131,7 +130,8 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
     A failure is given up as the sidecar judges it (`plan.is_given_up`): against `max_attempts`
     when given (the --max-attempts of the flags `status` got), else against the --max-attempts
     the sidecar recorded when it last started; only when neither is known, by the record's flag."""
-    summary = summary_from_rows(state.rows)
+    # the summary metrics and the original's HR@10 / NDCG@10 keys, as W&B's summary has them
+    summary = summary_from_rows(state.rows, tuple(dict.fromkeys([*metrics, "HR@10", "NDCG@10"])), lower_better)
     limit = max_attempts if max_attempts is not None else state.max_attempts
     if limit is None:
         given_up = [s for s, f in state.failed.items() if f.get("given_up")]
@@ -157,7 +157,7 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
         last_error = {"step": step, "checkpoint": failure.get("checkpoint"), "error": failure.get("error"),
                       "time": failure.get("time"), "attempts": failure.get("attempts")}
     first = metrics[0] if metrics else "HR@10"
-    per_metric = metric_summary(state.rows, metrics, lower_better)
+    per_metric = metric_summary(summary, metrics, lower_better)
     return {
         "run_id": state.run_id,
         "run_name": state.run_name,
