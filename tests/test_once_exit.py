@@ -47,8 +47,7 @@ def test_a_failure_exits_4_and_says_the_next_run_retries_it_and_that_run_exits_0
     second = once(ws, "--ready-marker", "trainer_state.json", "--retry-backoff-seconds", "300")
     assert second.returncode == 0, second.stderr
     assert re.fullmatch(r".*once: 0 evaluated, 0 reused \(metrics\.json existed\), 0 failed, 2 waiting \(1 not ready "
-                        r"yet, 1 for a retry of an earlier failure, the first from \d\d:\d\d:\d\d on\)",
-                        last_line(second)), last_line(second)
+                        r"yet, 1 to retry an earlier failure from \d\d:\d\d:\d\d on\)", last_line(second)), last_line(second)
     assert ws.calls() == ["checkpoint-200", "checkpoint-300"]
 
 
@@ -107,3 +106,6 @@ def test_the_summary_names_several_failures_vanished_and_models_not_evaluated():
                     f"evaluated: b (locked: locked by pid 42)")
     stopped = once_summary(RunTally(), 5, [], [], now, stopped=True)
     assert stopped.endswith("0 failed, 5 waiting (left for the next run: stopped first)")
+    when = time.strftime("%H:%M:%S", time.localtime(now + 60))
+    retries = once_summary(RunTally(), 0, [now + 60, now + 120], [], now)
+    assert retries.endswith(f"0 failed, 2 waiting (to retry earlier failures, the first from {when} on)")

@@ -151,6 +151,11 @@ def test_a_fleet_backfill_is_one_progress_over_every_model(tmp_path):
                                          "0 waiting (not ready yet)")
     for model in models:
         assert tree.processed(model.name) == list(range(1, 13))
+    again = tree.run(*tree.args("--once", "--force-eval"))  # nothing new: one line for the fleet says what would
+    assert again.returncode == 0, again.stderr
+    hint = [line for line in again.stderr.splitlines() if "--force-eval-steps" in line]
+    assert len(hint) == 1 and "nothing new to evaluate in 2 model(s) (Beauty-grec-rl-b, Toy-grec-sft-a); their 24 " \
+                               "processed checkpoint(s) keep their results" in hint[0], again.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "soon", "nan"])

@@ -190,8 +190,11 @@ def once_summary(tally: RunTally, not_ready: int, retries: list[float], skipped:
         parts.append(f"{tally.vanished} vanished (deleted before or during their eval)")
     why = "left for the next run: stopped first" if stopped else "not ready yet"
     if retries:
-        parts.append(f"{not_ready + len(retries)} waiting ({not_ready} {why}, {len(retries)} for a retry of an "
-                     f"earlier failure, the first from {clock_text(min(retries), now_wall)} on)")
+        first = clock_text(min(retries), now_wall)
+        retry = (f"to retry an earlier failure from {first} on" if len(retries) == 1
+                 else f"to retry earlier failures, the first from {first} on")
+        both = f"{not_ready} {why}, {len(retries)} {retry}" if not_ready else retry
+        parts.append(f"{not_ready + len(retries)} waiting ({both})")
     else:
         parts.append(f"{not_ready} waiting ({why})")
     line = "once: " + ", ".join(parts)
