@@ -305,7 +305,7 @@ def test_a_failed_reevaluation_leaves_the_earlier_row_standing(tmp_path, caplog)
     assert data["table_rows"] == earlier and data["processed_steps"] == [100]
     assert data["failed_steps"]["100"]["error"] == (f"eval of checkpoint-100 exited 2 after 30.0 s; "
                                                     f"see {again.log_path(100)}")
-    assert "giving up after 1 attempts" in messages(caplog, logging.ERROR)[-1]
+    assert "giving up after 1 attempt (" in messages(caplog, logging.ERROR)[-1]
 
 
 def test_a_successful_reevaluation_replaces_the_row(tmp_path):
