@@ -37,6 +37,7 @@ FINISH_WAIT = 60.0  # seconds beyond the kill grace period that close() waits fo
 BACKFILL_MIN = 20  # more checkpoints than this ready (or running) at once make a backfill
 PROGRESS_ENV = "SIDECAR_PROGRESS_SECONDS"  # a backfill's progress line in a log comes this often
 PROGRESS_SECONDS = 60.0
+BAR_REFRESH_SECONDS = 1.0  # a bar's clock moves on at least this often, even while one long eval runs
 
 
 def slurm_executor(config: Config, environ: dict[str, str]):
@@ -90,12 +91,17 @@ class Backfill:
     own line moves to DEBUG. It starts when more than BACKFILL_MIN checkpoints are ready or
     running at once (a training run's new checkpoint now and then never does), takes in what
     becomes ready meanwhile, and ends when nothing is left to run. In fleet mode one progress
-    counts every model's checkpoints (the models share the slots, so only the whole has an ETA)."""
+    counts every model's checkpoints (the models share the slots, so only the whole has an ETA).
+
+    A log line comes when a checkpoint is done and `every` seconds passed since the last one:
+    while one eval runs for an hour the log stays quiet rather than repeating the same N/M.
+    A bar is redrawn every BAR_REFRESH_SECONDS meanwhile, so that its clock shows it is alive."""
 
     def __init__(self, clock, every: float) -> None:
         self.clock = clock
         self.every = every
         self.progress: Progress | None = None
+        self.bar = False
         self.counts = RunTally()  # the outcomes of this backfill
         self._models: set[str] = set()
         self._nudged = 0.0
@@ -115,8 +121,8 @@ class Backfill:
             self.progress.grow(self.progress.done + outstanding)
 
     def _begin(self, total: int) -> None:
-        bar = on_terminal()
-        how = "a progress bar below" if bar else f"a progress line every {self.every:g} s"
+        bar = self.bar = on_terminal()
+        how = "a progress bar below" if bar else f"a progress line at most every {self.every:g} s"
         with about(""):
             log.info("backfill: %d checkpoints are ready at once; %s, each checkpoint's own line at DEBUG", total, how)
             self.progress = Progress("backfill", total, log, every=self.every, bar=bar, clock=self.clock.monotonic)
@@ -133,15 +139,14 @@ class Backfill:
             self.progress.advance()
 
     def nudge(self) -> None:
-        """Once a tick: the progress line is due even while a long eval runs."""
-        if self.progress is not None:
+        """Once a tick: redraw the bar (its clock and ETA move on while a long eval runs)."""
+        if self.progress is not None and self.bar:
             self._nudged = self.clock.monotonic()
-            with about(""):
-                self.progress.advance(0)
+            self.progress.advance(0)
 
     def deadline(self) -> float | None:
-        """When the loop should wake for the next progress line (monotonic), or None."""
-        return self._nudged + self.every if self.progress is not None else None
+        """When the loop should wake to redraw the bar (monotonic), or None."""
+        return self._nudged + BAR_REFRESH_SECONDS if self.progress is not None and self.bar else None
 
     def finish(self, stopped: bool = False) -> None:
         """The summary line (`backfill: 1000/1000 checkpoints in 3m05s (12 evaluated, 988 reused, 0 failed)`)."""
