@@ -135,7 +135,9 @@ def test_quiet_period_vanished_in_flight_and_ready(ws):
     grandchild = int(wait_for(lambda: (ws.ctl / "grandchild-checkpoint-400").read_text().strip()))
     info = json.loads(ws.status("--json").stdout)
     eval_pid = ws.state()["in_flight"]["400"]["pid"]
-    assert by_step(info)[400]["reason"] == "in_flight" and by_step(info)[400]["text"].startswith(f"pid {eval_pid}, ")
+    flight = by_step(info)[400]
+    assert flight["reason"] == "in_flight" and flight["text"] == f"in flight ({flight['by']})"
+    assert flight["by"].startswith(f"pid {eval_pid}, started ")
     assert "its sidecar is not running" not in ws.status().stdout
     proc.kill()
     proc.wait()
@@ -144,6 +146,8 @@ def test_quiet_period_vanished_in_flight_and_ready(ws):
     assert re.search(r"in flight     checkpoint-400 on GPUs 0 for \d+ s \(pid \d+ on .*\); its sidecar is not "
                      r"running: evaluated again at the next start", text), text
     assert "checkpoint-500  ready; no sidecar is running for this configuration (`once` evaluates it)" in text
+    rows = ws.status("--rows").stdout
+    assert f"     400  in flight ({flight['by']}); a sidecar that starts settles it first" in rows, rows
     ws.mode(400, "ok")
     assert ws.run("--once", *now).returncode == 0  # stops the orphaned eval, evaluates 400 and 500
     wait_for(lambda: process_gone(grandchild))

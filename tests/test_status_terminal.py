@@ -8,6 +8,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -36,8 +38,12 @@ def test_the_sparkline_as_a_terminal_shows_it_in_blocks_or_in_ascii(ws, tmp_path
         ws.results(step).parent.mkdir(parents=True, exist_ok=True)
         ws.results(step).write_text(json.dumps({"HR@10": round(step / 100000 + 0.001, 4), "NDCG@10": 0.1}))
     assert ws.run("--once").returncode == 0
-    tmux = ["tmux", "-u", "-S", str(tmp_path / "tmux.sock")]
+    socket = tmp_path / "tmux.sock"
+    if len(str(socket)) > 100:  # a Unix socket's path holds at most 107 bytes
+        socket = Path(tempfile.mkdtemp(prefix="st-")) / "tmux.sock"
+    tmux = ["tmux", "-u", "-S", str(socket)]
     env = ws.env(LANG="C.UTF-8", LC_ALL="C.UTF-8", TERM="xterm-256color")
+    env.pop("TMUX", None)  # the test runner's own tmux, if any, is not this server
     try:
         blocks = in_terminal(ws, tmux, "utf8", env)
         ascii = in_terminal(ws, tmux, "ascii", env, "PYTHONIOENCODING=ascii")  # a terminal without them

@@ -9,7 +9,7 @@ its start-up confirmation is shown as ready.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..checkpoints import Checkpoint
@@ -38,6 +38,7 @@ class Wait:
     marker: str | None = None
     missing: tuple[str, ...] = ()  # shards named by an index that are not there
     error: str | None = None  # the last attempt's error (retry, given up)
+    by: str | None = None  # in flight: what runs it and since when
 
     @property
     def readiness(self) -> bool:
@@ -48,7 +49,7 @@ class Wait:
         out: dict = {"checkpoint": self.checkpoint, "step": self.step, "reason": self.reason, "text": self.text}
         if self.until is not None:
             out["until"] = utc_iso(self.until)
-        for name in ("attempt", "of", "marker", "error"):
+        for name in ("attempt", "of", "marker", "error", "by"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.missing:
@@ -124,7 +125,8 @@ def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall
         if step in in_flight:
             entry = in_flight[step]
             who = f"Slurm job {entry['job_id']}" if entry.get("job_id") else f"pid {entry.get('pid', '?')}"
-            out.waits.append(Wait(ckpt.name, step, "in_flight", f"{who}, started {entry.get('started', '?')}"))
+            by = f"{who}, started {entry.get('started', '?')}"
+            out.waits.append(Wait(ckpt.name, step, "in_flight", f"in flight ({by})", by=by))
             continue
         failure = failed.get(step)
         if failure is not None and float(failure.get("retry_after", 0.0)) > now_wall:
@@ -146,6 +148,11 @@ def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall
         else:
             out.waits.append(_not_ready(ckpt, reason, rules, now_wall))
     return out
+
+
+def orphaned(wait: Wait) -> Wait:
+    """An eval in flight whose sidecar is not running (a Slurm job may still be: it is followed again)."""
+    return replace(wait, text=f"{wait.text}; a sidecar that starts settles it first")
 
 
 def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: float, now_mono: float,
@@ -172,7 +179,8 @@ def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: f
     seen = explain(found, state, rules, now_wall, now_mono, pinned, look)
     ready_text = ("ready; starts when a slot frees" if watched
                   else "ready; no sidecar is running for this configuration (`once` evaluates it)")
-    waits = seen.waits + [Wait(c.name, c.step, "ready", ready_text) for c in seen.ready]
+    waits = [w if watched or w.reason != "in_flight" else orphaned(w) for w in seen.waits]
+    waits += [Wait(c.name, c.step, "ready", ready_text) for c in seen.ready]
     present = {c.step for c in found}
     for step, entry in state.vanished.items():
         if step not in present and step not in state.processed:
@@ -239,9 +247,9 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
     out.processed = seen.processed
     for wait in seen.waits:
         if wait.reason == "in_flight" and holder:
-            out.running.append((wait.checkpoint, wait.text))
+            out.running.append((wait.checkpoint, wait.by or ""))
         elif wait.reason == "in_flight":
-            out.waiting.append((wait.checkpoint, f"in flight ({wait.text}); a sidecar that starts settles it first"))
+            out.waiting.append((wait.checkpoint, orphaned(wait).text))
         elif wait.reason == "given_up":
             out.waiting.append((wait.checkpoint, f"{wait.text}: {wait.error}"))
         else:
