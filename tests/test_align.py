@@ -5,6 +5,7 @@ cloud server can exist here. The SwanLab upload is the real SDK in offline mode.
 """
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -309,7 +310,8 @@ def test_upload_record_of_the_first_format_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("record", ['{"targets": []}', "[]", '{"targets": {"KEY": {"a/m0": [[1]]}}}', "{not json",
-                                    '{"targets": {}, "versions": {"KEY": "two"}}'])
+                                    '{"targets": {}, "versions": {"KEY": "two"}}',
+                                    '{"targets": {}, "open": {"KEY": ["swanlog/run-1"]}}'])
 def test_a_malformed_upload_record_stops_before_uploading_with_one_line(tmp_path, record):
     _, cfg = _numbers_csv_config(tmp_path, 20)
     fw = cfg.frameworks[0]
@@ -410,3 +412,19 @@ def test_points_an_append_cannot_add_are_listed_briefly():
     text = describe_steps(many)
     assert text.startswith("m0 steps 0, 2, 4, 6, 8, 10 (+14 more runs); m1 steps")
     assert text.endswith("; and 2 more metrics")
+
+
+def test_a_fetch_shows_its_progress_per_framework_and_a_summary_line(tmp_path, caplog):
+    """Not on a terminal: a log line every `progress_every` seconds (tiny here), then the summary."""
+    import logging
+
+    write_state(tmp_path / "state.json", [100])
+    cfg = parse_align_config(config_doc(tmp_path), tmp_path, {})
+    with caplog.at_level(logging.INFO, logger="sidecar.align.run"):
+        run_align(cfg, apis(30), upload, dry_run=True, out=lambda _: None, progress_every=1e-9, bar=False)
+    lines = [r.getMessage() for r in caplog.records]
+    wanted = 10  # slime's 4 mapping sources, the 3 aligned names it does not map, the 3 throughput inputs
+    assert any(re.fullmatch(rf"slime fetch: \d+/{wanted} metrics \(\d+%\), \S+ so far, ETA \S+", line)
+               for line in lines), lines
+    assert any(re.fullmatch(rf"slime fetch: {wanted}/{wanted} metrics in \S+, 30 rows", line) for line in lines), lines
+    assert any(re.fullmatch(r"verl fetch: \d+/\d+ metrics in \S+, 30 rows", line) for line in lines), lines

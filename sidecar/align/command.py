@@ -20,6 +20,12 @@ def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
                         help="upload every point into a fresh SwanLab experiment per framework (a new stable id; "
                              "the old experiment is left as it is)")
     parser.add_argument("--swanlab-mode", choices=("online", "cloud", "local", "offline", "disabled"))
+    parser.add_argument("--jobs", type=_count("--jobs"), metavar="N",
+                        help="frameworks uploaded at a time, each in a process of its own (default: all of them, "
+                             "at most 2 per CPU); 1: one after another in this process")
+    parser.add_argument("--progress-every", type=_seconds("--progress-every"), default=30.0, metavar="SECONDS",
+                        help="when stderr is not a terminal, a progress line per framework this often "
+                             "(default: 30; on a terminal, a bar per framework)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -32,5 +38,47 @@ def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None
     apis = {"wandb": make_wandb_api(), "swanlab": make_api(config.swanlab_api_key)}
     run_align(config, apis, upload, only=only, dry_run=args.dry_run, refresh=args.refresh,
-              mode=args.swanlab_mode, rebuild=args.rebuild)
+              mode=args.swanlab_mode, rebuild=args.rebuild, out=_out(), jobs=args.jobs,
+              progress_every=args.progress_every)
     return EXIT_OK
+
+
+def _out():
+    """Lines to stdout; on a terminal through tqdm, so that they go above the progress bars."""
+    import sys
+
+    from ..progress import on_terminal
+
+    if not on_terminal():
+        return print
+    from tqdm import tqdm
+
+    return lambda text: tqdm.write(text, file=sys.stdout)
+
+
+def _count(flag: str):
+    def parse(text: str) -> int:
+        from ..errors import ConfigError
+
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{flag}: expected a whole number from 1, got {text!r}")
+        return value
+    return parse
+
+
+def _seconds(flag: str):
+    def parse(text: str) -> float:
+        from ..errors import ConfigError
+
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{flag}: expected a number of seconds above 0, got {text!r}")
+        return value
+    return parse

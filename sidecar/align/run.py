@@ -7,14 +7,14 @@ Cloud reads go through the `apis` passed in (wandb.Api / swanlab.Api in producti
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AlignConfig, Framework
+from .record import UploadRecord, add_points, runs_of
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,10 @@ def _last_per_step(frame, step_col: str = "step"):
     return frame.groupby(step_col, sort=True).last().reset_index()
 
 
-def fetch_wandb(fw: Framework, keys: list[str], api, workers: int = 8, progress: bool = False):
+def fetch_wandb(fw: Framework, keys: list[str], api, workers: int = 8, progress=None):
     """One `scan_history(keys=[key, step_key])` per metric (several keys together return only the
-    rows holding all of them: wandb issue #5391), grouped by step key and outer-merged on `step`."""
+    rows holding all of them: wandb issue #5391), grouped by step key and outer-merged on `step`.
+    `progress` (a Progress over the keys) advances as each metric arrives."""
     import pandas as pd
 
     run = api.run(fw.source)
@@ -62,12 +63,15 @@ def fetch_wandb(fw: Framework, keys: list[str], api, workers: int = 8, progress:
     def one(key: str):
         step_key = step_key_for(key, fw.step_groups)
         rows = [(r.get(step_key), r.get(key)) for r in run.scan_history(keys=[key, step_key])]
-        if progress:
-            log.info("%s: fetched %s (%d rows)", fw.name, key, len(rows))
+        log.debug("%s: fetched %s (%d rows)", fw.name, key, len(rows))
         return step_key, key, pd.DataFrame(rows, columns=["step", key])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(one, keys))
+        futures = [pool.submit(one, key) for key in keys]
+        for _ in as_completed(futures):  # progress moves here, on one thread
+            if progress is not None:
+                progress.advance()
+        parts = [f.result() for f in futures]
     groups: dict[str, list] = {}
     for step_key, _key, part in parts:
         # one row per step first: a metric logged twice at a step would break the column join
@@ -175,17 +179,29 @@ class FrameworkResult:
     uploaded: int = 0
 
 
-def load_frame(fw: Framework, cfg: AlignConfig, apis: dict, refresh: bool):
-    """The fetched frame of one framework; remote sources are cached in `output_file`."""
+def load_frame(fw: Framework, cfg: AlignConfig, apis: dict, refresh: bool, every: float = 30.0,
+               bar: bool | None = None):
+    """The fetched frame of one framework; remote sources are cached in `output_file`. A remote
+    fetch shows its progress (metrics fetched of those wanted; `every`, `bar`: see Progress) and
+    logs a summary line."""
+    from ..progress import Progress
+
     remote = fw.platform in ("wandb", "swanlab")
     if remote and fw.output_file.exists() and not refresh:
         log.info("%s: using the cache %s (--refresh to fetch again)", fw.name, fw.output_file)
         return read_csv(fw.output_file, f"frameworks.{fw.name}.output_file")
     keys = wanted_keys(fw, cfg.aligned_metrics)
-    if fw.platform == "wandb":
-        frame = fetch_wandb(fw, keys, apis["wandb"](), progress=sys.stderr.isatty())
-    elif fw.platform == "swanlab":
-        frame = fetch_swanlab(fw, keys, apis["swanlab"]())
+    if remote:
+        progress = Progress(f"{fw.name} fetch", len(keys), log, every=every, bar=bar, unit="metric")
+        try:
+            if fw.platform == "wandb":
+                frame = fetch_wandb(fw, keys, apis["wandb"](), progress=progress)
+            else:  # one call for every metric: SwanLab's read API takes them together
+                frame = fetch_swanlab(fw, keys, apis["swanlab"]())
+                progress.advance(len(keys))
+        finally:
+            summary = progress.close()
+        log.info("%s, %d rows", summary, len(frame))
     elif fw.platform == "sidecar":
         frame = fetch_sidecar(fw)
     else:
@@ -197,95 +213,6 @@ def load_frame(fw: Framework, cfg: AlignConfig, apis: dict, refresh: bool):
 
 def uploaded_state_file(fw: Framework) -> Path:
     return Path(f"{fw.output_file}.uploaded.json")
-
-
-def _bad_record(path: Path, why) -> ConfigError:
-    return ConfigError(f"upload record {path} is not in the expected form ({why}); remove it to upload every "
-                       f"point again")
-
-
-class UploadRecord:
-    """`<output_file>.uploaded.json`: what was sent where. `targets` maps "project/experiment id/mode"
-    to {metric: [[first, last], ...]} runs of the steps sent (100,000 steps x 30 metrics is a few
-    hundred bytes, not millions of pairs; the first format, a list of [step, metric] pairs, is still
-    read). `versions` maps the first experiment's target to the experiment version re-runs add to
-    (absent: 1, the first; `--rebuild` moves to the next)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            data = {"targets": {}}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"upload record {path} cannot be read ({exc}); remove it to upload every point "
-                              f"again") from exc
-        if not isinstance(data, dict):
-            raise _bad_record(path, "the file must hold a JSON object")
-        if not isinstance(data.get("targets", {}), dict):
-            raise _bad_record(path, "'targets' must be an object")
-        versions = data.get("versions", {})
-        if not isinstance(versions, dict) or not all(type(v) is int and v >= 1 for v in versions.values()):
-            raise _bad_record(path, "'versions' must map targets to whole numbers from 1")
-        self.data = data
-
-    def version(self, base: str) -> int:
-        return self.data.get("versions", {}).get(base, 1)
-
-    def sent(self, key: str) -> dict:
-        """metric -> sorted steps (a numpy array) already sent to this target."""
-        import numpy as np
-
-        entry = self.data.get("targets", {}).get(key)
-        try:
-            if isinstance(entry, list):
-                by_metric: dict[str, list[int]] = {}
-                for step, metric in entry:
-                    by_metric.setdefault(str(metric), []).append(int(step))
-                return {m: np.unique(np.array(v, dtype=np.int64)) for m, v in by_metric.items()}
-            if entry is None:
-                return {}
-            return {str(m): np.concatenate([np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in runs])
-                    for m, runs in entry.items() if runs}
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise _bad_record(self.path, exc) from exc
-
-    def save(self, base: str, version: int, key: str, sent: dict | None) -> None:
-        """Write this target's version and (if given) its sent steps; other targets are kept as
-        the file holds them now."""
-        from ..files import write_atomic
-
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        if not isinstance(data.get("targets"), dict):
-            data["targets"] = {}
-        if not isinstance(data.get("versions"), dict):
-            data["versions"] = {}
-        if version > 1 or base in data["versions"]:
-            data["versions"][base] = version
-        if not data["versions"]:
-            del data["versions"]
-        if sent is not None:
-            data["targets"][key] = {m: _runs(v) for m, v in sorted(sent.items())}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps(data))
-        self.data = data
-
-
-def _runs(steps) -> list[list[int]]:
-    """Sorted unique steps -> [[first, last], ...] runs of consecutive steps."""
-    import numpy as np
-
-    if not len(steps):
-        return []
-    breaks = np.flatnonzero(np.diff(steps) != 1)
-    firsts = np.concatenate(([steps[0]], steps[breaks + 1]))
-    lasts = np.concatenate((steps[breaks], [steps[-1]]))
-    return [[int(a), int(b)] for a, b in zip(firsts, lasts)]
 
 
 def new_points(frame, sent: dict):
@@ -333,7 +260,7 @@ def describe_steps(by_metric: dict, metrics: int = 8, runs: int = 6) -> str:
     """`a/m2 steps 500..599, 700; a/m0 step 3` (the first few runs of the first few metrics)."""
     parts = []
     for metric, steps in list(by_metric.items())[:metrics]:
-        spans = [f"{a}" if a == b else f"{a}..{b}" for a, b in _runs(steps)]
+        spans = [f"{a}" if a == b else f"{a}..{b}" for a, b in runs_of(steps)]
         more = f" (+{len(spans) - runs} more runs)" if len(spans) > runs else ""
         word = "step" if len(steps) == 1 else "steps"
         parts.append(f"{metric} {word} {', '.join(spans[:runs])}{more}")
@@ -346,6 +273,8 @@ def describe_steps(by_metric: dict, metrics: int = 8, runs: int = 6) -> str:
 class _Plan:
     """What one framework's upload will do: into which experiment, which points, which cannot."""
     fw: Framework  # with the experiment version it uploads to
+    cfg: AlignConfig
+    mode: str
     record: UploadRecord | None
     base: str  # the first experiment's target: the record's key for its version
     key: str  # this experiment's target
@@ -354,6 +283,65 @@ class _Plan:
     sent: dict
     send: object  # the frame of points to upload
     blocked: dict
+    # unfinished uploads read back: (run folder, steps it holds, or None if it is gone)
+    read_back: list = field(default_factory=list)
+
+
+def _read_back(notes: list[dict]) -> tuple[list, dict]:
+    """What the run folders of unfinished uploads hold: ([(folder, steps or None if it is gone)],
+    {metric: steps})."""
+    from .swanlab_io import logged_points
+
+    found, points = [], {}
+    for note in notes:
+        path = Path(note["dir"])
+        _wait_for_writer(note)
+        held = logged_points(path)
+        if held is not None:
+            points = add_points(points, held)
+        steps = None if held is None else len(set().union(*(set(v.tolist()) for v in held.values())))
+        found.append((note["dir"], steps))
+    return found, points
+
+
+def _wait_for_writer(note: dict, quiet: float = 3.0, timeout: float = 60.0) -> None:
+    """An upload process whose align was killed stops at its next step and finishes its SwanLab run:
+    while it lives (and writes), its folder is not complete yet. Waits until it is gone, or its run
+    file has not changed for `quiet` seconds, at most `timeout`."""
+    import socket
+    import time
+
+    if note["host"] == socket.gethostname() and not _alive(note["pid"]):
+        return
+    deadline = time.monotonic() + timeout
+    files = sorted(Path(note["dir"]).glob("run-*.swanlab"))
+    while files and time.monotonic() < deadline:
+        if note["host"] == socket.gethostname() and not _alive(note["pid"]):
+            return
+        try:
+            if time.time() - files[0].stat().st_mtime >= quiet:
+                return
+        except OSError:
+            return
+        time.sleep(0.2)
+    if files:
+        log.warning("%s is still being written after %.0f s; reading what it holds now", note["dir"], timeout)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this very process: its earlier upload is over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
 def _plan(fw: Framework, aligned, cfg: AlignConfig, mode: str, rebuild: bool) -> _Plan:
@@ -371,11 +359,18 @@ def _plan(fw: Framework, aligned, cfg: AlignConfig, mode: str, rebuild: bool) ->
     exp_id = experiment_id(cfg.project, fw.name, fw.platform, fw.source, version)
     key = f"{cfg.project}/{exp_id}/{mode}"
     sent = record.sent(key)
+    read_back = []
+    if record.open_notes(key):
+        # an upload that did not finish (align stopped or killed): its run folder holds what SwanLab
+        # wrote, which the record could not know; those points are sent, the rest is not
+        read_back, held = _read_back(record.open_notes(key))
+        sent = add_points(sent, held)
     send, blocked = split_appendable(new_points(aligned, sent), sent)
-    return _Plan(replace(fw, experiment_version=version), record, base, key, exp_id, old_id, sent, send, blocked)
+    return _Plan(replace(fw, experiment_version=version), cfg, mode, record, base, key, exp_id, old_id, sent, send,
+                 blocked, read_back)
 
 
-def _blocked_line(plan: _Plan, sent_now: bool) -> str:
+def blocked_line(plan: _Plan, sent_now: bool) -> str:
     count = sum(len(v) for v in plan.blocked.values())
     what = "not sent: they cannot be appended" if sent_now else "cannot be appended"
     return (f"{plan.fw.name}: {count} point(s) {what} to SwanLab experiment {plan.exp_id} (after a resume SwanLab "
@@ -383,26 +378,45 @@ def _blocked_line(plan: _Plan, sent_now: bool) -> str:
             f"--rebuild to upload every point into a fresh experiment")
 
 
+def _read_back_lines(plan: _Plan, dry_run: bool) -> list[str]:
+    lines = []
+    for folder, steps in plan.read_back:
+        if steps is None:
+            lines.append(f"{plan.fw.name}: an earlier upload into SwanLab experiment {plan.exp_id} did not finish and "
+                         f"its run folder {folder} is gone: its points are sent again")
+        else:
+            what = "would be recorded" if dry_run else "are recorded"
+            lines.append(f"{plan.fw.name}: an earlier upload into SwanLab experiment {plan.exp_id} did not finish; "
+                         f"the {steps} step(s) its run folder {folder} holds {what} as sent, the rest is sent")
+    return lines
+
+
 def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = None, dry_run: bool = False,
               refresh: bool = False, mode: str | None = None, rebuild: bool = False,
-              out=print) -> list[FrameworkResult]:
+              out=print, jobs: int | None = 1, progress_every: float = 30.0, bar: bool | None = None,
+              segment_rows: int | None = None) -> list[FrameworkResult]:
     """Fetch, map and check every enabled framework, then (unless dry-run) upload the points not
     sent yet that an append can add, and name those it cannot. `rebuild`: every point, into a fresh
     experiment per framework (the next experiment version; the old experiment is left as it is).
     Nothing is uploaded unless every framework loaded and every upload record was read: a bad
-    source or record fails first."""
-    import numpy as np
+    source or record fails first. `uploader(fw, cfg, frame, mode)` uploads one framework (see
+    events.py for what it reports); `jobs` of them run at a time, each in a process of its own when
+    more than one (upload.py; None: default_jobs); `segment_rows`: rows per SwanLab run (default: one run offline and
+    local, upload.CLOUD_SEGMENT_ROWS in cloud mode). Raises upload.AlignFailed when a framework's
+    upload failed (the others completed), upload.AlignStopped after Ctrl-C / SIGTERM."""
+    from .upload import FrameworkUpload, upload_all
 
     frameworks = [fw for fw in cfg.frameworks if not only or fw.name in only]
     if only and not frameworks:
         raise ConfigError(f"--only: no enabled framework named {', '.join(sorted(only))}")
     prepared = []
     for fw in frameworks:
-        aligned, missing = to_aligned(load_frame(fw, cfg, apis, refresh), fw, cfg.aligned_metrics)
+        frame = load_frame(fw, cfg, apis, refresh, every=progress_every, bar=bar)
+        aligned, missing = to_aligned(frame, fw, cfg.aligned_metrics)
         prepared.append((fw, aligned, missing))
     mode = mode or cfg.mode
     plans = [_plan(fw, aligned, cfg, mode, rebuild) if mode != "disabled" else None for fw, aligned, _ in prepared]
-    results = []
+    results, uploads = [], []
     for (fw, aligned, missing), plan in zip(prepared, plans):
         steps = (int(aligned["step"].min()), int(aligned["step"].max())) if len(aligned) else None
         result = FrameworkResult(fw.name, len(aligned), steps, [c for c in aligned.columns if c != "step"], missing)
@@ -413,31 +427,51 @@ def run_align(cfg: AlignConfig, apis: dict, uploader, only: set[str] | None = No
         results.append(result)
         if plan is None:
             continue
+        for line in _read_back_lines(plan, dry_run):
+            out(line)
         if dry_run:
             if rebuild:
                 out(f"{fw.name}: --rebuild would upload {len(plan.send)} step(s) into a fresh SwanLab experiment "
                     f"{plan.exp_id}; experiment {plan.old_id} would be left as it is")
             elif plan.blocked:
-                out(_blocked_line(plan, sent_now=False))
+                out(blocked_line(plan, sent_now=False))
             continue
-        if rebuild:  # recorded first: a re-run after an interrupted rebuild completes the new experiment
-            plan.record.save(plan.base, plan.fw.experiment_version, plan.key, None)
-        new = plan.send
-        if len(new):
-            uploader(plan.fw, cfg, new, mode)
-            sent = plan.sent
-            for col in new.columns[1:]:
-                added = new.loc[new[col].notna(), "step"].to_numpy(dtype="int64")
-                sent[col] = np.union1d(sent[col], added) if col in sent else np.unique(added)
-            plan.record.save(plan.base, plan.fw.experiment_version, plan.key, sent)
-        result.uploaded = len(new)
+        if plan.read_back:
+            _save(plan, plan.sent, open_notes=[])
+        if len(plan.send):
+            uploads.append((result, FrameworkUpload(plan, out, progress_every, bar)))
+            continue
+        if rebuild:  # recorded: re-runs add to the fresh experiment
+            _save(plan, None)
         where = f"{cfg.project}/{fw.target_exp_name}"
         if rebuild:
-            out(f"{fw.name}: uploaded {len(new)} step(s) into a fresh SwanLab experiment {plan.exp_id} ({where}); "
-                f"re-runs add to it; experiment {plan.old_id} is left as it was (delete it in SwanLab if you "
-                f"no longer want it)")
+            out(f"{fw.name}: uploaded 0 step(s) into a fresh SwanLab experiment {plan.exp_id} ({where}); re-runs add "
+                f"to it; experiment {plan.old_id} is left as it was (delete it in SwanLab if you no longer want it)")
         else:
-            out(f"{fw.name}: uploaded {len(new)} step(s) with new values to {where}")
+            out(f"{fw.name}: uploaded 0 step(s) with new values to {where}")
         if plan.blocked:
-            out(_blocked_line(plan, sent_now=True))
+            out(blocked_line(plan, sent_now=True))
+    if uploads:
+        try:
+            upload_all([u for _, u in uploads], uploader, jobs or default_jobs(len(uploads)), rebuild, segment_rows)
+        finally:
+            for result, u in uploads:
+                result.uploaded = u.rows
     return results
+
+
+def default_jobs(frameworks: int) -> int:
+    """Every framework at once, at most 2 per CPU. One upload process is one core at most (the SDK's
+    log and its writer thread share one interpreter lock), so 3 frameworks on 2 cores finish
+    together in about 3/2 of one's time; 2 at a time would take 2 (one waits for a free slot)."""
+    return max(1, min(frameworks, 2 * (os.cpu_count() or 1)))
+
+
+def _save(plan: _Plan, sent, open_notes=None) -> None:
+    from ..errors import SidecarError
+
+    try:
+        plan.record.save(plan.base, plan.fw.experiment_version, plan.key, sent, open_notes)
+    except OSError as exc:
+        raise SidecarError(f"{plan.fw.name}: the upload record {plan.record.path} cannot be written ({exc}); "
+                           f"nothing was uploaded for it") from exc
