@@ -73,6 +73,7 @@ class ModelPipeline:
         self._follow: dict[int, dict] = {}  # evals that outlived their sidecar (Slurm jobs): follow them
         self._foreign: dict[int, tuple | None] = {}  # step -> another configuration's metrics.json (size, mtime)
         self._warned_unattributed = False
+        self._told_foreign = False  # a backfill said once why it re-evaluates other configurations' results
         self._first_scan = True
         self._startup = True  # the first scan lists the folders there at start-up (readiness)
         self._submitted: tuple = ()
@@ -317,8 +318,14 @@ class ModelPipeline:
                 self._warn_unattributed(metrics_path)
             self._succeed(ckpt, metrics, metrics_path, evaluated=False)
             return True
-        self._chat("%s was produced by another configuration of this model (run eval-%s); evaluating %s "
-                   "with this one (the eval script overwrites it)", metrics_path, made_by, ckpt.name)
+        text = ("%s was produced by another configuration of this model (run eval-%s); evaluating %s with this one "
+                "(the eval script overwrites it)")
+        if self.in_backfill() and not self._told_foreign:  # once in a backfill, so the evals are explained
+            self._told_foreign = True
+            log.info(text + "; the same for every such checkpoint of this backfill (--log-level DEBUG names each)",
+                     metrics_path, made_by, ckpt.name)
+        else:
+            self._chat(text, metrics_path, made_by, ckpt.name)
         self._foreign[ckpt.step] = fingerprint(metrics_path)
         return False
 
