@@ -79,16 +79,12 @@ class Reading:
 
     @classmethod
     def of(cls, args: dict, state, config=None, mode: str = "") -> Reading:
-        from sidecar.config import flag_values, parse_summary_metrics
+        from sidecar.config import parse_summary_metrics
         from sidecar.fleet.preview import Rules
         from sidecar.watch.plan import Policy
         from sidecar.watch.status import mode_of, summary_metrics_of
 
-        sources: dict[str, str] = {}
-        values, _ = flag_values(args, dict(os.environ), Path.cwd(), sources)
-        given = None
-        if sources.get("summary_metrics", "default") != "default":
-            given = parse_summary_metrics(values["summary_metrics"])
+        values, given = given_metrics(args)
         if config is not None:
             fallback = (config.summary_metrics, config.summary_lower_better)
             values = {**values, **{k: getattr(config, k) for k in values if hasattr(config, k)}}
@@ -96,7 +92,7 @@ class Reading:
             fallback = parse_summary_metrics(values["summary_metrics"])
         metrics, lower = summary_metrics_of(state, given, fallback)
         flags_mode = "disabled" if values["disable_wandb"] or values["wandb_mode"] == "disabled" else values["wandb_mode"]
-        mode = mode_of(state, mode or flags_mode)
+        mode = mode_of(state, flags_mode if config is not None else mode or flags_mode)
         settings = state.settings
         marker = settings.get("ready_marker", values["ready_marker"])
         quiet = _number(settings.get("checkpoint_ready_seconds"), values["checkpoint_ready_seconds"])
@@ -109,6 +105,18 @@ class Reading:
             root = Path(identity["sft_root"])
         return cls(metrics, lower, mode, Rules(marker if isinstance(marker, str) and marker else None, quiet, policy),
                    root)
+
+
+def given_metrics(args: dict) -> tuple[dict, tuple[tuple[str, ...], frozenset[str]] | None]:
+    """The flags' values, and the --summary-metrics given to status (command line or --config
+    file), parsed; None when it is the default."""
+    from sidecar.config import flag_values, parse_summary_metrics
+
+    sources: dict[str, str] = {}
+    values, _ = flag_values(args, dict(os.environ), Path.cwd(), sources)
+    if sources.get("summary_metrics", "default") == "default":
+        return values, None
+    return values, parse_summary_metrics(values["summary_metrics"])
 
 
 def _number(value, fallback: float) -> float:
@@ -180,7 +188,6 @@ def status_of_many(args: dict, every: bool, model: str | None, as_json: bool, wi
                    ascii: bool = False) -> int:
     """`status --all` / `--model NAME` (and `status` with fleet flags): the fleet's model folders
     when --models-root is given, else every state file in --state-dir."""
-    from sidecar.config import parse_summary_metrics
     from sidecar.fleet.overview import format_table, model_row, state_files
     from sidecar.fleet.tree import resolve_tree
 
@@ -190,7 +197,7 @@ def status_of_many(args: dict, every: bool, model: str | None, as_json: bool, wi
         args["sft_root"] = "."  # only --state-dir matters here
     config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
     mode = config.wandb_mode if config.reporting else "disabled"
-    given = parse_summary_metrics(args["summary_metrics"]) if "summary_metrics" in args else None
+    _, given = given_metrics(args)
     now = time.time()
     rows = []
     configs: dict[str, object] = {}
