@@ -44,6 +44,7 @@ class Progress:
         self.label, self.total, self.log, self.every, self.unit = label, int(total), log, every, unit
         self.clock = clock
         self.done = 0
+        self.timed = 0  # items that took time (an eval), as against instant ones (a reused result)
         self.started = clock()
         self._last_line = self.started
         self._stack = ExitStack()
@@ -57,14 +58,17 @@ class Progress:
                              dynamic_ncols=True, mininterval=0.5, leave=True)
 
     def eta(self) -> float | None:
-        elapsed = self.clock() - self.started
-        if self.done <= 0 or self.total <= self.done:
-            return None if self.done <= 0 else 0.0
-        return elapsed / self.done * (self.total - self.done)
+        """Seconds left, at the pace of the items that took time (instant ones would make a backfill
+        of mostly reused results promise an end long before its evals are done)."""
+        if self.total <= self.done:
+            return 0.0
+        if self.timed <= 0:
+            return None
+        return (self.clock() - self.started) / self.timed * (self.total - self.done)
 
     def line(self) -> str:
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"{self.label}: {self.done}/{self.total} {self.unit}s ({percent:.0f}%), "
+        percent = 100 * self.done // self.total if self.total else 100  # 4989/5000 is 99%, not 100%
+        return (f"{self.label}: {self.done}/{self.total} {self.unit}s ({percent}%), "
                 f"{eta_text(self.clock() - self.started)} so far, ETA {eta_text(self.eta())}")
 
     def grow(self, total: int) -> None:
@@ -75,8 +79,11 @@ class Progress:
                 self._bar.total = self.total
                 self._bar.refresh()
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, timed: bool = True) -> None:
+        """`n` more done; `timed=False`: they took no time of their own (a reused result)."""
         self.done += n
+        if timed:
+            self.timed += n
         if self._bar is not None:
             self._bar.update(n)
             return

@@ -136,7 +136,7 @@ class Backfill:
         self.counts.add(kind, model, step, failure)
         self._models.add(model)
         with about(""):  # the progress is the fleet's, not the model's whose outcome this is
-            self.progress.advance()
+            self.progress.advance(timed=kind is not Counted.REUSED)
 
     def nudge(self) -> None:
         """Once a tick: redraw the bar (its clock and ETA move on while a long eval runs)."""
