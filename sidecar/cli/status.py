@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from ..fleet.preview import Rules
 
 STATUS_TEXT = ("What the sidecar has done for one configuration (the same identity flags as the watch, or\n"
-               "--state-file), or for every model (--all). Every flag of the watch is accepted, so its command\n"
-               "line can be reused as it is; only those below change what is read.")
+               "--state-file), or for every model (--all), and why each checkpoint without a result waits. Every\n"
+               "flag of the watch is accepted, so its command line can be reused as it is; only those below change\n"
+               "what is read, and --summary-metrics NAME[:min],... what is shown (default: those the sidecar had).")
 
 
 def cmd_status(argv: list[str]) -> int:
