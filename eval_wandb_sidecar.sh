@@ -195,6 +195,7 @@ check_settings() {
   if ! [[ "$SIDECAR_LOG_KEEP" =~ ^[0-9]+$ ]] || (( 10#$SIDECAR_LOG_KEEP > 1000 )); then
     echo "$me: SIDECAR_LOG_KEEP must be a whole number from 0 to 1000, got '$SIDECAR_LOG_KEEP'" >&2; exit 2
   fi
+  to_ms START_CHECK_SECONDS "$START_CHECK_SECONDS" > /dev/null || exit 2
   local name ms
   for name in SIDECAR_RESTART_BACKOFF_SECONDS SIDECAR_RESTART_BACKOFF_MAX_SECONDS; do
     ms="$(to_ms "$name" "${!name}")" || exit 2
@@ -556,7 +557,7 @@ supervise() {
   stopping=0 interrupted=0 child="" child_ticks="" ended="" code="" ended_at="" next_at="" sleeper="" restarts=0
   my_ticks="$(start_ticks "$$")"; my_boot="$(boot_id)"
   trap on_stop TERM INT
-  local writer first_ms delay_ms max_ms reset_ms started ran how
+  local writer first_ms delay_ms max_ms reset_ms check_ms started ran how
   exec > >(exec "$SIDECAR_PYTHON" - "$log_file" "$SIDECAR_LOG_MAX_MB" "$SIDECAR_LOG_KEEP" 3<&0 <<<"$LOG_WRITER" \
              > /dev/null 2>> "$log_file") 2>&1
   writer=$!
@@ -565,6 +566,7 @@ supervise() {
   (( first_ms <= max_ms )) || first_ms=$max_ms
   delay_ms=$first_ms
   reset_ms=$(( 10#$SIDECAR_RESTART_RESET_SECONDS * 1000 ))
+  check_ms="$(to_ms x "$START_CHECK_SECONDS")"
   while :; do
     if (( restarts == 0 )); then log_line "start: $SIDECAR_PY${forward[*]+ ${forward[*]}}"
     else log_line "restart $restarts: $SIDECAR_PY${forward[*]+ ${forward[*]}}"; fi
@@ -584,6 +586,9 @@ supervise() {
     how="the sidecar (pid $child) $(exit_text "$code") after $(secs "$ran" 1) s"
     if (( stopping )); then log_line "$how: stopped"; break; fi
     if (( code == 0 )) || [[ "$restart" != on-failure ]]; then log_line "$how"; break; fi
+    if (( restarts == 0 && ran < check_ms )); then  # start reports it: a bad command line, not bad luck
+      log_line "$how, within START_CHECK_SECONDS of its start: not restarted"; break
+    fi
     if (( ran >= reset_ms )); then delay_ms=$first_ms; fi  # it ran long enough: a new failure, not the same
     restarts=$(( restarts + 1 ))
     next_at=$(( ended_at + (delay_ms + 999) / 1000 ))
@@ -660,7 +665,8 @@ case "$command" in
         rm -f -- "$pid_file"
         exit 0
       fi
-      how="exited at once"; [[ -z "$sup_code" ]] || how="exited at once: the sidecar $(exit_text "$sup_code")"
+      how="exited at once"
+      if [[ -n "$sup_code" && "$sup_ended" == "$pid" ]]; then how="exited at once: the sidecar $(exit_text "$sup_code")"; fi
       echo "$me: instance '$INSTANCE' $how; last lines of $log_file:" >&2
       tail_since_start >&2
       rm -f -- "$pid_file"

@@ -180,7 +180,8 @@ def test_bad_log_and_restart_settings_and_a_misplaced_flag_are_refused_in_one_li
              (dict(SIDECAR_LOG_KEEP="2.5"), "SIDECAR_LOG_KEEP", "'2.5'"),
              (dict(SIDECAR_RESTART_BACKOFF_SECONDS="0"), "SIDECAR_RESTART_BACKOFF_SECONDS", "'0'"),
              (dict(SIDECAR_RESTART_BACKOFF_MAX_SECONDS="10m"), "SIDECAR_RESTART_BACKOFF_MAX_SECONDS", "'10m'"),
-             (dict(SIDECAR_RESTART_RESET_SECONDS="1h"), "SIDECAR_RESTART_RESET_SECONDS", "'1h'")]
+             (dict(SIDECAR_RESTART_RESET_SECONDS="1h"), "SIDECAR_RESTART_RESET_SECONDS", "'1h'"),
+             (dict(START_CHECK_SECONDS="soon"), "START_CHECK_SECONDS", "'soon'")]
     for env, name, value in cases:
         result = manage(ws, tmp_path, "start", "--restart-on-failure", *ws.args(), **env)
         assert (result.returncode, result.stdout) == (2, ""), env
@@ -289,7 +290,7 @@ def test_restart_on_failure_restarts_a_killed_or_failing_sidecar_with_backoff_an
     assert "restarted on failure by supervisor pid" in started.stdout
     log = folder / "r.log"
     try:
-        wait_for(lambda: "evaluated checkpoint-100" in log.read_text())
+        wait_for(lambda: "processed 1" in ws.status().stdout)  # in the state (it is logged just before)
         first = pid_in(folder, "r")
         os.kill(first, signal.SIGKILL)  # what the kernel's OOM killer does
         wait_for(lambda: pid_in(folder, "r") != first and not process_gone(pid_in(folder, "r")))
@@ -298,7 +299,7 @@ def test_restart_on_failure_restarts_a_killed_or_failing_sidecar_with_backoff_an
         status = manage(ws, tmp_path, "status", "--instance", "r")
         assert status.returncode == 0 and f"is running (pid {pid_in(folder, 'r')})" in status.stdout
         assert "1 restart, the last after the sidecar was killed by signal 9 (SIGKILL) at " in status.stdout
-        assert "processed 1" in status.stdout  # the sidecar's status summary, as before
+        assert "processed 1" in status.stdout, status.stdout  # the sidecar's status summary, as before
         # the sidecar now fails at start (exit 2: its --sft-root is gone): each restart waits twice as long
         away = tmp_path / "moved away"
         ws.sft.rename(away)
@@ -313,7 +314,7 @@ def test_restart_on_failure_restarts_a_killed_or_failing_sidecar_with_backoff_an
         status = wait_for(lambda: (lambda r: r if "is running" in r.stdout else None)(
             manage(ws, tmp_path, "status", "--instance", "r")), timeout=60)  # restart 3 found its root again
         assert status.returncode == 0 and "3 restarts, the last after the sidecar exited with code 2" in status.stdout
-        assert "processed 1" in status.stdout
+        assert "processed 1" in status.stdout, status.stdout
     finally:
         stopped = manage(ws, tmp_path, "stop", "--instance", "r")
     assert stopped.returncode == 0 and "stopped instance" in stopped.stdout, stopped.stdout + stopped.stderr
@@ -398,6 +399,7 @@ def test_a_sidecar_that_fails_at_once_is_reported_by_start_and_not_restarted(ws,
     assert result.returncode == 1, result.stdout + result.stderr
     assert "instance 'bad' exited at once: the sidecar exited with code 2; last lines of" in result.stderr
     assert "--num-beams: expected an integer, got 'lots'" in result.stderr
+    assert result.stderr.rstrip().endswith("within START_CHECK_SECONDS of its start: not restarted")
     assert instance_processes(folder) == []  # no supervisor left to retry a bad command line
     assert not (folder / "bad.pid").exists()
     assert manage(ws, tmp_path, "status", "--instance", "bad").returncode == 1
