@@ -146,7 +146,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # The groups each reading subcommand shows (it accepts every flag, so a watch's command line can be
 # reused as it is; the others do not change what it reads).
-STATUS_GROUPS = ("identity", "state and logs", "fleet mode")
+STATUS_GROUPS = ("identity", "state and logs", "fleet mode", "--summary-metrics")
 SYNC_GROUPS = ("identity", "state and logs", "Weights & Biases")
 
 
@@ -300,8 +300,9 @@ def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, di
                  groups: tuple[str, ...] | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """The command line: every flag as a string (typed later, so errors name flag and value).
 
-    `groups`: the help shows only the flag sections whose titles start with these (every flag is
-    accepted all the same); `extra`: the subcommand's own flags, shown first."""
+    `groups`: the help shows only the flag sections whose titles start with these, and the flags
+    named `--NAME` among them (every flag is accepted all the same); `extra`: the subcommand's own
+    flags, shown first."""
     parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS, allow_abbrev=False, usage="%(prog)s [flags]",
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      description=description or "Evaluate every new checkpoint once and report it to one W&B run.")
@@ -310,10 +311,11 @@ def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, di
     for name, kwargs in extra:
         own.add_argument(name, **kwargs)
     for title, names in GROUPS:
-        shown = groups is None or any(title.startswith(g) for g in groups)
-        group = parser.add_argument_group(title) if shown else parser
+        shown_group = groups is None or any(title.startswith(g) for g in groups)
+        group = parser.add_argument_group(title) if shown_group else own
         for name in names:
             flag = _BY_FLAG[name]
+            shown = shown_group or f"--{name}" in groups
             env = f" [env {flag.env}]" if flag.env else ""
             text = f"{flag.help}{_default_text(flag)}{env}".strip() if shown else argparse.SUPPRESS
             if flag.kind == "bool":

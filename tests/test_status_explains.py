@@ -46,7 +46,7 @@ def write_metrics(ws, step: int, metrics: dict) -> None:
     ws.results(step).write_text(json.dumps(metrics))
 
 
-FAILED_ONCE = (0, 4)  # `once` when an eval failed: 4 (0 before that exit code came)
+FAILED_ONCE = (4,)  # `once` when an eval failed in the run
 CLOCK = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d"
 
 
