@@ -55,7 +55,9 @@ class Progress:
 
             self._stack.enter_context(logging_redirect_tqdm())
             self._bar = tqdm(total=self.total, desc=label, unit=unit, file=sys.stderr, position=position,
-                             dynamic_ncols=True, mininterval=0.5, leave=True)
+                             dynamic_ncols=True, mininterval=0.5, miniters=1, leave=True)
+            # miniters=1: tqdm otherwise learns from a burst of instant items (reused results) to
+            # skip the next ~25 updates, and the bar stands still through the evals after them
 
     def eta(self) -> float | None:
         """Seconds left, at the pace of the items that took time (instant ones would make a backfill
@@ -85,7 +87,10 @@ class Progress:
         if timed:
             self.timed += n
         if self._bar is not None:
-            self._bar.update(n)
+            if n:
+                self._bar.update(n)
+            else:  # a nudge: redraw, so the clock and the ETA move on while a long item runs
+                self._bar.refresh()
             return
         now = self.clock()
         if now - self._last_line >= self.every and self.done < self.total:

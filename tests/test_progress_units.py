@@ -31,3 +31,24 @@ def test_the_eta_follows_the_items_that_took_time_and_the_percent_is_floored(cap
     assert lines == ["backfill: 4989/5000 checkpoints (99%), 20s so far, ETA 3m40s",
                      "backfill: 4991/5000 checkpoints (99%), 30s so far, ETA 1m30s"]
     assert progress.close() == "backfill: 4991/5000 checkpoints in 30s"
+
+
+def test_the_bar_moves_on_each_eval_after_a_burst_of_reused_results(monkeypatch):
+    """tqdm, left to itself, learns from a burst of instant items to skip the next ~25 updates."""
+    import io
+    import time
+
+    screen = io.StringIO()
+    monkeypatch.setattr("sys.stderr", screen)
+    progress = Progress("backfill", 45, logging.getLogger("progress-test"), bar=True)
+    for _ in range(40):
+        progress.advance(timed=False)
+    time.sleep(0.6)  # past tqdm's shortest redraw interval (0.5 s); no timing is asserted
+    progress.advance(1)
+    assert "41/45" in screen.getvalue()
+    drawn = len(screen.getvalue())
+    time.sleep(0.6)
+    progress.advance(0)  # the once-a-tick nudge while an eval runs: the clock moves on
+    assert len(screen.getvalue()) > drawn
+    progress.close()
+    assert "41/45" in screen.getvalue().rsplit("\r", 1)[-1]
