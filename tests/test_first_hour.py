@@ -234,9 +234,10 @@ def test_summary_metrics_with_a_direction_reach_the_server_and_bad_ones_are_one_
     assert run.summary["best_acc"] == 0.6 and run.summary["best_step_for_acc"] == 200
     assert run.summary["last_loss"] == 0.6 and run.summary["last_step"] == 300
     assert "best_hr@10" not in run.summary
-    # W&B's own metric definitions (sent in the run's config) agree: loss is summarised by its minimum
-    defined = json.dumps(run.config.get("_wandb", {}))
-    assert '"eval/loss"' in defined and '"eval/acc"' in defined
+    # W&B's own summary agrees: loss is summarised by its minimum, acc keeps the original's last value
+    assert run.summary["eval/loss"] == {"min": 0.4} and run.summary["eval/acc"] == 0.4
+    defined = run.config["_wandb"]["value"]["m"]
+    assert any(m.get("1") == "eval/loss" and m.get("7") == [1] for m in defined), defined  # 7: summary, 1: min
     wrong = cli(*ws.args("--once", "--summary-metrics", "acc,acc"), env=ws.env())
     assert wrong.returncode == 2
     assert wrong.stderr.strip() == "eval_wandb_sidecar.py: error: --summary-metrics: 'acc' is named twice in 'acc,acc'"

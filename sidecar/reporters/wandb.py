@@ -561,6 +561,10 @@ class WandbReporter:
         # W&B's automatic summary holds the last row *logged*; after a re-evaluation that is not
         # the last step, so the eval/* summary is set from the last step's row.
         summary.update(history_row(rows[max(rows)], self.options.summary_metrics))
+        for name in self.options.summary_lower_better:  # W&B's own shape for a summary="min" metric
+            best = summary.get(f"best_{name.lower()}")
+            if best is not None:
+                summary[f"eval/{wandb_text(name)}"] = {"min": best}
         w.run.summary.update(summary)
 
     def _log_table(self, w: "_Worker", force: bool = False) -> None:
@@ -759,9 +763,11 @@ class WandbReporter:
                 _OPEN.add(self)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
-        for name in opts.summary_metrics:  # W&B's own summary of eval/<m> agrees with best_<m>
-            run.define_metric(f"eval/{wandb_text(name)}", step_metric="checkpoint_step",
-                              summary="min" if name in opts.summary_lower_better else "max")
+        # W&B's own summary of eval/<m> agrees with best_<m>: a NAME:min metric is summarised by its
+        # minimum (the sidecar sets it from all rows, so a re-evaluation counts); the others keep the
+        # original's summary, the last step's value (best_<m> holds their maximum)
+        for name in opts.summary_lower_better:
+            run.define_metric(f"eval/{wandb_text(name)}", step_metric="checkpoint_step", summary="min")
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
                    "started": _utc_now(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
                    "host": socket.gethostname(), "steps": []}
