@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     import sidecar.config
     from sidecar.cli import main as cli_main
 
-    sidecar.config.ENTRY_DIR = HERE
+    import os
+
+    called = Path(os.path.abspath(__file__)).parent  # a symlink's own folder: the user's repository
+    sidecar.config.ENTRY_DIRS = tuple(dict.fromkeys((called, HERE)))
     return cli_main(argv, prog=PROG)
 
 

@@ -146,8 +146,9 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # The groups each reading subcommand shows (it accepts every flag, so a watch's command line can be
 # reused as it is; the others do not change what it reads).
-STATUS_GROUPS = ("identity", "state and logs", "fleet mode", "--summary-metrics")
-SYNC_GROUPS = ("identity", "state and logs", "Weights & Biases")
+STATUS_GROUPS = ("identity", "state and logs", "fleet mode", "--repo-root", "--summary-metrics", "--ready-marker",
+                 "--checkpoint-ready-seconds", "--max-attempts", "--wandb-mode")
+SYNC_GROUPS = ("identity", "state and logs", "Weights & Biases", "--repo-root")
 
 
 @dataclass(frozen=True)
@@ -284,10 +285,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _default_text(flag: Flag) -> str:
-    if flag.dest == "repo_root" or flag.default in (None, "", False) or flag.default == frozenset() \
-            or flag.default == ():
+    if flag.dest == "repo_root" or flag.default is None or flag.default is False or flag.default in ("", (), frozenset()):
         return ""
     return f" (default: {flag.default:g})" if isinstance(flag.default, float) else f" (default: {flag.default})"
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help text wrapped at spaces only (argparse also breaks at hyphens: `--state- dir`)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 def _metavar(flag: Flag) -> str:
@@ -304,7 +313,7 @@ def build_parser(prog: str = "eval_wandb_sidecar.py", extra: tuple[tuple[str, di
     named `--NAME` among them (every flag is accepted all the same); `extra`: the subcommand's own
     flags, shown first."""
     parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS, allow_abbrev=False, usage="%(prog)s [flags]",
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     formatter_class=_Help,
                      description=description or "Evaluate every new checkpoint once and report it to one W&B run.")
     own = parser.add_argument_group("options of this command")
     own.add_argument("--config", metavar="FILE.yaml", help="YAML file supplying any flag")
@@ -482,7 +491,7 @@ def _resolve(raw: str, base: Path, flag: str = "") -> Path:
 # Set by `python eval_wandb_sidecar.py` (the original's entry): the folder of that script, the
 # default --repo-root when it holds the eval script (its users keep both files in their repository
 # and run them from anywhere). The installed `eval-sidecar` command has none: the current folder.
-ENTRY_DIR: Path | None = None
+ENTRY_DIRS: tuple[Path, ...] = ()  # the folder as called (a symlinked entry: its link's folder first), then resolved
 
 
 def flag_values(args: dict, environ: dict[str, str], cwd: Path,
@@ -519,9 +528,14 @@ def flag_values(args: dict, environ: dict[str, str], cwd: Path,
 def default_repo_root(eval_script: str, cwd: Path) -> tuple[str, str]:
     """--repo-root when none is given: the folder of eval_wandb_sidecar.py when the eval script is
     there (the original tool's default), else the current folder; and why (for --print-config)."""
-    if ENTRY_DIR is not None and not Path(str(eval_script)).expanduser().is_absolute():
-        if (ENTRY_DIR / str(eval_script)).is_file():
-            return str(ENTRY_DIR), f"default: the folder of eval_wandb_sidecar.py (it holds {eval_script})"
+    script = Path(str(eval_script)).expanduser()
+    for folder in ENTRY_DIRS:
+        if script.is_absolute():
+            holds = script.is_file() and Path(os.path.abspath(script)).is_relative_to(folder)
+        else:
+            holds = (folder / script).is_file()
+        if holds:
+            return str(folder), f"default: the folder of eval_wandb_sidecar.py (it holds {eval_script})"
     return str(cwd), "default: the current folder"
 
 
@@ -531,8 +545,9 @@ def parse_summary_metrics(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
     names: list[str] = []
     lower: set[str] = set()
     for part in str(text).split(","):
-        name, colon, goal = part.strip().rpartition(":") if part.strip().endswith((":min", ":max")) \
+        name, colon, goal = part.strip().rpartition(":") if part.strip().lower().endswith((":min", ":max")) \
             else (part.strip(), "", "max")
+        goal = goal.lower()
         name = name.strip()
         if not name:
             continue

@@ -8,6 +8,7 @@ W&B part is judged by what the W&B server double (tests/wandb_server.py, on 127.
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -242,3 +243,46 @@ def test_summary_metrics_with_a_direction_reach_the_server_and_bad_ones_are_one_
     assert wrong.returncode == 2
     assert wrong.stderr.strip() == "eval_wandb_sidecar.py: error: --summary-metrics: 'acc' is named twice in 'acc,acc'"
     assert KEY not in result.stderr
+
+
+def test_a_closed_pipe_a_bare_call_and_help_of_an_unknown_command(ws):
+    ws.checkpoint(100)
+    assert cli(*ws.args("--once"), env=ws.env()).returncode == 0
+    piped = subprocess.run(f"{shlex.join([sys.executable, str(ENTRY), 'status', *ws.args('--rows')])} | head -1",
+                           shell=True, capture_output=True, text=True, env=ws.env(), timeout=60,
+                           executable="/bin/bash")
+    assert piped.stdout.startswith("state file") and piped.stderr == ""
+    bare = cli()
+    assert bare.returncode == 2 and bare.stderr.startswith("usage: eval_wandb_sidecar.py [COMMAND] [flags]")
+    unknown = cli("help", "bogus")
+    assert unknown.returncode == 2 and "unknown command 'bogus'" in unknown.stderr
+    assert "--state-file" in cli("help", "status").stdout
+
+
+def test_repo_root_follows_a_symlinked_entry_and_an_absolute_eval_script_inside_it(ws, tmp_path):
+    repo = user_repository(tmp_path)
+    linked = tmp_path / "Linked"
+    linked.mkdir()
+    (linked / "eval_wandb_sidecar.py").symlink_to(repo / "eval_wandb_sidecar.py")
+    shutil.copy2(STAND_IN, linked / "evaluate_sft_3b.sh")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def repo_root(entry, *flags):
+        shown = subprocess.run([sys.executable, str(entry), "--sft-root", "saves/m", *flags, "--print-config"],
+                               capture_output=True, text=True, env=ws.env(), cwd=elsewhere, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        return config_lines(shown.stdout)["--repo-root"][0]
+
+    assert repo_root(linked / "eval_wandb_sidecar.py") == str(linked)  # the link's folder, the user's repository
+    assert repo_root(repo / "eval_wandb_sidecar.py", "--eval-script", str(repo / "evaluate_sft_3b.sh")) == str(repo)
+    assert repo_root(repo / "eval_wandb_sidecar.py", "--eval-script", str(STAND_IN)) == str(elsewhere)
+
+
+def test_print_config_in_fleet_mode_and_for_derived_gpu_slots(ws, tmp_path):
+    (tmp_path / "saves").mkdir()
+    fleet = cli("--models-root", str(tmp_path / "saves"), "--print-config", env=ws.env(CUDA_LIST="2 3"))
+    lines = config_lines(fleet.stdout)
+    assert lines["--sft-root"] == ("-", "fleet mode: each model folder under --models-root")
+    assert lines["--gpu-slots"] == ("2,3", "default: one slot, --cuda-list (environment CUDA_LIST)")
+    assert "state file" not in fleet.stdout

@@ -53,22 +53,31 @@ def dispatch(argv: list[str]) -> int:
     if argv and argv[0] in ("--version", "-V"):
         print(f"{common.PROG} {__version__}")
         return 0
+    if argv and argv[0] == "help" and len(argv) > 1:
+        if argv[1] not in handlers:
+            return unknown_command(argv[1], handlers)
+        return handlers[argv[1]](["--help"])
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
-        if argv[0] == "help" and len(argv) > 1 and argv[1] in handlers:
-            return handlers[argv[1]](["--help"])
         print("The flags of the watch (the default command):\n")
         return cmd_watch(["--help"])
     if argv and not argv[0].startswith("-"):
         if argv[0] not in handlers:
-            import difflib
-
-            close = difflib.get_close_matches(argv[0], list(handlers), n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else f"; the commands are {', '.join(handlers)}"
-            print(f"{common.PROG}: error: unknown command {argv[0]!r}{hint}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return unknown_command(argv[0], handlers)
         return handlers[argv[0]](argv[1:])
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return EXIT_BAD_INPUT
     return cmd_watch(argv)
+
+
+def unknown_command(name: str, handlers: dict) -> int:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(handlers), n=1, cutoff=0.5)
+    hint = f"; did you mean `{close[0]}`?" if close else f"; the commands are {', '.join(handlers)}"
+    print(f"{common.PROG}: error: unknown command {name!r}{hint}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -85,6 +94,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except ModuleNotFoundError as exc:  # a package missing from this interpreter
         if (exc.name or "").split(".")[0] in ("sidecar", ""):
             return internal_error(exc)  # a file of the sidecar itself is missing: not a package to install
@@ -93,9 +107,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         package = PACKAGES.get(name, name)
         from pathlib import Path
 
-        requirements = Path(__file__).resolve().parents[2] / "requirements.txt"
+        requirements = Path(__file__).resolve().parents[2] / "requirements.txt"  # a clone; not an installed copy
+        what = f"-r {requirements}" if requirements.is_file() else package
         print(f"{common.PROG}: error: {sys.executable} lacks the Python package {package!r}: run "
-              f"{sys.executable} -m pip install -r {requirements} (or start the sidecar with the "
+              f"{sys.executable} -m pip install {what} (or start the sidecar with the "
               f"interpreter of a venv that has it)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:

@@ -149,10 +149,16 @@ def print_config(args: dict) -> int:
     config = build_config(args, dict(os.environ), Path.cwd(), check_paths=False)
     width = max(len(f.name) for f in FLAGS) + 2
     for flag in FLAGS:
-        value = getattr(config, flag.dest, values[flag.dest])
+        value, source = getattr(config, flag.dest, values[flag.dest]), sources[flag.dest]
         if flag.dest == "summary_metrics":
             value = ",".join(f"{m}:min" if m in config.summary_lower_better else m for m in value)
-        print(f"--{flag.name:<{width}} {shown(value):<40}  [{sources[flag.dest]}]")
+        elif flag.dest == "gpu_slots":
+            value = ";".join(slot.replace(" ", ",") for slot in value)
+            if source == "default":
+                source = f"default: one slot, --cuda-list ({sources['cuda_list']})"
+        elif flag.dest == "sft_root" and config.models_root:
+            value, source = None, "fleet mode: each model folder under --models-root"
+        print(f"--{flag.name:<{width}} {shown(value):<40}  [{source}]")
     if not config.models_root:
         print(f"\nmodel config key {config.identity.key}\nstate file       {config.state_file}\n"
               f"W&B run id       {config.wandb_run_id or config.identity.default_run_id}")
@@ -220,6 +226,7 @@ def cmd_fleet(config, args: dict) -> int:
         require_wandb(config.wandb_mode)
     fleet = Fleet(config, args, SystemClock(), dict(os.environ), lambda c: make_reporter(c, shared=True), Path.cwd())
     stop_on_signals(fleet, config)
+    log_environment(args)
     mode = "disabled" if not config.reporting else config.wandb_mode
     log.info("eval sidecar %s: fleet over %s; profiles %s; watch: %s; W&B mode %s", __version__,
              ", ".join(str(r) for r in config.models_root), config.profiles or "none (the command line's flags)",
