@@ -379,6 +379,10 @@ def _convert(flag: Flag, raw: Any, source: str) -> Any:
             if any("\0" in x for x in value):
                 raise ConfigError(f"{where}: a value contains a NUL byte")
         elif flag.kind == "steps":
+            if isinstance(raw, (list, tuple)):  # a YAML list: [500, 1000]
+                if any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in raw):
+                    raise ValueError
+                text = ",".join(str(x) for x in raw)
             value = frozenset(int(p) for p in text.replace(" ", ",").split(",") if p.strip())
             if any(v < 0 for v in value):
                 raise ValueError

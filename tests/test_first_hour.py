@@ -286,3 +286,14 @@ def test_print_config_in_fleet_mode_and_for_derived_gpu_slots(ws, tmp_path):
     assert lines["--sft-root"] == ("-", "fleet mode: each model folder under --models-root")
     assert lines["--gpu-slots"] == ("2,3", "default: one slot, --cuda-list (environment CUDA_LIST)")
     assert "state file" not in fleet.stdout
+
+
+def test_a_yaml_list_of_steps_to_re_evaluate(ws, tmp_path):
+    for step in (100, 200, 300):
+        ws.checkpoint(step)
+    assert cli(*ws.args("--once"), env=ws.env()).returncode == 0
+    config = tmp_path / "again.yaml"
+    config.write_text("force-eval-steps: [100, 300]\n")
+    again = cli(*ws.args("--once", "--config", str(config)), env=ws.env())
+    assert again.returncode == 0, again.stderr
+    assert ws.calls() == ["checkpoint-100", "checkpoint-200", "checkpoint-300", "checkpoint-100", "checkpoint-300"]
