@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+PROGRESS_ENV = "SIDECAR_PROGRESS_SECONDS"  # the same variable as the watch's backfill progress
+PROGRESS_SECONDS = 30.0  # align's default: its uploads take minutes
+
 
 def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
     from ..config import _Parser
@@ -23,9 +26,9 @@ def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
     parser.add_argument("--jobs", type=_count("--jobs"), metavar="N",
                         help="frameworks uploaded at a time, each in a process of its own (default: all of them, "
                              "at most 2 per CPU); 1: one after another in this process")
-    parser.add_argument("--progress-every", type=_seconds("--progress-every"), default=30.0, metavar="SECONDS",
-                        help="when stderr is not a terminal, a progress line per framework this often "
-                             "(default: 30; on a terminal, a bar per framework)")
+    parser.add_argument("--progress-every", type=_seconds("--progress-every"), metavar="SECONDS",
+                        help="when stderr is not a terminal, a progress line per framework this often (default: "
+                             f"{PROGRESS_ENV} if set, else {PROGRESS_SECONDS:g}; on a terminal, a bar per framework)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -37,9 +40,12 @@ def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
     config = load_align_config(Path(args.config).expanduser().resolve(), dict(os.environ), Path.cwd())
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None
     apis = {"wandb": make_wandb_api(), "swanlab": make_api(config.swanlab_api_key)}
+    every = args.progress_every
+    if every is None:
+        raw = os.environ.get(PROGRESS_ENV, "")
+        every = _seconds(PROGRESS_ENV, raw)(raw) if raw.strip() else PROGRESS_SECONDS
     run_align(config, apis, upload, only=only, dry_run=args.dry_run, refresh=args.refresh,
-              mode=args.swanlab_mode, rebuild=args.rebuild, out=_out(), jobs=args.jobs,
-              progress_every=args.progress_every)
+              mode=args.swanlab_mode, rebuild=args.rebuild, out=_out(), jobs=args.jobs, progress_every=every)
     return EXIT_OK
 
 
@@ -70,7 +76,7 @@ def _count(flag: str):
     return parse
 
 
-def _seconds(flag: str):
+def _seconds(flag: str, env_value: str | None = None):
     def parse(text: str) -> float:
         from ..errors import ConfigError
 
@@ -79,6 +85,9 @@ def _seconds(flag: str):
         except ValueError:
             value = float("nan")
         if not value > 0 or value == float("inf"):
+            if env_value is not None:  # the environment's variable, as the watch names it
+                raise ConfigError(f"{flag}={env_value!r}: expected a number of seconds above 0 "
+                                  f"(default {PROGRESS_SECONDS:g})")
             raise ConfigError(f"{flag}: expected a number of seconds above 0, got {text!r}")
         return value
     return parse
