@@ -21,6 +21,14 @@ def test_more_points_than_cells_are_averaged_over_equal_parts_of_the_step_range(
     assert len(sparkline([(s, s % 7) for s in range(1000)])) == 40
 
 
+def test_few_points_are_placed_by_step_not_one_cell_per_row():
+    assert sparkline([(100, 1.0), (200, 2.0), (300, 3.0), (1000, 4.0)]) == "▁▃▆      █"  # the gap shows
+    assert sparkline([(0, 1.0), (3, 2.0), (5, 3.0)]) == "▁ ▅█"  # each point its own cell, by step
+    assert sparkline([(s, float(s)) for s in range(100, 1300, 100)]) == "▁▂▂▃▄▄▅▅▆▇▇█"  # even steps: a cell each
+    assert resample([(0, 1.0), (1, 3.0), (2, 5.0), (100, 7.0)], 40)[:2] == [3.0, None]  # too close: they share
+    assert sparkline([(7, 0.5)]) == "▄"
+
+
 def test_the_run_page_follows_wandb_base_url():
     assert run_url("team/proj/eval-abc", {}) == "https://wandb.ai/team/proj/runs/eval-abc"
     assert run_url("team/proj/eval-abc", {"WANDB_BASE_URL": "http://wandb.corp:8080/"}) == \

@@ -1,9 +1,10 @@
 """A one-line picture of a metric against checkpoint step, for a terminal (`status`, `status --all`).
 
 Pure: values in, text out. Eight block characters (ASCII where the terminal's encoding cannot
-show them); a missing value is a space. More points than cells are resampled evenly over the step
-range: each cell is the mean of the values whose step falls in its share of the range (a cell
-whose share holds no value stays blank).
+show them); a missing value is a space. Cells are placed by step, never one per row: each cell is
+an equal share of the step range and shows the mean of the values whose step falls in it (a cell
+whose share holds no value stays blank), so uneven steps look uneven. With few points there are
+just enough cells for each point to have its own; more points than cells share them.
 """
 
 from __future__ import annotations
@@ -26,23 +27,29 @@ def can_show_blocks(encoding: str | None) -> bool:
 
 
 def resample(points: list[tuple[int, float | None]], cells: int) -> list[float | None]:
-    """`points` (step, value or None), sorted by step, as at most `cells` values: one per point when
-    they fit, else the mean of the values in each of `cells` equal parts of the step range."""
+    """`points` (step, value or None), sorted by step, placed by step over at most `cells` equal
+    parts of the step range: each part holds the mean of the values whose step falls in it, a part
+    that holds none is None (a gap). The parts are as many as it takes to give each point its own
+    (the step range over the smallest step between two points, plus one), `cells` at most: evenly
+    spaced steps get one part each, a gap in the steps shows as gaps, and more points than cells
+    share them."""
     if cells <= 0 or not points:
         return []
-    if len(points) <= cells:
-        return [v for _, v in points]
     first, last = points[0][0], points[-1][0]
-    span = max(last - first, 1)
-    sums = [0.0] * cells
-    counts = [0] * cells
+    span = last - first
+    if span <= 0:
+        return [points[0][1]]
+    smallest = min(b[0] - a[0] for a, b in zip(points, points[1:]) if b[0] > a[0])
+    parts = min(cells, math.ceil(span / smallest) + 1)
+    sums = [0.0] * parts
+    counts = [0] * parts
     for step, value in points:
         if value is None:
             continue
-        cell = min(cells - 1, int((step - first) * cells / span))
-        sums[cell] += value
-        counts[cell] += 1
-    return [sums[i] / counts[i] if counts[i] else None for i in range(cells)]
+        part = min(parts - 1, int((step - first) * parts / span))
+        sums[part] += value
+        counts[part] += 1
+    return [sums[i] / counts[i] if counts[i] else None for i in range(parts)]
 
 
 def sparkline(points: Iterable[tuple[int, float | None]], cells: int = MAX_CELLS, ascii: bool = False) -> str:
