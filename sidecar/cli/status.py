@@ -50,12 +50,18 @@ def cmd_status(argv: list[str]) -> int:
     path, state, mode, config = load_state_for(args)
     if state is None:
         print(f"no state file at {path}: nothing has been evaluated for this configuration yet", file=sys.stderr)
+        others: list[dict] = []
         if config is not None:
             from sidecar.watch.status import format_others, other_configurations
 
             others = other_configurations(config.state_dir, config.identity.file_model, config.identity.payload, path)
             if others:
                 print(format_others(others, config.identity.safe_model, config.state_dir), file=sys.stderr)
+        if as_json:  # a script reading stdout gets an answer too
+            listed = [{**o, "differs": None if o["differs"] is None else
+                       [{"name": k, "here": here, "there": there} for k, here, there in o["differs"]]} for o in others]
+            print(json.dumps({"state_file": str(path), "error": "no state file", "other_configurations": listed},
+                             indent=2))
         return EXIT_RUNTIME
     from sidecar.watch.state import legacy_synced
 
@@ -108,16 +114,17 @@ class Reading:
                    root)
 
 
-def given_metrics(args: dict) -> tuple[dict, tuple[tuple[str, ...], frozenset[str]] | None]:
+def given_metrics(args: dict) -> tuple[dict, tuple | None]:
     """The flags' values, and the --summary-metrics given to status (command line or --config
-    file), parsed; None when it is the default."""
-    from sidecar.config import flag_values, parse_summary_metrics
+    file), parsed (`status.given_summary_metrics`); None when it is the default."""
+    from sidecar.config import flag_values
+    from sidecar.watch.status import given_summary_metrics
 
     sources: dict[str, str] = {}
     values, _ = flag_values(args, dict(os.environ), Path.cwd(), sources)
     if sources.get("summary_metrics", "default") == "default":
         return values, None
-    return values, parse_summary_metrics(values["summary_metrics"])
+    return values, given_summary_metrics(values["summary_metrics"])
 
 
 def _number(value, fallback: float) -> float:
@@ -128,16 +135,27 @@ def _number(value, fallback: float) -> float:
 
 def waiting_of(args: dict, path: Path, config):
     """`explain(state)` for `overview.model_row`: the checkpoints of that state without a result, and why."""
-    from sidecar.fleet.overview import watched_by
     from sidecar.fleet.preview import explain_state
 
     def explain(state) -> list[dict]:
         reading = Reading.of(dict(args), state, config)
         waits, _ = explain_state(state, reading.rules, reading.sft_root, time.time(), time.monotonic(),
-                                 watched=watched_by(path.with_suffix(".lock")) is not None)
+                                 watching_of(path))
         return [w.to_json() for w in waits]
 
     return explain
+
+
+def watching_of(path: Path, holder: str | None = ""):
+    """The sidecar watching the state file `path` (`preview.Watching`: when it took the lock), or
+    None when none holds its lock. `holder`: `overview.watched_by` of its lock, when known."""
+    from sidecar.fleet.overview import watched_by
+    from sidecar.fleet.preview import Watching
+
+    lock = path.with_suffix(".lock")
+    if holder == "":
+        holder = watched_by(lock)
+    return Watching.of(lock) if holder else None
 
 
 def explained(path: Path, state, reading: Reading, synced_elsewhere: frozenset[str] = frozenset()) -> dict:
@@ -149,7 +167,7 @@ def explained(path: Path, state, reading: Reading, synced_elsewhere: frozenset[s
 
     holder = watched_by(path.with_suffix(".lock"))
     waits, problem = explain_state(state, reading.rules, reading.sft_root, time.time(), time.monotonic(),
-                                   watched=holder is not None)
+                                   watching_of(path, holder))
     info = summarize(state, time.time(), mode=reading.mode, synced_elsewhere=synced_elsewhere,
                      metrics=reading.metrics, lower_better=reading.lower_better,
                      waiting=[w.to_json() for w in waits])
@@ -179,7 +197,7 @@ def show(items: list[tuple[dict, object]], as_json: bool, with_rows: bool, ascii
         if state is None:
             print(info["text"])
             continue
-        print(format_status(info, info["state_file"], ascii=ascii))
+        print(format_status(info, info["state_file"], ascii=ascii, prog=common.PROG))
         if with_rows:
             metrics = tuple(m.rpartition(":")[0] if m.endswith(":min") else m for m in info["summary_metrics"])
             print(format_rows(state.rows, info["waiting"], metrics, width))
@@ -189,7 +207,7 @@ def status_of_many(args: dict, every: bool, model: str | None, as_json: bool, wi
                    ascii: bool = False) -> int:
     """`status --all` / `--model NAME` (and `status` with fleet flags): the fleet's model folders
     when --models-root is given, else every state file in --state-dir."""
-    from sidecar.fleet.overview import format_table, model_row, state_files
+    from sidecar.fleet.overview import by_model, format_table, model_row, state_files
     from sidecar.fleet.tree import resolve_tree
 
     if args.pop("state_file", None):
@@ -219,6 +237,7 @@ def status_of_many(args: dict, every: bool, model: str | None, as_json: bool, wi
         rows = [model_row(name, path, now, given, mode, fallback=(config.summary_metrics, config.summary_lower_better),
                           explain=waiting_of(args, path, None))
                 for name, path in state_files(config.state_dir)]
+    rows = by_model(rows)
     if model is not None:
         from sidecar.identity import sanitize
 

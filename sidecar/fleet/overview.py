@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import SidecarError
 from ..watch.sparkline import metric_points, sparkline, to_ascii
 from ..watch.state import read_state
-from ..watch.status import DEFAULT_METRICS, mode_of, summarize, summary_metrics_of
+from ..watch.status import DEFAULT_METRICS, mode_of, number_text, summarize, summary_metrics_of
 
 STATE_NAME = re.compile(r"^(?P<model>.+)_(?P<key>[0-9a-f]{20})\.json$")
 
@@ -64,7 +64,7 @@ def best_of(rows: dict[int, dict], metric: str, direction: str = "max") -> tuple
 CURVE_CELLS = 20  # the sparkline column of `status --all`
 
 
-def model_row(model: str, state_file: Path, now: float, given: tuple[tuple[str, ...], frozenset[str]] | None = None,
+def model_row(model: str, state_file: Path, now: float, given: tuple | None = None,
               mode: str = "", path: str = "", status: str = "", reason: str = "",
               fallback: tuple[tuple[str, ...], frozenset[str]] = DEFAULT_METRICS, explain=None) -> dict:
     """One model's line as a dict (what `--json` prints). Its metric is the first summary metric:
@@ -95,7 +95,49 @@ def model_row(model: str, state_file: Path, now: float, given: tuple[tuple[str, 
             "best": None if best is None else {"metric": metric, "value": best[0], "step": best[1],
                                                "goal": "min" if metric in lower else "max"},
             "metric": metric, "curve": line or None,
-            "run_id": state.run_id, "wandb_mode": mode or None, "unreported": info["unreported"]}
+            "run_id": state.run_id, "wandb_mode": mode or None, "unreported": info["unreported"],
+            "_identity": state.settings.get("identity") if isinstance(state.settings.get("identity"), dict) else None}
+
+
+def natural_key(name: str) -> list:
+    """Sorts `m2` before `m10` (numbers by value, the rest without case)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name)]
+
+
+def by_model(rows: list[dict]) -> list[dict]:
+    """The rows by model name (natural order), and one model's several configurations told apart:
+    each gets a `configuration` (the identity values that differ between them, e.g. `num_beams 20`,
+    else its state file's key) and a `label` (`m4 [num_beams 20]`) for the table."""
+    rows = sorted(rows, key=lambda r: (natural_key(r["model"]), r.get("state_file") or ""))
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("state_file"):
+            groups.setdefault(row["model"], []).append(row)
+    for model, group in groups.items():
+        if len(group) < 2:
+            continue
+        identities = [r.get("_identity") for r in group]
+        keys = sorted({k for i in identities if i for k in i}) if all(identities) else []
+        differ = [k for k in keys if len({json_text(i.get(k)) for i in identities}) > 1]
+        seen: set[str] = set()
+        for row, identity in zip(group, identities):
+            text = ", ".join(f"{k} {identity.get(k)}" for k in differ) if differ else ""
+            if not text or text in seen:
+                match = STATE_NAME.match(Path(row["state_file"]).name)
+                text = f"key {match.group('key')[:8]}" if match else Path(row["state_file"]).name
+            seen.add(text)
+            row["configuration"] = text
+            row["label"] = f"{model} [{text}]"
+    for row in rows:
+        row.pop("_identity", None)
+    return sorted(rows, key=lambda r: (natural_key(r["model"]), natural_key(r.get("configuration") or ""),
+                                       r.get("state_file") or ""))
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def format_table(rows: list[dict], metric: str = "HR@10", ascii: bool = False) -> str:
@@ -106,7 +148,7 @@ def format_table(rows: list[dict], metric: str = "HR@10", ascii: bool = False) -
         return "(no models)"
     metrics = {r["metric"] for r in rows if r.get("metric")}
     shared = metrics.pop() if len(metrics) == 1 else None if metrics else metric
-    width = max(12, *(len(r["model"]) for r in rows))
+    width = max(12, *(len(r.get("label") or r["model"]) for r in rows))
     runs = {id(r): _run_text(r) for r in rows}
     run_width = max(8, *(len(t) for t in runs.values()))
     bests = {id(r): _best_text(r, shared) for r in rows}
@@ -117,13 +159,13 @@ def format_table(rows: list[dict], metric: str = "HR@10", ascii: bool = False) -
     lines = [head]
     for r in rows:
         if "processed" not in r:
-            lines.append(f"{r['model']:<{width}}  {r['status']}: {r['reason']}")
+            lines.append(f"{r.get('label') or r['model']:<{width}}  {r['status']}: {r['reason']}")
             continue
         last = "-" if r["last_step"] is None else str(r["last_step"])
         line = r.get("curve") or "-"
         if ascii:
             line = to_ascii(line)
-        lines.append(f"{r['model']:<{width}}  {r['processed']:>5} {r['pending']:>5} {r['failed']:>5} "
+        lines.append(f"{r.get('label') or r['model']:<{width}}  {r['processed']:>5} {r['pending']:>5} {r['failed']:>5} "
                      f"{r['in_flight']:>4} {last:>7}  {bests[id(r)]:<{best_width}}  {line:<{CURVE_CELLS}}  "
                      f"{runs[id(r)]:<{run_width}}  {r.get('watched_by') or '-'}")
         if r["status"] not in ("ok", "not started"):
@@ -136,7 +178,7 @@ def _best_text(row: dict, shared: str | None) -> str:
     if best is None:
         return "-"
     name = "" if shared else f"{best['metric']} "
-    return f"{name}{best['value']:.4f} @ {best['step']}"
+    return f"{name}{number_text(best['value'])} @ {best['step']}"
 
 
 def _run_text(row: dict) -> str:

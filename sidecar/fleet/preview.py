@@ -2,13 +2,22 @@
 waits. Read only: no lock is taken, nothing is written, no eval runs.
 
 It asks what the sidecar asks (`plan.still_wanted`, the readiness check, the retry times, the
-fleet's order) of the files as they are now. A checkpoint the sidecar would find ready only after
-its start-up confirmation is shown as ready.
+fleet's order) of the files as they are now. The quiet period is counted as the sidecar counts it:
+from its own first look at the files, on its own clock (`readiness`). So with no sidecar running,
+a checkpoint whose files are older than the quiet period is ready (a sidecar starting now takes it
+after its short start-up confirmation), a younger one waits the full quiet period from a start's
+first look. With a sidecar watching (the lock is held), a checkpoint is shown ready only when its
+files had been still for the quiet period when that sidecar started (the lock file's time) and have
+not changed since: that sidecar took it at its start-up confirmation. Any other one is in a quiet
+period that sidecar counts from when it first saw the files as they are, which status cannot see:
+not before they last changed (their newest modification or status change) and not before the
+sidecar started, plus the quiet period.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +28,7 @@ from ..watch.discover import Discoverer, RootMissing
 from ..watch.plan import Policy, still_wanted
 from ..watch.readiness import ReadinessTracker, walk
 from ..watch.state import State, read_state, utc_iso
+from ..watch.status import clock_text, local_time
 from .order import interleave
 from .overview import watched_by
 
@@ -39,6 +49,9 @@ class Wait:
     missing: tuple[str, ...] = ()  # shards named by an index that are not there
     error: str | None = None  # the last attempt's error (retry, given up)
     by: str | None = None  # in flight: what runs it and since when
+    started: str | None = None  # in flight: when its eval started (ISO, as the state has it)
+    changed: float | None = None  # quiet: wall time its files last changed
+    recorded: str | None = None  # vanished: when it was recorded (ISO, as the state has it)
 
     @property
     def readiness(self) -> bool:
@@ -49,9 +62,13 @@ class Wait:
         out: dict = {"checkpoint": self.checkpoint, "step": self.step, "reason": self.reason, "text": self.text}
         if self.until is not None:
             out["until"] = utc_iso(self.until)
-        for name in ("attempt", "of", "marker", "error", "by"):
+        if self.changed is not None:
+            out["files_changed"] = utc_iso(self.changed)
+        for name in ("attempt", "of", "marker", "error", "by", "started"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.recorded is not None:
+            out["time"] = self.recorded
         if self.missing:
             out["missing"] = list(self.missing)
         return out
@@ -77,14 +94,48 @@ class Explained:
     processed: int = 0  # checkpoints on disk with a result
     ready: list[Checkpoint] = field(default_factory=list)  # ready now (or after the start-up confirmation)
     waits: list[Wait] = field(default_factory=list)  # the others, by step
+    notes: dict[int, str] = field(default_factory=dict)  # why a ready one is ready, when it is worth saying
 
 
-def clock_text(wall: float, now_wall: float | None = None) -> str:
-    """`HH:MM:SS` local time; with the date when it is not today."""
-    when = time.localtime(wall)
-    if now_wall is not None and time.localtime(now_wall)[:3] != when[:3]:
-        return time.strftime("%Y-%m-%d %H:%M:%S", when)
-    return time.strftime("%H:%M:%S", when)
+@dataclass(frozen=True)
+class Watching:
+    """The sidecar that holds a configuration's lock, as far as a reader can tell: `since` is the
+    wall time it took the lock (the lock file's modification time; None when it cannot be read)."""
+
+    since: float | None = None
+
+    @classmethod
+    def of(cls, lock_file: Path) -> "Watching":
+        try:
+            return cls(os.stat(lock_file).st_mtime)
+        except OSError:
+            return cls(None)
+
+
+def last_change(folder: Path) -> float | None:
+    """The newest modification or status change (ctime: set when a file is written, copied in or
+    moved, whatever mtime it is given) of the folder and everything in it; None if it vanished."""
+    newest = None
+    stack = [folder]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            if path == folder:
+                return None
+            continue
+        newest = max(newest or 0.0, st.st_mtime, st.st_ctime)
+        if stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not followed
+            try:
+                stack.extend(Path(e.path) for e in os.scandir(path))
+            except OSError:
+                continue
+    return newest
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:g} s"
 
 
 def found_checkpoints(sft_root: Path, pins_dir: str | None) -> tuple[list[Checkpoint], set[int]]:
@@ -102,10 +153,11 @@ def found_checkpoints(sft_root: Path, pins_dir: str | None) -> tuple[list[Checkp
 
 
 def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall: float, now_mono: float,
-            pinned: set[int] = frozenset(), look: bool = True) -> Explained:
+            pinned: set[int] = frozenset(), look: bool = True, watching: Watching | None = None) -> Explained:
     """Sort the checkpoints as the sidecar would now (`plan.still_wanted`, the retry times, the
-    readiness check of a sidecar that just started): processed, ready, or waiting and why.
-    `look`: the folders can be read (else readiness is not known: reason "unknown")."""
+    readiness check): processed, ready, or waiting and why. `look`: the folders can be read (else
+    readiness is not known: reason "unknown"). `watching`: a sidecar holds the lock (the quiet
+    period is then that sidecar's, counted from its first look; else that of a sidecar starting now)."""
     out = Explained()
     policy = rules.policy
     failed = state.failed if state else {}
@@ -125,8 +177,12 @@ def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall
         if step in in_flight:
             entry = in_flight[step]
             who = f"Slurm job {entry['job_id']}" if entry.get("job_id") else f"pid {entry.get('pid', '?')}"
-            by = f"{who}, started {entry.get('started', '?')}"
-            out.waits.append(Wait(ckpt.name, step, "in_flight", f"in flight ({by})", by=by))
+            started = entry.get("started_at")
+            when = (clock_text(float(started), now_wall) if isinstance(started, (int, float))
+                    else local_time(entry.get("started"), now_wall))
+            by = f"{who}, started {when}"
+            out.waits.append(Wait(ckpt.name, step, "in_flight", f"in flight ({by})", by=by,
+                                  started=entry.get("started")))
             continue
         failure = failed.get(step)
         if failure is not None and float(failure.get("retry_after", 0.0)) > now_wall:
@@ -143,11 +199,61 @@ def explain(found: list[Checkpoint], state: State | None, rules: Rules, now_wall
             out.waits.append(Wait(ckpt.name, step, "unknown", "pending (its folder cannot be read here)"))
             continue
         ok, reason, _ = readiness.check(step, ckpt.path, now_mono, now_wall, at_startup=True)
-        if ok or reason == "confirming":
+        if ok:  # the marker
             out.ready.append(ckpt)
+        elif reason in ("confirming", "settling"):  # complete; only the quiet period decides
+            wait, note = _quiet(ckpt, rules, now_wall, watching)
+            if wait is None:
+                out.ready.append(ckpt)
+                if note:
+                    out.notes[step] = note
+            else:
+                out.waits.append(wait)
         else:
             out.waits.append(_not_ready(ckpt, reason, rules, now_wall))
     return out
+
+
+def _quiet(ckpt: Checkpoint, rules: Rules, now_wall: float, watching: Watching | None) -> tuple[Wait | None, str]:
+    """A complete checkpoint without the marker: (None, why it is ready) when the sidecar takes it
+    as soon as it looks (and has a slot), else (why it waits, "")."""
+    snap = walk(ckpt.path)
+    if snap is None:
+        return Wait(ckpt.name, ckpt.step, "vanished", "vanished: deleted while being looked at"), ""
+    quiet, name, step = rules.quiet_seconds, ckpt.name, ckpt.step
+    if watching is None:
+        # a sidecar starting now: files older than the quiet period are taken after the short
+        # start-up confirmation, younger ones wait the quiet period from its first look
+        dated = snap.newest_mtime
+        if now_wall - dated >= quiet:
+            return None, ""
+        until = dated + quiet
+        return Wait(name, step, "quiet", f"in its quiet period: its files changed {max(0.0, now_wall - dated):.0f} s "
+                                         f"ago (at {clock_text(dated, now_wall)}); a sidecar that starts now waits "
+                                         f"{seconds_text(quiet)} from its first look, one that starts from "
+                                         f"{clock_text(until, now_wall)} on takes it after a short check",
+                    until=until, changed=dated), ""
+    changed = last_change(ckpt.path)
+    if changed is None:
+        return Wait(name, step, "vanished", "vanished: deleted while being looked at"), ""
+    since = watching.since
+    if since is not None and snap.newest_mtime + quiet <= since and changed <= since:
+        # settled and unchanged since before the watching sidecar started: its start-up
+        # confirmation took it
+        return None, (f"its files had been still for {seconds_text(quiet)} when the watch started at "
+                      f"{clock_text(since, now_wall)}")
+    start = max(changed, since) if since is not None else changed
+    until = start + quiet
+    shown = since is not None and since > changed and clock_text(since, now_wall) != clock_text(changed, now_wall)
+    started = f" and the watch started at {clock_text(since, now_wall)}" if shown else ""
+    when = f"they last changed at {clock_text(changed, now_wall)}{started}"
+    if now_wall < until:
+        text = (f"in its quiet period: the watch starts it once its files have been still for {seconds_text(quiet)} "
+                f"as it sees them ({when}, so not before {clock_text(until, now_wall)})")
+    else:
+        text = (f"in its quiet period or waiting for a slot: the watch starts it once it has seen its files still "
+                f"for {seconds_text(quiet)} ({when}, so from {clock_text(until, now_wall)} on) and a slot is free")
+    return Wait(name, step, "quiet", text, until=until, changed=changed), ""
 
 
 def orphaned(wait: Wait) -> Wait:
@@ -156,9 +262,9 @@ def orphaned(wait: Wait) -> Wait:
 
 
 def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: float, now_mono: float,
-                  watched: bool) -> tuple[list[Wait], str]:
+                  watching: Watching | None) -> tuple[list[Wait], str]:
     """Every checkpoint of a state without a result, and why (`status`): as `explain` sees them on
-    disk, the ready ones (`watched`: a sidecar runs for them), and the vanished ones of the state.
+    disk, the ready ones (`watching`: a sidecar runs for them), and the vanished ones of the state.
     When the root cannot be read here, the state's own record (and the second value says why)."""
     problem = ""
     try:
@@ -176,27 +282,27 @@ def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: f
         names = {s: str(state.failed.get(s, {}).get("checkpoint") or state.in_flight.get(s, {}).get("checkpoint")
                         or f"checkpoint-{s}") for s in steps}
         found, pinned, look = [Checkpoint(s, names[s], sft_root or Path(".")) for s in sorted(steps)], set(), False
-    seen = explain(found, state, rules, now_wall, now_mono, pinned, look)
-    ready_text = ("ready; starts when a slot frees" if watched
-                  else "ready; no sidecar is running for this configuration (`once` evaluates it)")
-    waits = [w if watched or w.reason != "in_flight" else orphaned(w) for w in seen.waits]
-    waits += [Wait(c.name, c.step, "ready", ready_text) for c in seen.ready]
+    seen = explain(found, state, rules, now_wall, now_mono, pinned, look, watching)
+    waits = [w if watching is not None or w.reason != "in_flight" else orphaned(w) for w in seen.waits]
+    for ckpt in seen.ready:
+        if watching is None:
+            text = "ready; no sidecar is running for this configuration (`once` evaluates it)"
+        elif ckpt.step in seen.notes:
+            text = f"ready ({seen.notes[ckpt.step]}); starts when a slot frees"
+        else:
+            text = "ready; starts when a slot frees"
+        waits.append(Wait(ckpt.name, ckpt.step, "ready", text))
     present = {c.step for c in found}
     for step, entry in state.vanished.items():
         if step not in present and step not in state.processed:
+            when = local_time(entry.get("time"), now_wall)
             waits.append(Wait(str(entry.get("checkpoint") or f"checkpoint-{step}"), step, "vanished",
-                              f"vanished: {entry.get('reason', 'deleted')} ({entry.get('time', '?')})"))
+                              f"vanished: {entry.get('reason', 'deleted')} ({when})", recorded=entry.get("time")))
     return sorted(waits, key=lambda w: w.step), problem
 
 
 def _not_ready(ckpt: Checkpoint, reason: str, rules: Rules, now_wall: float) -> Wait:
     name, step = ckpt.name, ckpt.step
-    if reason in ("settling", "still being written"):
-        snap = walk(ckpt.path)
-        if snap is not None:
-            until = snap.newest_mtime + rules.quiet_seconds
-            return Wait(name, step, "quiet", f"quiet until {clock_text(until, now_wall)} (its files changed "
-                                             f"{max(0.0, now_wall - snap.newest_mtime):.0f} s ago)", until=until)
     if reason.startswith("waiting for shards"):
         missing = tuple(reason.partition(": ")[2].split(", "))
         return Wait(name, step, "shards", f"shards named by the index are missing: {', '.join(missing)}",
@@ -243,7 +349,8 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
         out.problem = f"--sft-root is missing or unreadable ({exc})"
         return out
     policy = policy_for(config)
-    seen = explain(found, state, Rules.of(config), now_wall, now_mono, pinned)
+    seen = explain(found, state, Rules.of(config), now_wall, now_mono, pinned,
+                   watching=Watching.of(config.lock_file) if holder else None)
     out.processed = seen.processed
     for wait in seen.waits:
         if wait.reason == "in_flight" and holder:
@@ -253,7 +360,8 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
         elif wait.reason == "given_up":
             out.waiting.append((wait.checkpoint, f"{wait.text}: {wait.error}"))
         else:
-            out.waiting.append((wait.checkpoint, f"not ready: {wait.text}" if wait.readiness else wait.text))
+            prefix = wait.readiness and wait.reason != "quiet"  # "in its quiet period: ..." says it
+            out.waiting.append((wait.checkpoint, f"not ready: {wait.text}" if prefix else wait.text))
     out.ready = sorted(seen.ready, key=lambda c: c.step, reverse=policy.order == "newest-first")
     for ckpt in out.ready:
         metrics = config.results_root / ckpt.parent_name / ckpt.name / "metrics.json"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 
 from ..errors import SidecarError
@@ -18,9 +20,12 @@ def delivery(state: State, synced_elsewhere: frozenset[str] = frozenset()) -> di
     """Where the rows stand with the W&B server: not written anywhere yet (`unreported`), logged
     online but not confirmed by the server (`unconfirmed`), in offline folders not synced yet
     (`offline_unsynced`), and reported by the original tool in folders `sync` has not looked for
-    (`original_tool_unchecked`)."""
+    (`original_tool_unchecked`). The original tool's own state file (version 1), not adopted by a
+    sidecar yet, holds only such rows: the adoption records them so (`recovery.adopt_state`)."""
     offline: set[int] = set()
     original: set[int] = set()
+    if state.upgraded_from == 1 and state.rows and not state.segments:
+        original.update(state.rows)
     for seg in state.segments:
         if seg.get("synced") or seg.get("dir") in synced_elsewhere:
             continue
@@ -39,13 +44,36 @@ def delivery(state: State, synced_elsewhere: frozenset[str] = frozenset()) -> di
 DEFAULT_METRICS: tuple[tuple[str, ...], frozenset[str]] = (("HR@10", "NDCG@10"), frozenset())
 
 
-def summary_metrics_of(state: State | None, given: tuple[tuple[str, ...], frozenset[str]] | None = None,
+def summary_metrics_of(state: State | None, given: tuple | None = None,
                        fallback: tuple[tuple[str, ...], frozenset[str]] = DEFAULT_METRICS
                        ) -> tuple[tuple[str, ...], frozenset[str]]:
     """The summary metrics and those where lower is better: `given` (--summary-metrics given to
-    `status`), else those the sidecar that wrote the state had, else `fallback`."""
+    `status`: names, lower, and optionally the names given with an explicit `:min`/`:max`), else
+    those the sidecar that wrote the state had, else `fallback`. A given name without a direction
+    takes the one the state recorded for it (`acc,loss:min` recorded: `loss` is lower-better)."""
+    recorded = _recorded_metrics(state)
     if given is not None:
-        return given
+        names, lower = given[0], given[1]
+        explicit = given[2] if len(given) > 2 else None
+        if recorded is not None and explicit is not None:
+            lower = frozenset(m for m in names if m in lower or (m not in explicit and m in recorded[1]))
+        return tuple(names), frozenset(lower)
+    return recorded if recorded is not None else fallback
+
+
+def given_summary_metrics(text: str) -> tuple[tuple[str, ...], frozenset[str], frozenset[str]]:
+    """`--summary-metrics` given to status: (names, lower-better, names given with a direction).
+    Raises ConfigError as the watch's flag does."""
+    from ..config import parse_summary_metrics
+
+    names, lower = parse_summary_metrics(text)
+    explicit = {part.strip().rpartition(":")[0].strip() for part in str(text).split(",")
+                if part.strip().lower().endswith((":min", ":max"))}
+    return names, lower, frozenset(explicit)
+
+
+def _recorded_metrics(state: State | None) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """The summary metrics (and the lower-better ones) the sidecar that wrote the state had."""
     recorded = state.settings.get("summary_metrics") if state is not None else None
     if isinstance(recorded, list) and recorded and all(isinstance(m, str) and m for m in recorded):
         from ..config import parse_summary_metrics
@@ -54,7 +82,7 @@ def summary_metrics_of(state: State | None, given: tuple[tuple[str, ...], frozen
             return parse_summary_metrics(",".join(recorded))
         except SidecarError:
             pass
-    return fallback
+    return None
 
 
 def mode_of(state: State | None, fallback: str) -> str:
@@ -194,17 +222,18 @@ def summarize(state: State, now_wall: float, max_attempts: int | None = None, mo
     }
 
 
-def _delivery_line(info: dict) -> str:
+def _delivery_line(info: dict, prog: str = "eval-sidecar") -> str:
+    """Where the rows stand with the W&B server; `prog`: the program name the user ran (for `sync`)."""
     parts = []
     if info["unreported"]:
         parts.append(f"{info['unreported']} unreported (not written to W&B yet)")
     if info["unconfirmed"]:
         parts.append(f"{info['unconfirmed']} sent, not yet confirmed by the server")
     if info["offline_unsynced"]:
-        parts.append(f"{info['offline_unsynced']} in offline folders not yet synced (run `eval_wandb_sidecar.py sync`)")
+        parts.append(f"{info['offline_unsynced']} in offline folders not yet synced (run `{prog} sync`)")
     if info["original_tool_unchecked"]:
         parts.append(f"{info['original_tool_unchecked']} reported by the original tool: if it ran offline, "
-                     f"`eval_wandb_sidecar.py sync` uploads its folders")
+                     f"`{prog} sync` uploads its folders")
     if parts:
         return "; ".join(parts)
     return "every row is on the W&B server" if info["processed"] else "no rows yet"
@@ -221,9 +250,11 @@ def _pins(pins_dir: str | None) -> dict | None:
     return {"dir": pins_dir, "count": count, "bytes_held_only_by_pins": own}
 
 
-def _num(value) -> str:
+def number_text(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a count stays a count
     size = abs(value)
     return f"{value:.4f}" if size == 0 or 1e-3 <= size < 1e5 else f"{value:.4g}"
 
@@ -231,7 +262,7 @@ def _num(value) -> str:
 def _curve_text(info: dict, ascii: bool) -> str:
     c = info["curve"]
     return (f"{to_ascii(c['line']) if ascii else c['line']}  steps {c['first_step']}-{c['last_step']}, "
-            f"min {_num(c['min'])}, max {_num(c['max'])}")
+            f"min {number_text(c['min'])}, max {number_text(c['max'])}")
 
 
 def _charts_text(info: dict) -> str:
@@ -300,11 +331,11 @@ def _metric_lines(info: dict, ascii: bool) -> list[str]:
         per_metric = {m: {"best": info[f"best_{m.lower()}"], "best_step": info[f"best_step_for_{m.lower()}"],
                           "last": info[f"last_{m.lower()}"], "goal": "max"}
                       for m in ("HR@10", "NDCG@10") if info.get(f"best_{m.lower()}") is not None}
-    last = "".join(f"  {m} {_num(v['last'])}" for m, v in per_metric.items() if v["last"] is not None)
+    last = "".join(f"  {m} {number_text(v['last'])}" for m, v in per_metric.items() if v["last"] is not None)
     lines = [f"last step     {info['last_step']}{last}"]
     for metric, v in per_metric.items():
         goal = "lowest" if v["goal"] == "min" else "highest"
-        lines.append(f"{'best ' + metric:<13} {_num(v['best'])} at step {v['best_step']} ({goal})")
+        lines.append(f"{'best ' + metric:<13} {number_text(v['best'])} at step {v['best_step']} ({goal})")
     if info.get("summary_missing"):
         have = ", ".join(info.get("row_metrics") or []) or "no metrics"
         lines.append(f"{'no values':<13} {', '.join(info['summary_missing'])} (in no row; the rows have {have})")
@@ -313,8 +344,12 @@ def _metric_lines(info: dict, ascii: bool) -> list[str]:
     return lines
 
 
-def format_status(info: dict, state_file: str, ascii: bool = False) -> str:
-    """The human-readable status table (`ascii`: the curve without block characters)."""
+def format_status(info: dict, state_file: str, ascii: bool = False, prog: str = "eval-sidecar",
+                  now_wall: float | None = None) -> str:
+    """The human-readable status table (`ascii`: the curve without block characters; `prog`: the
+    program name the user ran, in the commands it suggests). Times are local, with the date when
+    not today (`now_wall`), as in the reasons; `--json` keeps the state's ISO times."""
+    now_wall = time.time() if now_wall is None else now_wall
     lines = [
         f"state file    {state_file}",
         f"run           {info['run_id']} ({info['run_name']}), W&B mode {info['wandb_mode'] or '-'}",
@@ -323,7 +358,7 @@ def format_status(info: dict, state_file: str, ascii: bool = False) -> str:
          f"unreported {info['unreported']}{' (W&B disabled)' if info['wandb_mode'] == 'disabled' else ''}"),
     ]
     if info["wandb_mode"] != "disabled":
-        lines.append(f"W&B delivery  {_delivery_line(info)}")
+        lines.append(f"W&B delivery  {_delivery_line(info, prog)}")
     lines += _in_flight_lines(info)
     lines += _waiting_lines(info)
     if info.get("sft_root_problem"):
@@ -333,7 +368,8 @@ def format_status(info: dict, state_file: str, ascii: bool = False) -> str:
         lines.append(f"full charts   {_charts_text(info)}")
     if info["last_error"]:
         err = info["last_error"]
-        lines.append(f"last error    {err['checkpoint']} (attempt {err['attempts']}, {err['time']}): {err['error']}")
+        lines.append(f"last error    {err['checkpoint']} (attempt {err['attempts']}, "
+                     f"{local_time(err['time'], now_wall)}): {err['error']}")
     if info["vanished_steps"]:
         shown = ", ".join(str(s) for s in info["vanished_steps"][:10])
         more = " ..." if len(info["vanished_steps"]) > 10 else ""
@@ -346,7 +382,7 @@ def format_status(info: dict, state_file: str, ascii: bool = False) -> str:
     if segments:
         last = segments[-1]
         lines.append(f"W&B segments  {len(segments)}; latest {last['mode']} {last['dir']} ({last['rows']} rows)")
-    lines.append(f"updated       {info['last_update_time'] or '-'}")
+    lines.append(f"updated       {local_time(info['last_update_time'], now_wall) if info['last_update_time'] else '-'}")
     return "\n".join(lines)
 
 
@@ -372,11 +408,13 @@ def row_columns(rows: dict[int, dict], metrics: tuple[str, ...], width: int) -> 
 def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metrics: tuple[str, ...] = (),
                 width: int = 100) -> str:
     """One line per checkpoint by step: the metrics of each evaluated one (`row_columns`), and
-    why each other one has no result yet."""
+    why each other one has no result yet. A metric whose every value is a whole number (a count,
+    an epoch: metrics.json's integers are kept as floats) prints as integers."""
     waits = {w["step"]: w for w in waiting or []}
     if not rows and not waits:
-        return "(no rows yet)"
+        return "(no rows yet: no checkpoint has a result, and none waits for one)"
     names = row_columns(rows, metrics, width)
+    whole = {m for m in names if all(_whole(row[m]) for row in rows.values() if _is_number(row.get(m)))}
     header = f"{'step':>8}  " + "  ".join(f"{m:>{max(8, len(m))}}" for m in names)
     lines = [header.rstrip()]
     for step in sorted(set(rows) | set(waits)):
@@ -384,14 +422,22 @@ def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metric
             lines.append(f"{step:>8}  {waits[step]['text']}")
             continue
         row = rows[step]
-        cells = "  ".join(_cell(row.get(m), max(8, len(m))) for m in names)
+        cells = "  ".join(_cell(row.get(m), max(8, len(m)), m in whole) for m in names)
         lines.append(f"{step:>8}  {cells}")
     return "\n".join(lines)
 
 
-def _cell(value, width: int) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{_num(value):>{width}}"
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value) -> bool:
+    return math.isfinite(value) and float(value).is_integer() and abs(value) < 1e15
+
+
+def _cell(value, width: int, whole: bool = False) -> str:
+    if _is_number(value):
+        return f"{int(value) if whole else number_text(value):>{width}}"
     return f"{'-':>{width}}"
 
 
@@ -443,7 +489,7 @@ def format_others(others: list[dict], model: str, state_dir: Path) -> str:
         if item["error"]:
             lines.append(f"  {name}: {item['error']}")
             continue
-        counts = f"{item['processed']} processed, updated {item['updated'] or '-'}"
+        counts = f"{item['processed']} processed, updated {local_time(item['updated']) if item['updated'] else '-'}"
         if item["differs"] is None:
             lines.append(f"  {name} ({counts}): no identity recorded (written by an older sidecar)")
             continue
@@ -463,6 +509,27 @@ def format_others(others: list[dict], model: str, state_dir: Path) -> str:
     if beams:
         lines.append("(a forgotten --num-beams is the usual cause: it is part of the identity, the decoding flags are not)")
     return "\n".join(lines)
+
+
+def clock_text(wall: float, now_wall: float | None = None) -> str:
+    """`HH:MM:SS` local time; with the date when it is not today (the day of `now_wall`)."""
+    when = time.localtime(wall)
+    if time.localtime(time.time() if now_wall is None else now_wall)[:3] != when[:3]:
+        return time.strftime("%Y-%m-%d %H:%M:%S", when)
+    return time.strftime("%H:%M:%S", when)
+
+
+def local_time(iso, now_wall: float | None = None) -> str:
+    """A time the state holds as ISO text, as `clock_text` shows it ("?" when missing, the text
+    itself when it is not a time)."""
+    from datetime import datetime
+
+    if not isinstance(iso, str) or not iso:
+        return "?"
+    try:
+        return clock_text(datetime.fromisoformat(iso).timestamp(), now_wall)
+    except (ValueError, OverflowError, OSError):
+        return iso
 
 
 def _shown(value) -> str:
