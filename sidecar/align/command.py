@@ -40,6 +40,11 @@ def cmd_align(argv: list[str], prog: str, setup_logging) -> int:
     config = load_align_config(Path(args.config).expanduser().resolve(), dict(os.environ), Path.cwd())
     only = {n.strip() for n in args.only.split(",") if n.strip()} or None
     apis = {"wandb": make_wandb_api(), "swanlab": make_api(config.swanlab_api_key)}
+    if not args.dry_run and (args.swanlab_mode or config.mode) != "disabled":
+        import importlib.util
+
+        if importlib.util.find_spec("swanlab") is None:  # before any upload process would find out
+            raise ModuleNotFoundError("No module named 'swanlab'", name="swanlab")
     every = args.progress_every
     if every is None:
         raw = os.environ.get(PROGRESS_ENV, "")

@@ -219,11 +219,11 @@ class FrameworkUpload:
         plan = self.plan
         where = f"{plan.cfg.project}/{plan.fw.target_exp_name}"
         if self.status is Status.FAILED:
-            kept = self._kept()
-            self.out(f"{self.name}: upload failed: {self.error}; {kept}")
+            self.out(f"{self.name}: upload failed: {self.error}; {self.rows} of {self.total} step(s) recorded as "
+                     f"sent; {self._rest()}")
         elif self.status is Status.STOPPED:
-            self.out(f"{self.name}: stopped after {self.rows} of {self.total} step(s) to {where}{took}; "
-                     f"{self._kept()}")
+            self.out(f"{self.name}: stopped after {self.rows} of {self.total} step(s) to {where}{took}; they are "
+                     f"recorded as sent, {self._rest()}")
         elif plan.old_id:
             self.out(f"{self.name}: uploaded {self.rows} step(s) into a fresh SwanLab experiment {plan.exp_id} "
                      f"({where}){took}; re-runs add to it; experiment {plan.old_id} is left as it was (delete it "
@@ -235,11 +235,10 @@ class FrameworkUpload:
 
             self.out(blocked_line(plan, sent_now=True))
 
-    def _kept(self) -> str:
+    def _rest(self) -> str:
         if self.open_notes:
-            return (f"{self.rows} step(s) recorded as sent; the next run reads back what SwanLab wrote in "
-                    f"{self.open_notes[-1]['dir']} and sends the rest")
-        return f"{self.rows} step(s) recorded as sent; the next run sends the rest"
+            return f"the next run reads back what SwanLab wrote in {self.open_notes[-1]['dir']} and sends the rest"
+        return "the next run sends the rest"
 
 
 class _Bar:
@@ -363,8 +362,8 @@ def upload_all(uploads: list[FrameworkUpload], uploader, jobs: int, rebuild: boo
     failed = [u.name for u in uploads if u.status is Status.FAILED]
     if failed:
         others = len(uploads) - len(failed)
-        raise AlignFailed(f"align: the upload of {', '.join(failed)} failed (see the line above for each); "
-                          f"{others} other framework(s) completed; run align again to send the rest")
+        raise AlignFailed(f"the upload of {', '.join(failed)} failed (see {'its line' if len(failed) == 1 else 'their lines'} "
+                          f"above); {others} other framework(s) completed; run align again to send the rest")
 
 
 def _on_terminal() -> bool:
@@ -388,6 +387,8 @@ def _sequential(uploads, uploader, stop: _Stop, rebuild: bool, segment_rows) -> 
         token = upload_events.EVENTS.set(_InProcess(u, stop, _segment_rows(u.plan.mode, segment_rows)))
         try:
             uploader(u.plan.fw, u.plan.cfg, u.plan.send, u.plan.mode)
+        except ModuleNotFoundError:
+            raise  # a missing package: the command line's one line naming it, for every framework alike
         except Exception as exc:
             log.debug("%s: upload failed", u.name, exc_info=True)
             u.fail(f"{type(exc).__name__}: {exc}")
