@@ -284,7 +284,8 @@ class _Stop:
         self.signum = self.signum or signum
         self.count += 1
         if self.count == 1:
-            log.info("stopping the upload at the next step (%s again to stop at once)", signal.Signals(signum).name)
+            log.info("stopping the upload at the next step (%s again to %s)", signal.Signals(signum).name,
+                     "stop at once" if self.at_once_second else "kill the upload processes")
         elif self.at_once_second:
             raise KeyboardInterrupt
 
