@@ -5,7 +5,9 @@
 # `start` runs this script again, detached, as `_supervise` (the supervisor of one instance): it
 # starts the sidecar, waits for it, starts it again after a non-zero exit when asked to
 # (--restart-on-failure), and pipes everything it and the sidecar print through the log writer
-# (LOG_WRITER, run by SIDECAR_PYTHON), which appends to NAME.log and rotates it.
+# (LOG_WRITER, run by SIDECAR_PYTHON), which appends to NAME.log and rotates it. `stop` makes
+# NAME.stopping (the supervisor then starts nothing more) and signals the sidecar, never the
+# supervisor (see wait_child).
 set -euo pipefail
 
 here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,14 +94,15 @@ sanitise() {
   printf '%s' "$s"
 }
 
-# instance_files SAFE: sets safe, pid_file, log_file, args_file and sup_file, the names every
-# function below reads, to those of instance SAFE (a sanitised name)
+# instance_files SAFE: sets safe, pid_file, log_file, args_file, sup_file and stop_file, the names
+# every function below reads, to those of instance SAFE (a sanitised name)
 instance_files() {
   safe="$1"
   pid_file="$MANAGER_DIR/$safe.pid"
   log_file="$MANAGER_DIR/$safe.log"
   args_file="$MANAGER_DIR/$safe.args"
   sup_file="$MANAGER_DIR/$safe.supervisor"
+  stop_file="$MANAGER_DIR/$safe.stopping"  # made by stop: the supervisor starts nothing more
 }
 instance_files "$(sanitise "$INSTANCE")"
 
@@ -208,21 +211,26 @@ check_settings() {
   fi
 }
 
-# start_ticks PID: when the process started (field 22 of /proc/PID/stat, clock ticks after boot).
-# A pid and its start time name one process until the machine restarts; a reused pid starts later.
-start_ticks() {
+# ticks_of PID: sets ticks to when the process started (field 22 of /proc/PID/stat, clock ticks
+# after boot), empty when it has exited. A pid and its start time name one process until the
+# machine restarts; a reused pid starts later. Builtins only, no subshell: the supervisor's signal
+# trap uses it, and a trap that forks while it interrupts a `wait` can leave bash waiting for ever
+# for a child whose exit it has already taken.
+ticks_of() {
   local stat=""
+  ticks=""
   IFS= read -r -d '' stat 2>/dev/null < "/proc/$1/stat" || true
   [[ -n "$stat" ]] || return 0
   local -a f
   read -r -a f <<<"${stat##*) }"   # fields from 3 on: the name in field 2 may hold spaces and ')'
   [[ "${f[0]:-}" != Z ]] || return 0   # a zombie has exited
-  printf '%s' "${f[19]:-}"
+  ticks="${f[19]:-}"
 }
+start_ticks() { local ticks; ticks_of "$1"; printf '%s' "$ticks"; }  # ticks_of, printed
 boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || true; }
 
 # same_process PID TICKS: PID is still the process that started at TICKS
-same_process() { [[ -n "$1" && -n "$2" && "$(start_ticks "$1")" == "$2" ]]; }
+same_process() { local ticks; [[ -n "$1" && -n "$2" ]] && ticks_of "$1" && [[ "$ticks" == "$2" ]]; }
 
 # whose PID: what a pid that is not ours belongs to, for the stale message
 whose() {
@@ -529,24 +537,21 @@ sup_write() {
     > "$sup_file.new.$$" && mv -f -- "$sup_file.new.$$" "$sup_file"
 }
 
-# on_stop: the supervisor's SIGTERM/SIGINT trap (`stop`): no more restarts; the sidecar is asked to stop
-on_stop() {
-  stopping=1; interrupted=1
-  if same_process "$child" "$child_ticks"; then kill -TERM "$child" 2>/dev/null; fi
-  if [[ -n "$sleeper" ]]; then kill -TERM "$sleeper" 2>/dev/null; fi
+# wait_child: sets code to how the sidecar ($child) ended. The supervisor has no signal traps: a
+# trapped signal that interrupts a `wait` just as the child exits can make bash 5.2 lose that exit
+# and wait for ever; `stop` tells the supervisor by its stop file instead, and signals the sidecar.
+wait_child() {
+  code=0
+  { wait "$child" || code=$?; } 2>/dev/null  # without bash's "Killed" notice in the log
 }
 
-# wait_child: sets code to how the sidecar ($child) ended, also when a trap cut a wait short
-wait_child() {
-  local rc rc2
-  while :; do
-    interrupted=0; rc=0
-    { wait "$child" || rc=$?; } 2>/dev/null  # without bash's "Killed" notice in the log
-    if (( ! interrupted )); then code=$rc; return; fi
-    if same_process "$child" "$child_ticks"; then continue; fi  # the trap cut the wait short
-    rc2=0; { wait "$child" || rc2=$?; } 2>/dev/null
-    if (( rc2 == 127 )); then code=$rc; else code=$rc2; fi  # 127: that wait had its status already
-    return
+# pause MS: sleep MS milliseconds, in steps, until then or until `stop` makes the stop file
+pause() {
+  local left=$1 step
+  while (( left > 0 )) && [[ ! -e "$stop_file" ]]; do
+    step=$(( left < 200 ? left : 200 ))
+    sleep "$(ms_text "$step")"
+    left=$(( left - step ))
   done
 }
 
@@ -554,9 +559,8 @@ wait_child() {
 # with the forwarded flags, in a session of its own, its output appended to the log
 supervise() {
   set +e  # it must outlive any failing command
-  stopping=0 interrupted=0 child="" child_ticks="" ended="" code="" ended_at="" next_at="" sleeper="" restarts=0
+  child="" child_ticks="" ended="" code="" ended_at="" next_at="" restarts=0
   my_ticks="$(start_ticks "$$")"; my_boot="$(boot_id)"
-  trap on_stop TERM INT
   local writer first_ms delay_ms max_ms reset_ms check_ms started ran how
   exec > >(exec "$SIDECAR_PYTHON" - "$log_file" "$SIDECAR_LOG_MAX_MB" "$SIDECAR_LOG_KEEP" 3<&0 <<<"$LOG_WRITER" \
              > /dev/null 2>> "$log_file") 2>&1
@@ -573,9 +577,10 @@ supervise() {
     setsid "$SIDECAR_PYTHON" "$SIDECAR_PY" ${forward[@]+"${forward[@]}"} < /dev/null &
     child=$!
     child_ticks="$(start_ticks "$child")"  # read at once: the pid is this process until it exits
-    if (( stopping )); then kill -TERM "$child" 2>/dev/null; fi  # a stop that came before $child was set
     printf '%s\nstart=%s boot=%s\n' "$child" "$child_ticks" "$my_boot" > "$pid_file.new.$$" \
       && mv -f -- "$pid_file.new.$$" "$pid_file"
+    # a stop that read the pid file before it named this sidecar signals the one before
+    if [[ -e "$stop_file" ]]; then kill -TERM "$child" 2>/dev/null; fi
     next_at=""
     sup_write running
     started="$(now_ms)"
@@ -584,7 +589,7 @@ supervise() {
     ended="$child"
     printf -v ended_at '%(%s)T' -1
     how="the sidecar (pid $child) $(exit_text "$code") after $(secs "$ran" 1) s"
-    if (( stopping )); then log_line "$how: stopped"; break; fi
+    if [[ -e "$stop_file" ]]; then log_line "$how: stopped"; break; fi
     if (( code == 0 )) || [[ "$restart" != on-failure ]]; then log_line "$how"; break; fi
     if (( restarts == 0 && ran < check_ms )); then  # start reports it: a bad command line, not bad luck
       log_line "$how, within START_CHECK_SECONDS of its start: not restarted"; break
@@ -594,11 +599,8 @@ supervise() {
     next_at=$(( ended_at + (delay_ms + 999) / 1000 ))
     log_line "$how; restart $restarts in $(secs "$delay_ms") s"
     sup_write waiting
-    sleep "$(ms_text "$delay_ms")" &
-    sleeper=$!
-    wait "$sleeper" 2>/dev/null
-    kill -TERM "$sleeper" 2>/dev/null; sleeper=""
-    if (( stopping )); then log_line "stopped before restart $restarts"; break; fi
+    pause "$delay_ms"
+    if [[ -e "$stop_file" ]]; then log_line "stopped before restart $restarts"; break; fi
     delay_ms=$(( delay_ms * 2 < max_ms ? delay_ms * 2 : max_ms ))
     (( delay_ms > 0 )) || delay_ms=1
   done
@@ -637,7 +639,7 @@ case "$command" in
     if [[ "$state" == stale ]]; then
       echo "$me: removing stale pid file $pid_file (pid $pid: $why)"
     fi
-    rm -f -- "$pid_file" "$sup_file"
+    rm -f -- "$pid_file" "$sup_file" "$stop_file"
     printf '%s\0' "$PWD" ${forward[@]+"${forward[@]}"} > "$args_file"
     sup_flags=(); [[ "$restart" != on-failure ]] || sup_flags=(--restart-on-failure)
     SIDECAR_PYTHON="$py" EVAL_SIDECAR_INSTANCE="$safe" \
@@ -656,20 +658,27 @@ case "$command" in
     if read_record "$pid_file"; then pid="$rec_pid"; ticks="$rec_ticks"; fi
     sleep "$START_CHECK_SECONDS"
     if ! same_process "$pid" "$ticks"; then
+      : > "$stop_file"  # no restart of this one: what start reports is a failure to start
+      termed=""
+      for _ in $(seq 200); do  # the supervisor ends at once, after its log writer
+        same_process "$sup" "$sup_ticks" || break
+        if read_record "$pid_file" && [[ "$rec_pid" != "$pid" && "$rec_pid" != "$termed" ]] \
+           && same_process "$rec_pid" "$rec_ticks"; then
+          kill -TERM "$rec_pid" 2>/dev/null || true; termed="$rec_pid"  # a restart begun meanwhile
+        fi
+        sleep 0.05
+      done
+      if same_process "$sup" "$sup_ticks"; then kill -KILL "$sup" 2>/dev/null || true; fi
+      rm -f -- "$stop_file" "$pid_file"
       sup_read
-      if (( sup_alive )); then kill -TERM "$sup_pid" 2>/dev/null || true; fi  # no restarts of this one
-      for _ in $(seq 200); do same_process "$sup" "$sup_ticks" || break; sleep 0.05; done
-      sup_read
-      if [[ "$sup_code" == 0 && "$sup_ended" == "$pid" && "$sup_restarts" == 0 ]]; then
+      if [[ "$sup_code" == 0 && "$sup_ended" == "$pid" ]]; then
         echo "$me: instance '$INSTANCE' finished at once: the sidecar (pid $pid) exited with code 0; log: $log_file"
-        rm -f -- "$pid_file"
         exit 0
       fi
       how="exited at once"
       if [[ -n "$sup_code" && "$sup_ended" == "$pid" ]]; then how="exited at once: the sidecar $(exit_text "$sup_code")"; fi
       echo "$me: instance '$INSTANCE' $how; last lines of $log_file:" >&2
       tail_since_start >&2
-      rm -f -- "$pid_file"
       exit 1
     fi
     if [[ "$restart" == on-failure ]]; then
@@ -694,26 +703,32 @@ case "$command" in
       else
         echo "$me: instance '$INSTANCE' is not running"
       fi
-      rm -f -- "$pid_file" "$sup_file"
+      rm -f -- "$pid_file" "$sup_file" "$stop_file"
       exit 0
     fi
     sup_read
     first_pid=""; first_ticks=""
     if [[ "$state" == running ]]; then first_pid="$pid"; first_ticks="$why"; fi  # why: its start time
-    if (( sup_alive )); then
-      kill -TERM "$sup_pid" 2>/dev/null || true  # it asks the sidecar to stop, and restarts nothing
-    else
-      kill -TERM "$first_pid" 2>/dev/null || true
-    fi
+    # The supervisor is not signalled (see wait_child): the stop file tells it to start nothing
+    # more, and each sidecar the pid file names from now on gets SIGTERM (once).
+    if (( sup_alive )); then : > "$stop_file"; fi
     # current_sidecar: the sidecar the pid file names now (the supervisor may have started another)
     current_sidecar() { cur_pid=""; cur_ticks=""; if read_record "$pid_file"; then cur_pid="$rec_pid"; cur_ticks="$rec_ticks"; fi; }
-    alive() {
+    termed=""
+    term_new() {
       current_sidecar
+      if [[ -n "$cur_pid" && " $termed " != *" $cur_pid "* ]] && same_process "$cur_pid" "$cur_ticks"; then
+        kill -TERM "$cur_pid" 2>/dev/null || true; termed+=" $cur_pid"
+      fi
+    }
+    alive() {
       same_process "$cur_pid" "$cur_ticks" || same_process "$first_pid" "$first_ticks" \
         || { (( sup_alive )) && same_process "$sup_pid" "$sup_ticks"; }
     }
+    if [[ -n "$first_pid" ]]; then kill -TERM "$first_pid" 2>/dev/null || true; termed=" $first_pid"; fi
     deadline=$((SECONDS + STOP_TIMEOUT))
-    while alive && (( SECONDS < deadline )); do sleep 0.1; done
+    term_new
+    while alive && (( SECONDS < deadline )); do sleep 0.1; term_new; done
     if alive; then
       for p in "$cur_pid:$cur_ticks" "$first_pid:$first_ticks"; do
         if same_process "${p%%:*}" "${p#*:}"; then
@@ -731,7 +746,7 @@ case "$command" in
     stop_evals "$first_pid" "$first_ticks"
     current_sidecar
     [[ "$cur_pid" == "$first_pid" ]] || stop_evals "$cur_pid" "$cur_ticks"
-    rm -f -- "$pid_file" "$sup_file"
+    rm -f -- "$pid_file" "$sup_file" "$stop_file"
     echo "$me: stopped instance '$INSTANCE'"
     ;;
 

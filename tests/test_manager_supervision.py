@@ -409,3 +409,23 @@ def test_a_sidecar_that_fails_at_once_is_reported_by_start_and_not_restarted(ws,
     assert instance_processes(folder) == []  # no supervisor left to retry a bad command line
     assert not (folder / "bad.pid").exists()
     assert manage(ws, tmp_path, "status", "--instance", "bad").returncode == 1
+
+
+def test_stop_in_the_middle_of_restarts_leaves_nothing_running(ws, tmp_path):
+    """The supervisor restarts every ~0.15 s (the stand-in fails after 0.1 s); stops land at
+    staggered moments: while a sidecar starts, runs, or the supervisor waits to restart it."""
+    folder = tmp_path / "manager dir"
+    env = planned(tmp_path, "0.4:1,0.1:1", START_CHECK_SECONDS="0.2", SIDECAR_RESTART_BACKOFF_SECONDS="0.05",
+                  SIDECAR_RESTART_BACKOFF_MAX_SECONDS="0.05", STOP_TIMEOUT="20")
+    for delay in (0.45, 0.55, 0.7):
+        (tmp_path / "runs").unlink(missing_ok=True)  # each start begins the plan again
+        started = manage(ws, tmp_path, "start", "--instance", "s", "--restart-on-failure", **env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        time.sleep(delay)
+        stopped = manage(ws, tmp_path, "stop", "--instance", "s", **env)
+        assert stopped.returncode == 0 and stopped.stdout.endswith("stopped instance 's'\n"), stopped.stdout
+        assert "SIGKILL" not in stopped.stdout  # the supervisor ended by itself
+        assert instance_processes(folder) == []
+        assert not (folder / "s.stopping").exists() and not (folder / "s.pid").exists()
+        last = (folder / "s.log").read_text().splitlines()[-1]
+        assert last.endswith(": stopped") or last.endswith(" stopped before restart " + last.split()[-1]), last
