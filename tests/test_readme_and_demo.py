@@ -49,7 +49,7 @@ def test_fleet_demo_evaluates_three_models_at_once_and_lists_the_one_without_a_p
 
 def test_manager_script_passes_flags_through_from_any_folder(ws, tmp_path):
     ws.checkpoint(100)
-    env = ws.env(PYTHON_BIN=sys.executable)
+    env = ws.env(PYTHON_BIN=sys.executable, SIDECAR_PYTHON=sys.executable)
     result = subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), "once", "--instance", "x y",
                              *ws.args()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -109,7 +109,7 @@ def test_hostile_paths_and_instance_names_execute_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     env = json.loads((ws.ctl / "env-checkpoint-100.json").read_text())
     assert env["CATEGORY"] == HOSTILE and env["CKPT_LIST"] == str(ws.sft / "checkpoint-100")
-    manager_env = ws.env(PYTHON_BIN=sys.executable, MANAGER_DIR=str(base / "mgr $(touch pwned)"))
+    manager_env = ws.env(PYTHON_BIN=sys.executable, SIDECAR_PYTHON=sys.executable, MANAGER_DIR=str(base / "mgr $(touch pwned)"))
     run = lambda *a: subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), *a], env=manager_env,  # noqa: E731
                                     capture_output=True, text=True, timeout=120, cwd=base)
     ws.checkpoint(200)
@@ -148,7 +148,7 @@ def test_secrets_never_appear_in_any_output_log_state_or_wandb_file(ws, isolated
                                                                       "mapping": {"reward": "algorithm/reward"}}},
         "target": {"project": "p", "mode": "offline"}}))
     outputs.append(call(sys.executable, str(ENTRY), "align", "--config", "align.yaml", "--dry-run"))
-    menv = {**env, "PYTHON_BIN": sys.executable, "MANAGER_DIR": str(tmp_path / "mgr")}
+    menv = {**env, "PYTHON_BIN": sys.executable, "SIDECAR_PYTHON": sys.executable, "MANAGER_DIR": str(tmp_path / "mgr")}
     manager = lambda *a: subprocess.run(["bash", str(ROOT / "eval_wandb_sidecar.sh"), *a], env=menv,  # noqa: E731
                                         capture_output=True, text=True, timeout=120)
     outputs.append(manager("start", "--instance", "s", *wb, "--poll-interval-seconds", "0.3"))
