@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 STATUS_TEXT = ("What the sidecar has done for one configuration (the same identity flags as the watch, or\n"
                "--state-file), or for every model (--all), and why each checkpoint without a result waits. Every\n"
                "flag of the watch is accepted, so its command line can be reused as it is; only those below change\n"
-               "what is read, and --summary-metrics NAME[:min],... what is shown (default: those the sidecar had).")
+               "what is read. Settings the sidecar recorded in the state (its --summary-metrics, --ready-marker,\n"
+               "quiet period, --max-attempts, W&B mode) are used when these flags are not given; the defaults\n"
+               "shown apply only to a state of an older release, which records none.")
 
 
 def cmd_status(argv: list[str]) -> int:
