@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 STATUS_TEXT = ("What the sidecar has done for one configuration (the same identity flags as the watch, or\n"
                "--state-file), or for every model (--all), and why each checkpoint without a result waits. Every\n"
                "flag of the watch is accepted, so its command line can be reused as it is; only those below change\n"
-               "what is read. Settings the sidecar recorded in the state (its --summary-metrics, --ready-marker,\n"
-               "quiet period, --max-attempts, W&B mode) are used when these flags are not given; the defaults\n"
-               "shown apply only to a state of an older release, which records none.")
+               "what is read. Status judges by the settings the sidecar recorded in the state (its ready marker,\n"
+               "quiet period, retry backoff, W&B mode, summary metrics); --summary-metrics given here shows\n"
+               "others. The defaults below apply only to a state of an older release, which records none.")
 
 
 def cmd_status(argv: list[str]) -> int:
