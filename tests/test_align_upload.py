@@ -201,8 +201,8 @@ def test_uploads_stopped_killed_or_failed_part_way_resume_and_swanlab_holds_ever
     os.kill(verl_pid, signal.SIGKILL)
     assert c.wait() == 1, c.stderr()
     out = c.stdout()
-    assert re.search(rf"^\w+: an earlier upload into SwanLab experiment \w+ did not finish; the \d+ step\(s\) its run "
-                     rf"folder .* holds are recorded as sent, the rest is sent$", out, re.M), out  # B's, read back
+    assert re.search(r"^\w+: an earlier upload into SwanLab experiment \w+ did not finish; the \d+ step\(s\) its run "
+                     r"folder .* holds are recorded as sent, the rest is sent$", out, re.M), out  # B's, read back
     failed = [line for line in out.splitlines() if line.startswith("verl: upload failed")]
     assert len(failed) == 1 and re.fullmatch(rf"verl: upload failed: its process {verl_pid} was killed by SIGKILL; "
                                              rf"\d+ of \d+ step\(s\) recorded as sent; the next run reads back what "
