@@ -162,7 +162,9 @@ def _failed_part(failures: list[dict], now_wall: float) -> str:
         if given_up:
             what = f"given up after {plural(int(f.get('attempts', 0)), 'attempt')}; --retry-failed runs it again"
         else:
-            what = f"attempt {int(f.get('attempts', 0))} of {int(f.get('max_attempts', 0))}; retried by the next run"
+            attempts = int(f.get("attempts", 0))
+            what = (f"attempt {attempts} of {int(f.get('max_attempts', 0))}" if attempts else
+                    "not started, not counted as an attempt") + "; retried by the next run"
             if float(f.get("retry_after", 0.0)) > now_wall:
                 what += f" from {clock_text(float(f['retry_after']), now_wall)} on"
         return f"1 failed ({f.get('label', '?')}: {what})"
