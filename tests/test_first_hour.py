@@ -13,11 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import ENTRY, ROOT, STAND_IN
-from test_delivery import KEY, online_env
-from wandb_server import WandbServer
+from test_delivery import KEY, online_env, server  # noqa: F401  (server: the W&B server double fixture)
 
 
 def cli(*argv, env=None, cwd=None, timeout=60):
@@ -208,13 +206,6 @@ def test_a_missing_package_names_the_interpreter_and_the_fix(ws, tmp_path):
 
 
 # --- summary metrics with a direction ------------------------------------------------------------------
-
-@pytest.fixture
-def server():
-    srv = WandbServer().start()
-    yield srv
-    srv.stop()
-
 
 def test_summary_metrics_with_a_direction_reach_the_server_and_bad_ones_are_one_line(ws, server):
     losses = {100: 0.9, 200: 0.4, 300: 0.6}

@@ -16,10 +16,6 @@ PROG = "eval-sidecar"  # `python eval_wandb_sidecar.py` sets its own name (main)
 STATE_FILE_FLAG = ("--state-file", {"metavar": "FILE", "help": "read this state file instead of deriving it"})
 
 
-def prog() -> str:
-    return PROG
-
-
 def setup_logging(level: str) -> None:
     """Log lines to stderr; in fleet mode a line about one model starts with `model NAME: `."""
     from ..labels import ModelField

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import time
 from dataclasses import replace
@@ -171,16 +172,10 @@ def shown(value) -> str:
     if isinstance(value, (frozenset, set)):
         return ",".join(str(v) for v in sorted(value)) or "-"
     if isinstance(value, tuple):
-        return " ".join(shlex_quote(str(v)) for v in value) or "-"
+        return " ".join(shlex.quote(str(v)) for v in value) or "-"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value) if str(value) != "" else "''"
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def cmd_plan(argv: list[str]) -> int:
