@@ -121,6 +121,25 @@ FLAGS: tuple[Flag, ...] = (
     Flag("profiles", "path", None, help="fleet mode: eval profiles (rules YAML, or the eval_profile_manifest.json format)"),
     Flag("profiles-data-root", "path", None, help="fleet mode: relative paths of a manifest start here (default: its folder)"),
     Flag("max-parallel-per-model", "int", 0, minimum=0, maximum=10000, help="fleet mode: evals of one model at once (0 = no cap)"),
+    # keeping the best checkpoints, telling the user, sharing GPUs, uploading offline runs as they go
+    Flag("keep-best", "int", 0, minimum=0, maximum=1000,
+         help="keep the N best evaluated checkpoints as hard links in STATE_DIR/best/<sft-root name>/ (0 = off)"),
+    Flag("keep-best-metric", "str", None,
+         help="the metric that ranks them, NAME[:max|:min] (default: the first --summary-metrics)"),
+    Flag("notify-command", "args", "",
+         help='run this command (never through a shell) on new_best, eval_failed, given_up, vanished, outage and '
+              'outage_over, the event in SIDECAR_* variables, e.g. "bash notify.sh"'),
+    Flag("notify-timeout-seconds", "float", 30.0, minimum=1, maximum=3600, help="stop a notify command after this long"),
+    Flag("notify-outage-minutes", "float", 10.0, minimum=0, maximum=30 * 24 * 60,
+         help="W&B unreachable this long is an outage event"),
+    Flag("wandb-alerts", "bool", False, help="also send new_best and given_up as W&B alerts (online runs)"),
+    Flag("wandb-segment-minutes", "float", 0.0, minimum=0, maximum=30 * 24 * 60,
+         help="offline: close the segment after this many minutes (at a pass that added rows) so `sync` can "
+              "upload it while the watch goes on (0 = one segment per run)"),
+    Flag("gpu-free-memory-mb", "int", 0, minimum=0, maximum=10 ** 7,
+         help="start an eval on a slot only when each of its GPUs has this much free memory (nvidia-smi; 0 = do not ask)"),
+    Flag("gpu-free-check-seconds", "float", 30.0, minimum=0.1, maximum=3600,
+         help="how often a slot without enough free GPU memory is asked again"),
 )
 _BY_DEST = {f.dest: f for f in FLAGS}
 _BY_FLAG = {f.name: f for f in FLAGS}
@@ -133,13 +152,15 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("repo-root", "eval-script", "cuda-list", "python-bin", "batch-size", "max-new-tokens",
                     "temperature", "do-sample", "length-penalty", "results-root", "force-eval", "force-eval-steps",
                     "eval-timeout-seconds", "max-attempts", "retry-backoff-seconds", "retry-failed", "gpu-slots",
-                    "pin-checkpoints", "eval-kill-grace-seconds")),
+                    "pin-checkpoints", "eval-kill-grace-seconds", "gpu-free-memory-mb", "gpu-free-check-seconds")),
     ("watching", ("once", "poll-interval-seconds", "checkpoint-ready-seconds", "ready-marker", "watch-mode",
                   "order", "max-pending-per-cycle")),
     ("state and logs", ("state-dir", "lock-mode", "log-dir", "log-level")),
     ("Weights & Biases", ("disable-wandb", "wandb-mode", "wandb-project", "wandb-entity", "wandb-run-id",
                           "wandb-run-name", "wandb-resume", "wandb-job-type", "wandb-fallback", "wandb-init-timeout",
-                          "wandb-system-stats", "wandb-table-minutes", "summary-metrics")),
+                          "wandb-system-stats", "wandb-table-minutes", "wandb-segment-minutes", "summary-metrics")),
+    ("best checkpoints and notifications", ("keep-best", "keep-best-metric", "notify-command", "notify-timeout-seconds",
+                                            "notify-outage-minutes", "wandb-alerts")),
     ("Slurm", ("executor", "slurm-args", "max-parallel", "slurm-cancel-on-exit", "slurm-poll-seconds")),
     ("fleet mode (one sidecar for a tree of models)",
      ("models-root", "model-filter", "profiles", "profiles-data-root", "max-parallel-per-model")),
@@ -147,7 +168,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # The groups each reading subcommand shows (it accepts every flag, so a watch's command line can be
 # reused as it is; the others do not change what it reads).
 STATUS_GROUPS = ("identity", "state and logs", "fleet mode", "--repo-root", "--summary-metrics", "--ready-marker",
-                 "--checkpoint-ready-seconds", "--max-attempts", "--wandb-mode")
+                 "--checkpoint-ready-seconds", "--max-attempts", "--wandb-mode", "--keep-best", "--keep-best-metric",
+                 "--gpu-free-memory-mb")
 SYNC_GROUPS = ("identity", "state and logs", "Weights & Biases", "--repo-root")
 
 
@@ -218,7 +240,17 @@ class Config:
     profiles: Path | None
     profiles_data_root: Path | None
     max_parallel_per_model: int
+    keep_best: int
+    keep_best_metric: str  # resolved: the --summary-metrics' first when not given
+    notify_command: tuple[str, ...]
+    notify_timeout_seconds: float
+    notify_outage_minutes: float
+    wandb_alerts: bool
+    wandb_segment_minutes: float
+    gpu_free_memory_mb: int
+    gpu_free_check_seconds: float
     summary_lower_better: frozenset[str]  # the --summary-metrics given as NAME:min
+    keep_best_lower_better: bool  # --keep-best-metric NAME:min
     identity: Identity = field(compare=False)
     config_file: Path | None = None
 
@@ -565,6 +597,27 @@ def parse_summary_metrics(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
     return tuple(names), frozenset(lower)
 
 
+def keep_best_metric(text: str | None, summary: tuple[str, ...], lower: frozenset[str]) -> tuple[str, bool]:
+    """`--keep-best-metric NAME[:max|:min]` -> (name, lower is better); not given: the first summary
+    metric, with its direction."""
+    if text is None or not str(text).strip():
+        return summary[0], summary[0] in lower
+    names, lower_named = parse_summary_metrics(text)
+    if len(names) != 1:
+        raise ConfigError(f"--keep-best-metric: expected one metric like HR@10 or loss:min, got {text!r}")
+    return names[0], names[0] in lower_named
+
+
+def parse_command(text: str | tuple[str, ...] | None, flag: str) -> tuple[str, ...]:
+    """A command line split like a shell would (a YAML list item by item), never run through one."""
+    if isinstance(text, tuple):
+        return text
+    try:
+        return tuple(shlex.split(text or ""))
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: cannot split {text!r} ({exc})") from None
+
+
 def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bool = True,
                  member: bool = False) -> Config:
     """Merge command line (`args`, only flags given), environment and config file over the defaults.
@@ -581,6 +634,9 @@ def build_config(args: dict, environ: dict[str, str], cwd: Path, check_paths: bo
     values["gpu_slots"] = parse_gpu_slots(values["gpu_slots"], values["cuda_list"])
     values["slurm_args"] = parse_slurm_args(values["slurm_args"])
     values["summary_metrics"], values["summary_lower_better"] = parse_summary_metrics(values["summary_metrics"])
+    values["keep_best_metric"], values["keep_best_lower_better"] = keep_best_metric(
+        values["keep_best_metric"], values["summary_metrics"], values["summary_lower_better"])
+    values["notify_command"] = parse_command(values["notify_command"], "--notify-command")
     _check_fleet(values)
     if values["models_root"] and not values["sft_root"]:
         values["sft_root"] = values["models_root"][0]  # fleet mode: each model's config names its own

@@ -491,11 +491,11 @@ class ModelPipeline:
         self.dirty = True
 
     def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool, read=None) -> None:
-        self._unpin(ckpt.name)
         clashing = [k for k in metrics if k in ROW_FIELDS]
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
-        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())
+        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())  # reads the checkpoint (pin)
+        self._unpin(ckpt.name)
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)
         record_success(self.state, row)

@@ -59,6 +59,10 @@ def settings_of(config: Config) -> dict:
         "ready_marker": config.ready_marker,
         "checkpoint_ready_seconds": config.checkpoint_ready_seconds,
         "retry_backoff_seconds": config.retry_backoff_seconds,
+        "keep_best": config.keep_best,
+        "keep_best_metric": f"{config.keep_best_metric}:{'min' if config.keep_best_lower_better else 'max'}",
+        "gpu_free_memory_mb": config.gpu_free_memory_mb,
+        "gpu_slots": list(config.gpu_slots) if config.executor == "local" else [],
         "identity": dict(config.identity.payload),  # what the key is a hash of: tells one configuration from another
     }
 
