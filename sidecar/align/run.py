@@ -112,7 +112,8 @@ def fetch_swanlab(fw: Framework, keys: list[str], api):
 
 
 def fetch_sidecar(fw: Framework):
-    """Rows of a sidecar state file: step = checkpoint_step, metrics named as in metrics.json."""
+    """Rows of a sidecar state file: step = checkpoint_step, metrics named as in metrics.json, and
+    the training context of rows that have one (`train/epoch`, `train/loss`, ...)."""
     import pandas as pd
 
     from ..reporters.rows import ROW_FIELDS

@@ -6,6 +6,10 @@ from typing import Iterable
 
 BASE_METRICS = ["HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10"]
 ROW_FIELDS = ("checkpoint_step", "checkpoint_name", "metrics_path", "eval_params")
+# The training context of a row, from the checkpoint's trainer_state.json (watch/training.py):
+# logged under these names (not eval/...), table columns after the name, never summary metrics.
+TRAIN_FIELDS = ("train/epoch", "train/global_step", "train/loss", "train/learning_rate")
+RESERVED = (*ROW_FIELDS, *TRAIN_FIELDS)  # a metrics.json key of one of these names is left out of the row
 # The most metrics of one row that go to W&B (history line, summary), and the most metric columns
 # of the table; the state file keeps every metric. Real eval outputs hold tens of metrics; a
 # metrics.json of 100,000 keys made wandb spend minutes on every table (building a wandb.Table
@@ -22,8 +26,8 @@ def same_row(a: dict | None, b: dict | None) -> bool:
 
 
 def metric_names(row: dict) -> list[str]:
-    """The metric keys of a state row (everything but the bookkeeping fields)."""
-    return [k for k in row if k not in ROW_FIELDS]
+    """The metric keys of a state row (everything but the bookkeeping fields and training context)."""
+    return [k for k in row if k not in RESERVED]
 
 
 def _capped(names: Iterable[str], first: Iterable[str], limit: int) -> list[str]:
@@ -47,14 +51,18 @@ def wandb_metrics(row: dict, first: Iterable[str] = (), limit: int = MAX_WANDB_M
 
 
 def table_columns(rows: Iterable[dict], first: Iterable[str] = (), limit: int = MAX_WANDB_METRICS) -> list[str]:
-    """`checkpoint_step, checkpoint_name, HR@1/3/5/10, NDCG@1/3/5/10`, other metrics seen (sorted), `metrics_path`;
-    at most `limit` metric columns (the `first` ones, the summary metrics, kept before the others)."""
+    """`checkpoint_step, checkpoint_name`, the training context some row has (`train/epoch`, ...),
+    `HR@1/3/5/10, NDCG@1/3/5/10`, other metrics seen (sorted), `metrics_path`; at most `limit`
+    metric columns (the `first` ones, the summary metrics, kept before the others)."""
     others: set[str] = set()
+    context: set[str] = set()
     for row in rows:
         others.update(k for k in metric_names(row) if k not in BASE_METRICS)
+        context.update(k for k in TRAIN_FIELDS if k in row)
     if len(others) + len(BASE_METRICS) > limit:
         others = set(_capped(others, first, max(0, limit - len(BASE_METRICS))))
-    return ["checkpoint_step", "checkpoint_name", *BASE_METRICS, *sorted(others), "metrics_path"]
+    return ["checkpoint_step", "checkpoint_name", *(k for k in TRAIN_FIELDS if k in context), *BASE_METRICS,
+            *sorted(others), "metrics_path"]
 
 
 def _number(value) -> bool:

@@ -20,7 +20,7 @@ from ..errors import LockLost, MetricsError, StateWriteError
 from ..executors.base import EvalJob, Outcome, Started, Updated
 from ..files import not_regular
 from ..reporters.base import ReportBatch, Reporter
-from ..reporters.rows import ROW_FIELDS
+from ..reporters.rows import RESERVED
 from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
 from .discover import Discoverer, RootMissing
 from .metrics import read_metrics
@@ -33,6 +33,7 @@ from .recovery import adopt_state, reconcile_reporting, triage_in_flight
 from .reporting import apply_delivery
 from .scheduler import Completed, EvalKey, Scheduler
 from .state import State, StateStore, utc_iso
+from .training import training_context
 
 log = logging.getLogger(__name__)
 
@@ -491,10 +492,11 @@ class ModelPipeline:
         self.dirty = True
 
     def _succeed(self, ckpt: Checkpoint, metrics: dict, metrics_path: Path, evaluated: bool, read=None) -> None:
-        clashing = [k for k in metrics if k in ROW_FIELDS]
+        clashing = [k for k in metrics if k in RESERVED]
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
-        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params())  # reads the checkpoint (pin)
+        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params(),
+                        training_context(ckpt.path, ckpt.step))  # read before its pin goes
         self._unpin(ckpt.name)
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)

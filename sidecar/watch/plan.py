@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..checkpoints import Checkpoint
-from ..reporters.rows import ROW_FIELDS
+from ..reporters.rows import RESERVED
 from .state import State, utc_iso
 
 
@@ -67,13 +67,16 @@ def next_retry(state: State, policy: Policy, after: float) -> float | None:
     return min(later) if later else None
 
 
-def build_row(ckpt: Checkpoint, metrics: dict[str, float], metrics_path: str, eval_params: dict | None) -> dict:
-    """A table row: step, name, every metric, metrics_path (and the decoding parameters used).
+def build_row(ckpt: Checkpoint, metrics: dict[str, float], metrics_path: str, eval_params: dict | None,
+              context: dict | None = None) -> dict:
+    """A table row: step, name, every metric, the training context (`train/epoch`, ... from the
+    checkpoint's trainer_state.json), metrics_path (and the decoding parameters used).
 
-    Metrics named like a bookkeeping field (`checkpoint_step`, ...) are left out: the row's own
-    step and name always win."""
+    Metrics named like a bookkeeping field (`checkpoint_step`, ...) or a training context field
+    are left out: the row's own step, name and context always win."""
     row: dict = {"checkpoint_step": ckpt.step, "checkpoint_name": ckpt.name}
-    row.update((k, v) for k, v in metrics.items() if k not in ROW_FIELDS)
+    row.update((k, v) for k, v in metrics.items() if k not in RESERVED)
+    row.update(context or {})
     row["metrics_path"] = metrics_path
     if eval_params is not None:
         row["eval_params"] = dict(eval_params)
