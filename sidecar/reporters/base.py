@@ -66,7 +66,8 @@ class Reporter(Protocol):
 
     `report` never blocks; `collect` returns deliveries (what was written, where); `reconcile`
     reads back run segments a crashed process left open; `bind` names the run before the first
-    report; `close` finishes the run.
+    report; `close` finishes the run; `alert` sends a W&B alert (online runs); `outage_since` says
+    since when W&B is unreachable; `run_url` is the run's page once known.
     """
 
     enabled: bool
@@ -82,6 +83,12 @@ class Reporter(Protocol):
     def close(self) -> None: ...
 
     def abandon(self) -> None: ...
+
+    def alert(self, title: str, text: str, level: str = "INFO") -> None: ...
+
+    def outage_since(self) -> float | None: ...
+
+    def run_url(self) -> str | None: ...
 
 
 class NullReporter:
@@ -105,4 +112,13 @@ class NullReporter:
         return None
 
     def abandon(self) -> None:
+        return None
+
+    def alert(self, title: str, text: str, level: str = "INFO") -> None:
+        return None
+
+    def outage_since(self) -> float | None:
+        return None
+
+    def run_url(self) -> str | None:
         return None

@@ -47,8 +47,8 @@ from ..crash import crash_point
 from ..executors.processes import child_processes, kill_orphan, process_start_time, run_command
 from ..files import clean_name
 from .base import Delivery, Reconciled, ReportBatch, run_key, same_run
-from .rows import (BASE_METRICS, MAX_WANDB_METRICS, metric_names, same_row, summary_from_rows, table_columns,
-                   wandb_metrics)
+from .rows import (BASE_METRICS, MAX_WANDB_METRICS, TRAIN_FIELDS, metric_names, same_row, summary_from_rows,
+                   table_columns, wandb_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ STALL_SECONDS = 120.0  # the server answers but takes no line for this long: ope
 QUERY_TIMEOUT = 10.0
 RELEASE_TIMEOUT = 10.0  # seconds wandb-core gets to end the stream a failed init left (shared mode)
 _CLOSE = object()
+ALERT_WAIT_SECONDS = 60  # W&B holds back a second alert of one title for this long (the notifier's rate too)
+MAX_PENDING_ALERTS = 20  # alerts kept while the online run is not open; older ones go first
+
+
+@dataclass(frozen=True)
+class _Alert:
+    title: str
+    text: str
+    level: str  # INFO | WARN | ERROR
 
 # Held while a run opens, and while wandb is torn down or its wandb-core stopped: wandb's setup is
 # not meant for concurrent inits, and a teardown during another reporter's init would break it.
@@ -117,6 +126,7 @@ def history_row(row: dict, first: tuple[str, ...] = ()) -> dict:
     """The history record of one checkpoint (SPEC §4.2); never logged with `step=`. At most
     MAX_WANDB_METRICS metrics (HR@K, NDCG@K and the summary metrics `first`, then by name)."""
     item = {"checkpoint_step": int(row["checkpoint_step"])}
+    item.update((k, row[k]) for k in TRAIN_FIELDS if k in row)  # the training context: train/epoch, ...
     for name in wandb_metrics(row, first)[0]:
         item[f"eval/{name}"] = row[name]
     item["eval/checkpoint_name"] = wandb_text(row.get("checkpoint_name", f"checkpoint-{row['checkpoint_step']}"))
@@ -129,7 +139,7 @@ def table_data(rows: dict[int, dict], first: tuple[str, ...] = ()) -> tuple[list
     out (beyond MAX_WANDB_METRICS)."""
     ordered = [rows[s] for s in sorted(rows)]
     columns = table_columns(ordered, first)
-    shown, left = len(columns) - 3, 0  # not checkpoint_step, checkpoint_name, metrics_path
+    shown, left = len(columns) - 3 - sum(c in TRAIN_FIELDS for c in columns), 0  # metric columns only
     if shown >= MAX_WANDB_METRICS:
         names = set(BASE_METRICS)
         for row in ordered:
@@ -277,6 +287,8 @@ class WandbReporter:
         self._abandoned = threading.Event()  # another sidecar took the lock: write nothing more
         self._in_outage = False
         self._server_down = False  # the last delivery question found the server unreachable
+        self._unreachable_since: float | None = None  # time.time() when W&B became unreachable (cleared when back)
+        self._run_url: str | None = None  # the online run's page, once it is open
         self.finished_cleanly = False
         self.server: ServerRef | None = None  # the online run last opened, for the server's own count
         self.mode = options.mode
@@ -297,6 +309,25 @@ class WandbReporter:
         with self._lock:
             seen = self._collected
         self._queue.put((snapshot, seen))
+
+    def alert(self, title: str, text: str, level: str = "INFO") -> None:
+        """Send a W&B alert (`run.alert`) from the worker when an online run is open; offline, or
+        when the run never opens, it is dropped (with a DEBUG line). Returns at once."""
+        if self.mode != "online":
+            log.debug("W&B alert %r not sent: the run is %s", title, self.mode)
+            return
+        if self._thread is None:
+            self._thread = labels.thread(self._work, "wandb-reporter")
+            self._thread.start()
+        self._queue.put(_Alert(wandb_text(title)[:63], wandb_text(text), level))
+
+    def outage_since(self) -> float | None:
+        """When (time.time()) W&B became unreachable for this run, or None while it is not."""
+        return self._unreachable_since
+
+    def run_url(self) -> str | None:
+        """The online run's page, once it has been open."""
+        return self._run_url
 
     def collect(self) -> list[Delivery]:
         """What the worker wrote and learnt since the last call, in order."""
@@ -427,6 +458,8 @@ class WandbReporter:
                 except Exception as exc:  # noqa: BLE001
                     self._lose_run(w, exc)
             self._in_outage = w.in_outage
+            self._track_outage()
+            self._send_alerts(w)
             if closing and w.run is None and w.todo() and not w.in_outage and time.monotonic() >= w.next_attempt:
                 continue  # e.g. just switched to the offline fallback: write before finishing
             if closing:
@@ -461,6 +494,8 @@ class WandbReporter:
         while item is not None:
             if item is _CLOSE:
                 w.closing = True
+            elif isinstance(item, _Alert):
+                w.alerts = [*w.alerts, item][-MAX_PENDING_ALERTS:]
             else:
                 latest = item
             try:
@@ -624,6 +659,7 @@ class WandbReporter:
                             "sending them, and a restart sends again whatever never arrives", _redact(str(exc)),
                             len(w.sent))
             self._server_down = True
+            self._track_outage()
             return None
         except QueryUnsupported as exc:
             self._no_query(w, exc)
@@ -631,6 +667,7 @@ class WandbReporter:
         if self._server_down:
             log.info("W&B server reachable again")
             self._server_down = False
+            self._track_outage()
             w.progress_at = time.monotonic()
         return count
 
@@ -669,6 +706,27 @@ class WandbReporter:
             return
         w.confirm_delay = min(w.confirm_delay * 2, CONFIRM_MAX)
         w.confirm_at = now + w.confirm_delay
+
+    def _track_outage(self) -> None:
+        down = self._in_outage or self._server_down
+        if down and self._unreachable_since is None:
+            self._unreachable_since = time.time()
+        elif not down:
+            self._unreachable_since = None
+
+    def _send_alerts(self, w: "_Worker") -> None:
+        """Alerts queued by `alert`, sent while the online run is open (kept while it is not)."""
+        if not w.alerts or w.run is None or self.mode != "online":
+            if w.alerts and self.mode != "online":
+                log.debug("%d W&B alert(s) not sent: the run is %s", len(w.alerts), self.mode)
+                w.alerts = []
+            return
+        alerts, w.alerts = w.alerts, []
+        for item in alerts:
+            try:
+                w.run.alert(title=item.title, text=item.text, level=item.level, wait_duration=ALERT_WAIT_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - an alert never stops the reporting
+                log.debug("W&B alert %r not sent (%s)", item.title, _redact(str(exc)))
 
     def _no_query(self, w: "_Worker", exc: Exception) -> None:
         log.info("cannot ask the W&B server which rows it holds (%s); rows are confirmed when the run finishes "
@@ -763,6 +821,9 @@ class WandbReporter:
                 _OPEN.add(self)
         run.define_metric("checkpoint_step")
         run.define_metric("eval/*", step_metric="checkpoint_step")
+        # the training context of each row (a checkpoint's trainer_state.json): charted by step too,
+        # and train/epoch, in the same history lines as eval/*, serves as their x-axis in a panel
+        run.define_metric("train/*", step_metric="checkpoint_step")
         # W&B's own summary of eval/<m> agrees with best_<m>: a NAME:min metric is summarised by its
         # minimum (the sidecar sets it from all rows, so a re-evaluation counts); the others keep the
         # original's summary, the last step's value (best_<m> holds their maximum)
@@ -774,6 +835,7 @@ class WandbReporter:
         ref = None
         if self.mode == "online":
             segment["run"] = f"{run.entity}/{run.project}/{run.id}"
+            self._run_url = run.settings.run_url or None
             cores = child_processes("wandb-core")
             if cores:
                 segment["core_pid"], segment["core_start"] = cores[-1]
@@ -909,6 +971,7 @@ class _Worker:
         self.table_capped = False  # warned that metrics are left out of the table (or of a row)
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
+        self.alerts: list[_Alert] = []  # W&B alerts waiting for the online run
 
     def take(self, snapshot: ReportBatch, seen: int = 0) -> None:
         """A newer snapshot, built when the state had applied `seen` deliveries; the first one
