@@ -133,6 +133,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("notify-outage-minutes", "float", 10.0, minimum=0, maximum=30 * 24 * 60,
          help="W&B unreachable this long is an outage event"),
     Flag("wandb-alerts", "bool", False, help="also send new_best and given_up as W&B alerts (online runs)"),
+    Flag("training-context", "bool", False,
+         help="add the epoch, global step, loss and learning rate of each checkpoint's trainer_state.json to its "
+              "row (train/epoch, ...; in W&B, the table and status --rows)"),
     Flag("wandb-segment-minutes", "float", 0.0, minimum=0, maximum=30 * 24 * 60,
          help="offline: close the segment after this many minutes (at a pass that added rows) so `sync` can "
               "upload it while the watch goes on (0 = one segment per run)"),
@@ -152,7 +155,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("repo-root", "eval-script", "cuda-list", "python-bin", "batch-size", "max-new-tokens",
                     "temperature", "do-sample", "length-penalty", "results-root", "force-eval", "force-eval-steps",
                     "eval-timeout-seconds", "max-attempts", "retry-backoff-seconds", "retry-failed", "gpu-slots",
-                    "pin-checkpoints", "eval-kill-grace-seconds", "gpu-free-memory-mb", "gpu-free-check-seconds")),
+                    "pin-checkpoints", "eval-kill-grace-seconds", "gpu-free-memory-mb", "gpu-free-check-seconds",
+                    "training-context")),
     ("watching", ("once", "poll-interval-seconds", "checkpoint-ready-seconds", "ready-marker", "watch-mode",
                   "order", "max-pending-per-cycle")),
     ("state and logs", ("state-dir", "lock-mode", "log-dir", "log-level")),
@@ -246,6 +250,7 @@ class Config:
     notify_timeout_seconds: float
     notify_outage_minutes: float
     wandb_alerts: bool
+    training_context: bool
     wandb_segment_minutes: float
     gpu_free_memory_mb: int
     gpu_free_check_seconds: float

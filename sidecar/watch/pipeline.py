@@ -495,8 +495,8 @@ class ModelPipeline:
         clashing = [k for k in metrics if k in RESERVED]
         if clashing:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
-        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params(),
-                        training_context(ckpt.path, ckpt.step))  # read before its pin goes
+        row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params(),  # read before its pin goes
+                        training_context(ckpt.path, ckpt.step) if self.config.training_context else None)
         self._unpin(ckpt.name)
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)
