@@ -387,22 +387,32 @@ def format_status(info: dict, state_file: str, ascii: bool = False, prog: str = 
 
 
 def row_columns(rows: dict[int, dict], metrics: tuple[str, ...], width: int) -> list[str]:
-    """The metric columns of `status --rows`: the summary metrics, then HR@K / NDCG@K, then other
-    metrics by name while the line fits in `width` characters (those that are in some row)."""
+    """The columns of `status --rows`: the training context some row has (--training-context:
+    epoch, loss, learning rate), the summary metrics, then HR@K / NDCG@K, then other metrics by
+    name while the line fits in `width` characters (those that are in some row)."""
     from ..reporters.rows import BASE_METRICS
 
     present: set[str] = set()
     for row in rows.values():
         present.update(k for k in metric_names(row)
                        if isinstance(row[k], (int, float)) and not isinstance(row[k], bool))
-    head = [m for m in dict.fromkeys([*metrics, *BASE_METRICS]) if m in present]
-    used = 8 + sum(2 + max(8, len(m)) for m in head)
+    context = [k for k in ROW_CONTEXT if any(k in row for row in rows.values())]
+    head = [*context, *(m for m in dict.fromkeys([*metrics, *BASE_METRICS]) if m in present)]
+    used = 8 + sum(2 + max(8, len(column_label(m))) for m in head)
     for name in sorted(present.difference(head)):
         if used + 2 + max(8, len(name)) > width:
             break
         head.append(name)
         used += 2 + max(8, len(name))
     return head
+
+
+# The training context in `status --rows`, by its short header (train/global_step is the step).
+ROW_CONTEXT = {"train/epoch": "epoch", "train/loss": "loss", "train/learning_rate": "lr"}
+
+
+def column_label(name: str) -> str:
+    return ROW_CONTEXT.get(name, name)
 
 
 def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metrics: tuple[str, ...] = (),
@@ -415,14 +425,15 @@ def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metric
         return "(no rows yet: no checkpoint has a result, and none waits for one)"
     names = row_columns(rows, metrics, width)
     whole = {m for m in names if all(_whole(row[m]) for row in rows.values() if _is_number(row.get(m)))}
-    header = f"{'step':>8}  " + "  ".join(f"{m:>{max(8, len(m))}}" for m in names)
+    labels = [column_label(m) for m in names]
+    header = f"{'step':>8}  " + "  ".join(f"{label:>{max(8, len(label))}}" for label in labels)
     lines = [header.rstrip()]
     for step in sorted(set(rows) | set(waits)):
         if step not in rows:
             lines.append(f"{step:>8}  {waits[step]['text']}")
             continue
         row = rows[step]
-        cells = "  ".join(_cell(row.get(m), max(8, len(m)), m in whole) for m in names)
+        cells = "  ".join(_cell(row.get(m), max(8, len(label)), m in whole) for m, label in zip(names, labels))
         lines.append(f"{step:>8}  {cells}")
     return "\n".join(lines)
 
