@@ -426,15 +426,15 @@ def format_rows(rows: dict[int, dict], waiting: list[dict] | None = None, metric
     names = row_columns(rows, metrics, width)
     whole = {m for m in names if all(_whole(row[m]) for row in rows.values() if _is_number(row.get(m)))}
     labels = [column_label(m) for m in names]
-    header = f"{'step':>8}  " + "  ".join(f"{label:>{max(8, len(label))}}" for label in labels)
+    cells = {step: [_cell(row.get(m), 0, m in whole) for m in names] for step, row in rows.items()}
+    widths = [max([8, len(label), *(len(c[i]) for c in cells.values())]) for i, label in enumerate(labels)]
+    header = f"{'step':>8}  " + "  ".join(f"{label:>{w}}" for label, w in zip(labels, widths))
     lines = [header.rstrip()]
     for step in sorted(set(rows) | set(waits)):
         if step not in rows:
             lines.append(f"{step:>8}  {waits[step]['text']}")
             continue
-        row = rows[step]
-        cells = "  ".join(_cell(row.get(m), max(8, len(label)), m in whole) for m, label in zip(names, labels))
-        lines.append(f"{step:>8}  {cells}")
+        lines.append(f"{step:>8}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells[step], widths)))
     return "\n".join(lines)
 
 
