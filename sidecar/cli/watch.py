@@ -153,6 +153,10 @@ def print_config(args: dict) -> int:
         value, source = getattr(config, flag.dest, values[flag.dest]), sources[flag.dest]
         if flag.dest == "summary_metrics":
             value = ",".join(f"{m}:min" if m in config.summary_lower_better else m for m in value)
+        elif flag.dest == "keep_best_metric":
+            value = f"{value}:{'min' if config.keep_best_lower_better else 'max'}"
+            if source == "default":
+                source = "default: the first --summary-metrics"
         elif flag.dest == "gpu_slots":
             value = ";".join(slot.replace(" ", ",") for slot in value)
             if source == "default":
