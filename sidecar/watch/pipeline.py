@@ -23,6 +23,7 @@ from ..reporters.base import ReportBatch, Reporter
 from ..reporters.rows import RESERVED
 from .attribution import fingerprint, non_default_eval_flags, producer, record_producer
 from .discover import Discoverer, RootMissing
+from .keep_best import Keeper
 from .metrics import read_metrics
 from .outcome import Counted, Decision, Evidence, judge, plural, retry_text, when_retried
 from .pins import Pins
@@ -65,6 +66,9 @@ class ModelPipeline:
         self.discoverer = Discoverer(config.sft_root)
         self.readiness = ReadinessTracker(config.checkpoint_ready_seconds, config.ready_marker)
         self.pins = Pins(config.state_dir, config.sft_root.name) if config.pin_checkpoints else None
+        self.keeper = Keeper(config.state_dir, config.sft_root, config.keep_best, config.keep_best_metric,
+                             config.keep_best_lower_better, config.identity.key, config.state_file,
+                             movable=self.pins.root if self.pins else None) if config.keep_best > 0 else None
         self.host = socket.gethostname()
         self._wake = wake or (lambda: None)
         self._guard = guard or (lambda: None)
@@ -105,6 +109,10 @@ class ModelPipeline:
         redo = self._interrupted & state.processed - self.policy.force_steps
         if redo:  # a re-evaluation (--force-eval-steps) cut short: finish it, as its flag asked
             self.policy = replace(self.policy, force_steps=self.policy.force_steps | redo)
+        if self.keeper is not None:
+            for kept in self.keeper.start(state.rows, busy=set(state.in_flight) | self.policy.force_steps):
+                if kept.step not in state.processed or kept.step in self.policy.force_steps:
+                    self.readiness.ready.add(kept.step)  # a kept copy is complete by construction
         if self.pins is not None:
             state.pins_dir = str(self.pins.root)
             self.pins.clean_temp()
@@ -157,6 +165,8 @@ class ModelPipeline:
         if self.pins is not None:  # a pinned checkpoint lives on after rotation deleted the original
             names = {c.step for c in found}
             found = sorted(found + [p for p in self.pins.existing() if p.step not in names])
+        if self.keeper is not None:  # so is a kept copy (re-evaluated by --force-eval-steps)
+            found = self.keeper.with_kept(found)
         crash_point("after-discovery")
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
         first_scan, self._startup = self._startup, False
@@ -497,6 +507,9 @@ class ModelPipeline:
             log.warning("metrics.json at %s: ignoring %s (the name of a row field)", metrics_path, ", ".join(clashing))
         row = build_row(ckpt, metrics, str(metrics_path), self.config.eval_params(),  # read before its pin goes
                         training_context(ckpt.path, ckpt.step) if self.config.training_context else None)
+        kept = []
+        if self.keeper is not None:  # before its pin goes: a pin kept is moved, not linked twice
+            kept = self.keeper.offer(ckpt, row, self.state.rows, self.running_steps())
         self._unpin(ckpt.name)
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)
@@ -509,6 +522,8 @@ class ModelPipeline:
         shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("HR@10", "NDCG@10") if k in metrics)
         self._chat("%s %s%s", "evaluated" if evaluated else "recorded existing metrics of", ckpt.name,
                    f": {shown}" if shown else "")
+        for line in kept:
+            self._chat("%s", line)
         self.on_outcome(Counted.EVALUATED if evaluated else Counted.REUSED, ckpt.step)
         # A finished evaluation is saved at once; reused metrics.json files are batched (a
         # backfill of 10,000 must not rewrite the state 10,000 times).
