@@ -165,7 +165,7 @@ def explained(path: Path, state, reading: Reading, synced_elsewhere: frozenset[s
     a result and why (`preview.explain_state`), who watches it and where its charts are."""
     from sidecar.fleet.overview import watched_by
     from sidecar.fleet.preview import explain_state
-    from sidecar.watch.status import charts_of, row_metric_names, summarize
+    from sidecar.watch.status import charts_of, kept_best, row_metric_names, summarize
 
     holder = watched_by(path.with_suffix(".lock"))
     waits, problem = explain_state(state, reading.rules, reading.sft_root, time.time(), time.monotonic(),
@@ -175,6 +175,7 @@ def explained(path: Path, state, reading: Reading, synced_elsewhere: frozenset[s
                      waiting=[w.to_json() for w in waits])
     info["watched_by"] = holder
     info["charts"] = charts_of(state, reading.mode, dict(os.environ))
+    info["kept_best"] = kept_best(state, path, reading.sft_root)
     if problem:
         info["sft_root_problem"] = problem
     if info["summary_missing"]:

@@ -250,6 +250,91 @@ def _pins(pins_dir: str | None) -> dict | None:
     return {"dir": pins_dir, "count": count, "bytes_held_only_by_pins": own}
 
 
+def kept_best(state: State, state_file: Path, sft_root: Path | None) -> dict | None:
+    """The kept best checkpoints (--keep-best) of this state: those in STATE_DIR/best/<sft-root
+    name>/ by rank, each with its value and the bytes only it holds (what deleting it frees: its
+    original deleted, or copied), those of the ranking with no kept copy, and where `best` points.
+    None when the sidecar keeps none and the folder holds none. Reads only."""
+    from .keep_best import LINK, OWNER, best_of, metric_value, parse_metric_setting, read_owner, values_of
+    from .pins import checkpoint_folders, held_only_by
+
+    if sft_root is None:
+        return None
+    root = state_file.parent / "best" / sft_root.name
+    n = state.settings.get("keep_best")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+    kept = checkpoint_folders(root)
+    if not n and not kept:
+        return None
+    metric, lower = parse_metric_setting(state.settings.get("keep_best_metric")) or ("HR@10", False)
+    info: dict = {"dir": str(root), "n": n, "metric": metric, "goal": "min" if lower else "max",
+                  "other_configuration": None, "best": None, "checkpoints": [], "not_kept": [],
+                  "bytes_held_only_by_kept": 0}
+    try:
+        owner = read_owner(root)
+    except ValueError as exc:
+        owner = {"model_config_key": None, "state_file": f"unreadable {root / OWNER}: {exc}"}
+    if owner is not None and owner["model_config_key"] != state.model_config_key:
+        info["other_configuration"] = str(owner.get("state_file"))
+        return info
+    top = best_of(values_of(state.rows, metric), n, lower) if n else []
+    rank = {r.step: i + 1 for i, r in enumerate(top)}
+    for ckpt in sorted(kept, key=lambda c: (rank.get(c.step, n + 1), c.step)):
+        row = state.rows.get(ckpt.step)
+        info["checkpoints"].append({"rank": rank.get(ckpt.step), "step": ckpt.step, "checkpoint": ckpt.name,
+                                    "value": metric_value(row, metric) if row else None, "path": str(ckpt.path),
+                                    "has_result": row is not None, "bytes_held_only_here": held_only_by(ckpt.path)})
+    steps = {c.step for c in kept}
+    for i, ranked in enumerate(top):
+        if ranked.step not in steps:
+            name = str(state.rows[ranked.step].get("checkpoint_name") or f"checkpoint-{ranked.step}")
+            info["not_kept"].append({"rank": i + 1, "step": ranked.step, "checkpoint": name, "value": ranked.value,
+                                     "in_sft_root": (sft_root / name).is_dir()})
+    link = root / LINK
+    info["best"] = os.readlink(link) if os.path.islink(link) else None
+    info["bytes_held_only_by_kept"] = sum(c["bytes_held_only_here"] for c in info["checkpoints"])
+    return info
+
+
+def _kept_lines(info: dict) -> list[str]:
+    kept = info.get("kept_best")
+    if not kept:
+        return []
+    label = f"{'kept best':<13}"
+    if kept["other_configuration"]:
+        return [f"{label} {kept['dir']} keeps another configuration's best checkpoints "
+                f"({kept['other_configuration']}); this one keeps none"]
+    goal = "lowest" if kept["goal"] == "min" else "highest"
+    wanted = f"of {kept['n']} " if kept["n"] else "(--keep-best is off now) "
+    link = f" (best -> {kept['best']})" if kept["best"] else ""
+    lines = [f"{label} {len(kept['checkpoints'])} {wanted}by {kept['metric']} ({goal}) in {kept['dir']}{link}; "
+             f"{_mb(kept['bytes_held_only_by_kept'])} held only by them"]
+    entries = [(c["rank"], c["checkpoint"], c) for c in kept["checkpoints"]]
+    entries += [(m["rank"], m["checkpoint"], m) for m in kept["not_kept"]]
+    entries.sort(key=lambda e: (e[0] is None, e[0] or 0, e[2]["step"]))
+    width = max(len(name) for _, name, _ in entries) if entries else 0
+    for place, name, entry in entries:
+        shown = f"{'-' if place is None else str(place) + '.':>3} {name:<{width}}"
+        if "path" not in entry:
+            why = ("not kept yet (its checkpoint is still in --sft-root; the sidecar's log says why)"
+                   if entry["in_sft_root"] else "not kept (its checkpoint was deleted before it could be kept)")
+            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  {why}")
+        elif not entry["has_result"]:
+            lines.append(f"{'':<13} {shown}  no result in the state yet (ranked once evaluated)")
+        elif place is None:
+            why = (f"not in the best {kept['n']} now (removed at the sidecar's next result or start)" if kept["n"]
+                   else "kept earlier (--keep-best is off now: nothing removes it)")
+            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  {why}")
+        else:
+            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  "
+                         f"{_mb(entry['bytes_held_only_here'])} only here")
+    return lines
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
 def number_text(value) -> str:
     if value is None:
         return "-"
@@ -378,6 +463,7 @@ def format_status(info: dict, state_file: str, ascii: bool = False, prog: str = 
         pins = info["pins"]
         lines.append(f"pins          {pins['count']} in {pins['dir']} "
                      f"({pins['bytes_held_only_by_pins'] / 2**20:.1f} MB held only by pins)")
+    lines += _kept_lines(info)
     segments = info["wandb_segments"]
     if segments:
         last = segments[-1]
