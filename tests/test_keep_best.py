@@ -119,10 +119,10 @@ def test_the_best_are_kept_survive_rotation_and_follow_re_evaluations_and_restar
     assert (info["best"], info["bytes_held_only_by_kept"], info["metric"], info["goal"]) == (
         "checkpoint-100", only, "HR@10", "max")
     lines = kept_lines(run.cli("status").stdout)
-    assert lines[0] == (f"kept best     2 of 2 by HR@10 (highest) in {run.best} (best -> checkpoint-100); "
-                        f"1.0 MB held only by them")
-    assert lines[1:] == ["               1. checkpoint-100  HR@10 0.5000  1.0 MB only here",
-                         "               2. checkpoint-200  HR@10 0.4000  0.0 MB only here"]
+    assert lines == ["kept best     2 of 2 by HR@10 (highest), 1.0 MB held only by them; best -> checkpoint-100",
+                     f"              in {run.best}",
+                     "              1.  checkpoint-100  HR@10 0.5000  1.0 MB only here",
+                     "              2.  checkpoint-200  HR@10 0.4000  0.0 MB only here"]
 
     # re-evaluations: 200 drops out (400 takes its place), 300 goes to the top, and 100, whose
     # original is gone, is evaluated from its kept copy and stays
@@ -185,9 +185,9 @@ def test_across_filesystems_it_copies_with_one_warning_and_a_failed_copy_is_one_
         assert sorted(p.name for p in run.best.iterdir()) == [".owner.json", "best", "checkpoint-100"]  # no temp
         assert (run.best / "checkpoint-100" / "model.safetensors").stat().st_nlink == 1  # a copy
         lines = kept_lines(run.cli("status").stdout)
-        assert lines[1:] == ["               1. checkpoint-200  HR@10 0.2000  not kept yet (its checkpoint is "
+        assert lines[2:] == ["              1.  checkpoint-200  HR@10 0.2000  not kept yet (its checkpoint is "
                              "still in --sft-root; the sidecar's log says why)",
-                             "               2. checkpoint-100  HR@10 0.1000  0.0 MB only here"]
+                             "              2.  checkpoint-100  HR@10 0.1000  0.0 MB only here"]
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -279,6 +279,7 @@ def kept_best(state: State, state_file: Path, sft_root: Path | None) -> dict | N
         return info
     top = best_of(values_of(state.rows, metric), n, lower) if n else []
     rank = {r.step: i + 1 for i, r in enumerate(top)}
+    info["ranked"] = bool(top)  # some row has the metric: a copy out of the top N is removed
     for ckpt in sorted(kept, key=lambda c: (rank.get(c.step, n + 1), c.step)):
         row = state.rows.get(ckpt.step)
         info["checkpoints"].append({"rank": rank.get(ckpt.step), "step": ckpt.step, "checkpoint": ckpt.name,
@@ -297,37 +298,43 @@ def kept_best(state: State, state_file: Path, sft_root: Path | None) -> dict | N
 
 
 def _kept_lines(info: dict) -> list[str]:
+    """`kept best`: the header (how many, by what, the bytes only they hold, where `best` points),
+    the folder, then one line per kept or ranked checkpoint, by rank."""
     kept = info.get("kept_best")
     if not kept:
         return []
-    label = f"{'kept best':<13}"
+    label, pad = f"{'kept best':<13}", " " * 13
     if kept["other_configuration"]:
         return [f"{label} {kept['dir']} keeps another configuration's best checkpoints "
                 f"({kept['other_configuration']}); this one keeps none"]
     goal = "lowest" if kept["goal"] == "min" else "highest"
     wanted = f"of {kept['n']} " if kept["n"] else "(--keep-best is off now) "
-    link = f" (best -> {kept['best']})" if kept["best"] else ""
-    lines = [f"{label} {len(kept['checkpoints'])} {wanted}by {kept['metric']} ({goal}) in {kept['dir']}{link}; "
-             f"{_mb(kept['bytes_held_only_by_kept'])} held only by them"]
-    entries = [(c["rank"], c["checkpoint"], c) for c in kept["checkpoints"]]
-    entries += [(m["rank"], m["checkpoint"], m) for m in kept["not_kept"]]
-    entries.sort(key=lambda e: (e[0] is None, e[0] or 0, e[2]["step"]))
-    width = max(len(name) for _, name, _ in entries) if entries else 0
-    for place, name, entry in entries:
-        shown = f"{'-' if place is None else str(place) + '.':>3} {name:<{width}}"
+    link = f"; best -> {kept['best']}" if kept["best"] else ""
+    lines = [f"{label} {len(kept['checkpoints'])} {wanted}by {kept['metric']} ({goal}), "
+             f"{_mb(kept['bytes_held_only_by_kept'])} held only by them{link}", f"{pad} in {kept['dir']}"]
+    entries = sorted([*kept["checkpoints"], *kept["not_kept"]],
+                     key=lambda e: (e["rank"] is None, e["rank"] or 0, e["step"]))
+    width = max((len(e["checkpoint"]) for e in entries), default=0)
+    sizes = max((len(_mb(e["bytes_held_only_here"])) for e in kept["checkpoints"]), default=0)
+    for entry in entries:
+        place = f"{entry['rank']}." if entry["rank"] else "-"
+        head = f"{pad} {place:<3} {entry['checkpoint']:<{width}}"
+        value = f"{kept['metric']} {number_text(entry['value'])}"
         if "path" not in entry:
             why = ("not kept yet (its checkpoint is still in --sft-root; the sidecar's log says why)"
                    if entry["in_sft_root"] else "not kept (its checkpoint was deleted before it could be kept)")
-            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  {why}")
         elif not entry["has_result"]:
-            lines.append(f"{'':<13} {shown}  no result in the state yet (ranked once evaluated)")
-        elif place is None:
-            why = (f"not in the best {kept['n']} now (removed at the sidecar's next result or start)" if kept["n"]
-                   else "kept earlier (--keep-best is off now: nothing removes it)")
-            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  {why}")
+            value, why = "", "no result in the state yet (ranked once evaluated)"
+        elif entry["rank"] is None:
+            if not kept["n"]:
+                why = "kept earlier (--keep-best is off now: nothing removes it)"
+            elif not kept.get("ranked"):
+                why = f"kept earlier (no row has {kept['metric']}: nothing is ranked, nothing removed)"
+            else:
+                why = f"not in the best {kept['n']} now (removed at the sidecar's next result or start)"
         else:
-            lines.append(f"{'':<13} {shown}  {kept['metric']} {number_text(entry['value'])}  "
-                         f"{_mb(entry['bytes_held_only_here'])} only here")
+            why = f"{_mb(entry['bytes_held_only_here']):>{sizes}} only here"
+        lines.append("  ".join(part for part in (head, value, why) if part))
     return lines
 
 
