@@ -101,6 +101,8 @@ class Keeper:
         self.linker = Linker(self.root)
         self._entered: list[str] = []  # "kept checkpoint-300 (HR@10=0.41, best 1 of 3)" since last asked
         self.top: list[Ranked] = []
+        self._names: dict[int, str] = {}  # the checkpoint folder name of each ranked step
+        self._unsettled = False  # offers deferred to `settle`
         self._skip: set[int] = set()  # in the top but no folder to keep (gone, or it failed): until the next start
 
     # ----- start ------------------------------------------------------------------------------
@@ -111,6 +113,8 @@ class Keeper:
         self._check_owner()
         self._clean_temp()
         self.top = best_of(values_of(rows, self.metric), self.n, self.lower_better)
+        self._names.update((r.step, str(rows[r.step].get("checkpoint_name") or f"checkpoint-{r.step}"))
+                           for r in self.top)
         kept = self.existing()
         if rows and not self.top:
             log.warning("--keep-best-metric %s: no row has this metric yet; nothing is kept until one does%s",
@@ -169,19 +173,39 @@ class Keeper:
         return sorted(found + extra) if extra else found
 
     # ----- after each result ------------------------------------------------------------------
-    def offer(self, ckpt: Checkpoint, row: dict, rows: dict[int, dict], busy: set[int]) -> list[str]:
+    def offer(self, ckpt: Checkpoint, row: dict, rows: dict[int, dict], busy: set[int],
+              defer: bool = False) -> list[str]:
         """`row` is the new result of `ckpt` (`rows`: the state's rows before it): rank it and make
         the folder match, keeping `ckpt` from where it is now (a pin is moved in). Returns a line
         for each checkpoint that entered the kept set (the caller logs them after its result).
+        `defer`: only rank it, the folder follows at `settle` (`ckpt` stays where it is: a reused
+        result under --sft-root; in a backfill most would enter and leave the top within one pass).
         Never raises: a failure is one warning and the evaluation goes on."""
         step, value = ckpt.step, metric_value(row, self.metric)
+        self._names[step] = ckpt.name
         if step in rows or any(r.step == step for r in self.top):  # a re-evaluation: its old value goes
             pairs = ((s, v) for s, v in values_of(rows, self.metric) if s != step)
             self.top = best_of([*pairs, *([(step, value)] if value is not None else [])], self.n, self.lower_better)
         elif value is not None:
             self.top = best_of([(r.step, r.value) for r in self.top] + [(step, value)], self.n, self.lower_better)
+        if defer:
+            self._unsettled = True
+            return []
+        self._unsettled = False
         try:
             self._reconcile(ckpt, lambda s: s == step or s in rows, busy - {step})
+        except OSError as exc:
+            log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
+        return self.entered()
+
+    def settle(self, rows: dict[int, dict], busy: set[int]) -> list[str]:
+        """Make the folder match the ranking after deferred offers (`rows`: the state's, with
+        them); returns the lines of the checkpoints that entered the kept set."""
+        if not self._unsettled:
+            return []
+        self._unsettled = False
+        try:
+            self._reconcile(None, rows.__contains__, busy)
         except OSError as exc:
             log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
         return self.entered()
@@ -205,21 +229,18 @@ class Keeper:
             if current is not None and ranked.step == current.step:
                 self._keep(current, i, entering=ranked.step not in kept)
             elif ranked.step not in kept and ranked.step not in self._skip:
-                source = self._source(ranked.step)
+                source = self._source(ranked.step, self._names.get(ranked.step, f"checkpoint-{ranked.step}"))
                 if source is None:
                     self._skip.add(ranked.step)
                 else:
                     self._keep(source, i, entering=True)
         self._point_best()
 
-    def _source(self, step: int) -> Checkpoint | None:
-        """The checkpoint folder of `step` that still exists: under --sft-root, else a pin."""
+    def _source(self, step: int, name: str) -> Checkpoint | None:
+        """The checkpoint folder `name` of `step` where it still exists: under --sft-root, else a pin."""
         for parent in (self.sft_root, self.movable):
-            if parent is None or not parent.is_dir():
-                continue
-            for entry in os.scandir(parent):
-                if parse_step(entry.name) == step and entry.is_dir():
-                    return Checkpoint(step, entry.name, parent)
+            if parent is not None and (parent / name).is_dir():
+                return Checkpoint(step, name, parent)
         return None
 
     def _keep(self, source: Checkpoint, rank: int, entering: bool) -> None:

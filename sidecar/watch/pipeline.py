@@ -509,7 +509,8 @@ class ModelPipeline:
                         training_context(ckpt.path, ckpt.step) if self.config.training_context else None)
         kept = []
         if self.keeper is not None:  # before its pin goes: a pin kept is moved, not linked twice
-            kept = self.keeper.offer(ckpt, row, self.state.rows, self.running_steps())
+            defer = not evaluated and ckpt.parent == self.config.sft_root  # kept at the pass's end (report)
+            kept = self.keeper.offer(ckpt, row, self.state.rows, self.running_steps(), defer=defer)
         self._unpin(ckpt.name)
         if evaluated and read is not None:
             record_producer(metrics_path, self.model, read)
@@ -557,7 +558,11 @@ class ModelPipeline:
         return True
 
     def report(self) -> None:
-        """Hand rows already saved in state to the reporter (it never blocks the evaluator)."""
+        """Hand rows already saved in state to the reporter (it never blocks the evaluator). Runs at
+        the end of every pass: the pass's reused results are kept now (`Keeper.settle`)."""
+        if self.keeper is not None:
+            for line in self.keeper.settle(self.state.rows, self.running_steps()):
+                self._chat("%s", line)
         self.collect()
         state = self.state
         if self.dirty or not self.reporter.enabled or not (state.unreported or state.sent or self._seal):
