@@ -6,7 +6,8 @@ checkpoints by one metric, which the trainer's rotation (`save_total_limit`) can
 root would delete each other's copies: a second one is refused). The ranking is a pure function
 of the state's rows (`best_of`): the N best values of the metric, a tie kept by the earlier step
 (as W&B's best_* summary); a row without the metric is not ranked. The keeper only makes the
-folders match it, after each result (`Keeper.offer`) and at start (`Keeper.start`).
+folders match it, after each result (`Keeper.offer`; reused results at the end of the pass,
+`Keeper.settle`) and at start (`Keeper.start`).
 
 A copy is made in a temp folder and renamed into place, so a crash never leaves a half copy that
 looks complete; a pin (--pin-checkpoints) is moved in instead of linked a second time. Nothing
@@ -111,22 +112,27 @@ class Keeper:
         state's rows and make the folder match; returns the kept copies on disk. Raises
         ConfigError when another configuration (or not this sidecar) keeps checkpoints there."""
         self._check_owner()
-        self._clean_temp()
         self.top = best_of(values_of(rows, self.metric), self.n, self.lower_better)
         self._names.update((r.step, str(rows[r.step].get("checkpoint_name") or f"checkpoint-{r.step}"))
                            for r in self.top)
-        kept = self.existing()
-        if rows and not self.top:
-            log.warning("--keep-best-metric %s: no row has this metric yet; nothing is kept until one does%s",
-                        self.metric, " (the kept copies there stay as they are)" if kept else "")
-        unranked = [c.name for c in kept if c.step not in rows]
-        if unranked:
-            log.info("%d kept checkpoint(s) in %s have no result in the state (%s); they are ranked again once "
-                     "evaluated", len(unranked), self.root, ", ".join(unranked[:5]))
-        self._reconcile(None, rows.__contains__, set(busy))
+        try:
+            self._clean_temp()
+            kept = self.existing()
+            if rows and not self.top:
+                log.warning("--keep-best-metric %s: no row has this metric yet; nothing is kept until one does%s",
+                            self.metric, " (the kept copies there stay as they are)" if kept else "")
+            unranked = [c.name for c in kept if c.step not in rows]
+            if unranked:
+                log.info("%d kept checkpoint(s) in %s have no result in the state (%s); they are ranked again once "
+                         "evaluated", len(unranked), self.root, ", ".join(unranked[:5]))
+            self._reconcile(None, rows.__contains__, set(busy))
+            kept = self.existing()
+        except OSError as exc:  # e.g. a folder there that cannot be read: the evaluations go on
+            log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
+            kept = []
         for line in self.entered():
             log.info("%s", line)
-        return self.existing()
+        return kept
 
     def _check_owner(self) -> None:
         try:
