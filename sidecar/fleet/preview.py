@@ -12,11 +12,17 @@ not changed since: that sidecar took it at its start-up confirmation. Any other 
 period that sidecar counts from when it first saw the files as they are, which status cannot see:
 not before they last changed (their newest modification or status change) and not before the
 sidecar started, plus the quiet period.
+
+With `--gpu-free-memory-mb` (recorded in the state for `status`; the flags for `plan`), a ready
+checkpoint whose free slots lack that much GPU memory now waits for it ("gpu_memory"): status and
+plan read nvidia-smi themselves, on this host, once per run (`gpu_memory.read_free_cached`). When
+the watching sidecar runs on another host, its GPUs are not read from here.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +30,7 @@ from pathlib import Path
 from ..checkpoints import Checkpoint
 from ..config import Config
 from ..errors import SidecarError
+from ..gpu_memory import GpuReadError, read_free_cached, short_gpus
 from ..watch.discover import Discoverer, RootMissing
 from ..watch.plan import Policy, still_wanted
 from ..watch.readiness import ReadinessTracker, walk
@@ -40,7 +47,7 @@ class Wait:
 
     checkpoint: str
     step: int
-    reason: str  # ready, marker, quiet, shards, empty, retry, given_up, vanished, in_flight, unknown
+    reason: str  # ready, gpu_memory, marker, quiet, shards, empty, retry, given_up, vanished, in_flight, unknown
     text: str
     until: float | None = None  # wall time the quiet period ends, or the retry is due
     attempt: int | None = None  # retry: the attempt that comes next; given up: the attempts made
@@ -52,6 +59,8 @@ class Wait:
     started: str | None = None  # in flight: when its eval started (ISO, as the state has it)
     changed: float | None = None  # quiet: wall time its files last changed
     recorded: str | None = None  # vanished: when it was recorded (ISO, as the state has it)
+    gpu_free: dict[int, int | None] | None = None  # gpu_memory: MiB free on the GPUs that lack it (None: not listed)
+    needs_mb: int | None = None  # gpu_memory: --gpu-free-memory-mb
 
     @property
     def readiness(self) -> bool:
@@ -71,6 +80,10 @@ class Wait:
             out["time"] = self.recorded
         if self.missing:
             out["missing"] = list(self.missing)
+        if self.needs_mb is not None:
+            out["needs_mb"] = self.needs_mb
+            if self.gpu_free is not None:
+                out["gpu_free_mb"] = {str(gpu): mb for gpu, mb in self.gpu_free.items()}
         return out
 
 
@@ -100,16 +113,81 @@ class Explained:
 @dataclass(frozen=True)
 class Watching:
     """The sidecar that holds a configuration's lock, as far as a reader can tell: `since` is the
-    wall time it took the lock (the lock file's modification time; None when it cannot be read)."""
+    wall time it took the lock (the lock file's modification time; None when it cannot be read);
+    `host` the host the lock file names (None when it names none)."""
 
     since: float | None = None
+    host: str | None = None
 
     @classmethod
     def of(cls, lock_file: Path) -> "Watching":
         try:
-            return cls(os.stat(lock_file).st_mtime)
+            since: float | None = os.stat(lock_file).st_mtime
+            lines = lock_file.read_text(encoding="utf-8", errors="replace").split("\n")
         except OSError:
-            return cls(None)
+            since, lines = None, []
+        host = lines[1].strip() if len(lines) > 1 and lines[0].strip().isdigit() and lines[1].strip() else None
+        return cls(since, host)
+
+
+@dataclass(frozen=True)
+class GpuWait:
+    """Why ready checkpoints wait for GPU memory now (`gpu_wait`): `reason` "gpu_memory" (or
+    "ready": the GPUs are another host's, not read), the words after "ready", and for JSON the
+    free MiB of the GPUs that lack it (None: not read)."""
+
+    reason: str
+    text: str
+    needs_mb: int
+    free: dict[int, int | None] | None = None
+
+
+def mib(value: int) -> str:
+    return f"{value:,}"
+
+
+def gpu_wait(need_mb: int, slots: list[str], busy: set[str], host: str | None = None) -> GpuWait | None:
+    """A ready checkpoint waits for GPU memory when `need_mb` > 0 and none of the `slots` not in
+    `busy` (their GPU lists) has `need_mb` MiB free on each of its GPUs, as nvidia-smi here says
+    now; None when it does not (the option is off, a slot has room, or every slot is busy: it
+    waits for a slot). `host`: the watching sidecar's host; another one's GPUs are not read."""
+    idle = [slot for slot in slots if slot not in busy]
+    if need_mb <= 0 or not idle:
+        return None
+    if host is not None and host != socket.gethostname():
+        return GpuWait("ready", f"starts when a slot frees and its GPUs have {mib(need_mb)} MiB free "
+                       f"(--gpu-free-memory-mb; the sidecar runs on host {host}: its GPUs are not read from here)",
+                       need_mb)
+    reading = read_free_cached()
+    if isinstance(reading, GpuReadError):
+        return GpuWait("gpu_memory", f"waiting for free GPU memory: it cannot be read ({reading}); needs "
+                       f"{mib(need_mb)} MiB", need_mb)
+    lacking: dict[int, int | None] = {}
+    for slot in idle:
+        short = short_gpus(slot, reading, need_mb)
+        if not short:
+            return None
+        lacking.update(short)
+    return GpuWait("gpu_memory", f"waiting for free GPU memory ({lacking_text(lacking, need_mb)})", need_mb, lacking)
+
+
+def lacking_text(lacking: dict[int, int | None], need_mb: int) -> str:
+    """`GPU 0: 1,200 MiB free, needs 20,000`."""
+    gpus = ", ".join(f"GPU {gpu}: not listed by nvidia-smi" if mb is None else f"GPU {gpu}: {mib(mb)} MiB free"
+                     for gpu, mb in sorted(lacking.items()))
+    return f"{gpus}, needs {mib(need_mb)}"
+
+
+def recorded_gpu_wait(state: State, watching: Watching | None) -> GpuWait | None:
+    """`gpu_wait` by the settings the sidecar recorded in the state (`status`): its slots minus
+    those its evals in flight hold (all of them when no sidecar runs: a start stops those)."""
+    settings = state.settings
+    need, slots = settings.get("gpu_free_memory_mb"), settings.get("gpu_slots")
+    if not isinstance(need, int) or isinstance(need, bool) or need <= 0 or not isinstance(slots, list):
+        return None
+    slots = [s for s in slots if isinstance(s, str)]
+    busy = {str(e.get("gpus")) for e in state.in_flight.values() if e.get("gpus")} if watching is not None else set()
+    return gpu_wait(need, slots, busy, watching.host if watching is not None else None)
 
 
 def last_change(folder: Path) -> float | None:
@@ -284,7 +362,15 @@ def explain_state(state: State, rules: Rules, sft_root: Path | None, now_wall: f
         found, pinned, look = [Checkpoint(s, names[s], sft_root or Path(".")) for s in sorted(steps)], set(), False
     seen = explain(found, state, rules, now_wall, now_mono, pinned, look, watching)
     waits = [w if watching is not None or w.reason != "in_flight" else orphaned(w) for w in seen.waits]
+    memory = recorded_gpu_wait(state, watching) if seen.ready else None
     for ckpt in seen.ready:
+        if memory is not None:
+            after = "" if watching is not None else ("; no sidecar is running for this configuration (`once` "
+                                                     "evaluates it once a slot's GPUs have room)")
+            joint = ", " if memory.reason == "gpu_memory" else "; "
+            waits.append(Wait(ckpt.name, ckpt.step, memory.reason, f"ready{joint}{memory.text}{after}",
+                              gpu_free=memory.free, needs_mb=memory.needs_mb))
+            continue
         if watching is None:
             text = "ready; no sidecar is running for this configuration (`once` evaluates it)"
         elif ckpt.step in seen.notes:
@@ -371,13 +457,36 @@ def preview_model(name: str, config: Config, now_wall: float, now_mono: float) -
     return out
 
 
+def short_slots(models: list[ModelPreview]) -> tuple[set[int], str]:
+    """With `--gpu-free-memory-mb` (local evals; as the first configured model has it): the slots
+    whose GPUs lack that much free memory now, and why in words ("" when none does)."""
+    config = next((m.config for m in models if m.config is not None), None)
+    if config is None or config.executor != "local" or config.gpu_free_memory_mb <= 0:
+        return set(), ""
+    need, slots = config.gpu_free_memory_mb, list(config.gpu_slots)
+    reading = read_free_cached()
+    if isinstance(reading, GpuReadError):
+        return set(range(len(slots))), f"free GPU memory cannot be read ({reading}); needs {mib(need)} MiB"
+    lacking: dict[int, int | None] = {}
+    refused = set()
+    for i, slot in enumerate(slots):
+        short = short_gpus(slot, reading, need)
+        if short:
+            refused.add(i)
+            lacking.update(short)
+    return refused, lacking_text(lacking, need) if lacking else ""
+
+
 def preview(models: list[ModelPreview], slots: list[str], order: str, cap: int = 0) -> dict:
-    """The fleet's order over the models' ready checkpoints: which run at once, which queue."""
+    """The fleet's order over the models' ready checkpoints: which run at once, which queue (with
+    `--gpu-free-memory-mb`, slots whose GPUs lack the memory take none)."""
     planned = {m.name: m.ready for m in models if m.ready}
     by_name = {m.name: m for m in models}
     upcoming = []
     busy = sum(len(m.running) for m in models)  # a watching sidecar's evals hold slots now
-    free = max(0, len(slots) - busy)
+    refused, short = short_slots(models)
+    roomy = [i for i in range(len(slots)) if i not in refused]
+    free = max(0, min(len(roomy), len(slots) - busy))
     per_model: dict[str, int] = {m.name: len(m.running) for m in models}
     for name, ckpt in interleave(planned, {n: n for n in planned}, {}, strict=order == "model-then-step"):
         model = by_name[name]
@@ -390,8 +499,10 @@ def preview(models: list[ModelPreview], slots: list[str], order: str, cap: int =
             when = f"after this model's earlier evals (--max-parallel-per-model {cap})"
         elif free > 0:
             free -= 1
-            slot = len(slots) - free - 1 - busy  # slots in order while none is busy
+            slot = roomy[len(roomy) - free - 1] if not busy else 0  # slots in order while none is busy
             when = "starts at once on a free slot" if busy else f"starts at once on slot {slot + 1} ({slots[slot]})"
+        elif refused and not roomy:
+            when = f"when a slot's GPUs have room ({short})"
         else:
             when = "when a slot frees"
         upcoming.append({"model": name, "checkpoint": ckpt.name, "step": ckpt.step, "when": when})
