@@ -438,9 +438,9 @@ class Fleet(Loop):
                 continue
             if cap and running[key] >= cap:
                 continue
-            slot = self.scheduler.free_slot()
+            slot = self.scheduler.free_slot(f"{member.name}/{ckpt.name}")
             if slot is None:
-                break  # every slot busy: the next finished eval wakes the loop
+                break  # every slot busy (or short of GPU memory): a finished eval or the memory check wakes the loop
             try:
                 with about(member.name):
                     done += member.pipeline.dispatch(ckpt, slot)

@@ -66,8 +66,10 @@ def make_scheduler(config: Config, environ: dict[str, str], executor, clock, not
     """The configured executor (or `executor`), with the other kinds as spares for records an
     earlier sidecar left."""
     spares = (lambda: slurm_executor(config, environ), lambda: local_executor(config))
+    gpu_free_mb = config.gpu_free_memory_mb if config.executor == "local" else 0  # Slurm chooses the GPUs
     return Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
-                     on_event=notify, spawn=spawn)
+                     on_event=notify, spawn=spawn, gpu_free_mb=gpu_free_mb,
+                     gpu_check_seconds=config.gpu_free_check_seconds)
 
 
 def progress_seconds(environ: dict[str, str]) -> float:
@@ -471,9 +473,9 @@ class Sidecar(Loop):
         for ckpt in planned:
             if self.stop_event.is_set():
                 break
-            slot = self.scheduler.free_slot()
+            slot = self.scheduler.free_slot(ckpt.name)
             if slot is None:
-                break  # every slot busy: the next finished eval wakes the loop
+                break  # every slot busy (or short of GPU memory): a finished eval or the memory check wakes the loop
             done += pipeline.dispatch(ckpt, slot)
         pipeline.save(force=pipeline.dirty)
         pipeline.report()
