@@ -111,6 +111,10 @@ def test_two_slots_one_busy_the_eval_runs_on_the_free_one_and_at_0_nvidia_smi_is
     assert done.returncode == 0, done.stderr
     assert sorted(ws.calls()) == ["checkpoint-100", "checkpoint-200"]
     assert cuda_seen(ws, 100) == cuda_seen(ws, 200) == "1"  # one after the other, never on GPU 0
+    said = [line.split("] ", 2)[2] for line in done.stderr.splitlines() if "--gpu-free-memory-mb" in line]
+    assert said == ["GPU 0 has 100 MiB free, --gpu-free-memory-mb 20000: checkpoint-200 waits; asking again every "
+                    "0.5 s while this run's evals go on, then the next run does",
+                    "GPU 1 has 30000 MiB free now (--gpu-free-memory-mb 20000): checkpoint-200 starts"], done.stderr
     assert "once: 2 evaluated" in done.stderr.splitlines()[-1]
 
     asked = len(smi.calls())
@@ -129,7 +133,7 @@ def test_once_leaves_a_checkpoint_waiting_for_gpu_memory_to_the_next_run_and_pla
     assert lines_with(done.stderr, " waits; ") == [
         line for line in done.stderr.splitlines()
         if line.endswith("[INFO] GPU 0 has 100 MiB free, --gpu-free-memory-mb 20000: checkpoint-100 waits; "
-                         "asking again every 0.5 s")]
+                         "the next run asks again")]
     assert len(lines_with(done.stderr, " waits; ")) == 1, done.stderr
     assert re.search(r"once: 0 evaluated, .* 1 waiting", done.stderr.splitlines()[-1])
     assert ws.calls() == []
@@ -149,7 +153,7 @@ def test_nvidia_smi_missing_with_the_option_is_one_clear_line_and_nothing_starts
     said = lines_with(done.stderr, "nvidia-smi")
     assert len(said) == 1 and said[0].endswith(
         "[WARNING] --gpu-free-memory-mb 20000: cannot read the free GPU memory (nvidia-smi not found on PATH); "
-        "checkpoint-100 waits until it can; asking again every 0.5 s"), done.stderr
+        "checkpoint-100 waits until it can; the next run asks again"), done.stderr
     assert "Traceback" not in done.stderr
     assert ws.calls() == []
 

@@ -97,11 +97,12 @@ class Scheduler:
 
     def __init__(self, executor: Executor, spares: tuple[Callable[[], Executor], ...] = (), sleep=time.sleep,
                  on_event: Callable[[bool], None] | None = None, spawn=None, gpu_free_mb: int = 0,
-                 gpu_check_seconds: float = 30.0, read_gpus=read_free) -> None:
+                 gpu_check_seconds: float = 30.0, read_gpus=read_free, once: bool = False) -> None:
         """`spares`: factories of the other kinds of executor (built only when a record needs one);
         `spawn(fn, name)` runs the metrics reader of a finished eval (default: a daemon thread;
         the in-process loop tests run it inline). `gpu_free_mb` (0: off): a slot of the configured
-        executor is free only when each of its GPUs has this many MiB free (`MemoryGate`)."""
+        executor is free only when each of its GPUs has this many MiB free (`MemoryGate`; `once`:
+        a `once` run, which leaves a wait to the next run when none of its evals runs)."""
         self.executor = executor
         self._spare_factories = list(spares)
         self._spares: list[Executor] = []
@@ -111,8 +112,8 @@ class Scheduler:
         self.running: dict[EvalKey, Running] = {}
         self._stopping = False
         self._spawn = spawn or _thread
-        self.gate = MemoryGate(gpu_free_mb, gpu_check_seconds, lambda: self._on_event(False), read_gpus) \
-            if gpu_free_mb > 0 else None
+        self.gate = MemoryGate(gpu_free_mb, gpu_check_seconds, lambda: self._on_event(False), read_gpus,
+                               once=once) if gpu_free_mb > 0 else None
 
     # ----- routing and slots --------------------------------------------------------------------
     def route(self, record: dict) -> Executor:
@@ -148,7 +149,7 @@ class Scheduler:
         idle = self.idle_slots()
         if not idle or self.gate is None:
             return idle[0] if idle else None
-        return self.gate.pick(idle, self.executor.slots(), what)
+        return self.gate.pick(idle, self.executor.slots(), what, busy=len(idle) < len(self.executor.slots()))
 
     def cuda(self, slot: int) -> str:
         return self.executor.slots()[slot]
@@ -249,12 +250,15 @@ class MemoryGate:
     timer calls `notify` once `every` seconds have passed, so the loop asks again. The log says
     when checkpoints start waiting (INFO; a WARNING when the memory cannot be read: then they
     wait too, as the option protects a training run sharing the GPUs) and when one starts again:
-    two lines per wait, not one per check. Main thread only, but for the timer's flags."""
+    two lines per wait, not one per check. A `once` run asks again while its evals run, and leaves
+    the rest to the next run (it does not wait for a training run to free the GPUs). Main thread
+    only, but for the timer's flags."""
 
     def __init__(self, need_mb: int, every: float, notify: Callable[[], None], read=read_free,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, once: bool = False) -> None:
         self.need_mb = need_mb
         self.every = every
+        self.once = once
         self._notify = notify
         self._read = read
         self._clock = clock
@@ -278,11 +282,15 @@ class MemoryGate:
     def forget(self) -> None:
         self._held = None
 
-    def pick(self, idle: list[int], slots: list[str], what: str) -> int | None:
-        """The first of the `idle` slots each of whose GPUs has `need_mb` MiB free, or None."""
+    def pick(self, idle: list[int], slots: list[str], what: str, busy: bool = False) -> int | None:
+        """The first of the `idle` slots each of whose GPUs has `need_mb` MiB free, or None.
+        `busy`: other slots run evals now (a `once` run waits for them, and asks again meanwhile)."""
         reading = self.reading()
         who = f"{what} waits" if what else "ready checkpoints wait"
         again = f"asking again every {self.every:g} s"
+        if self.once:
+            again = (f"{again} while this run's evals go on, then the next run does" if busy
+                     else "the next run asks again")
         if isinstance(reading, GpuReadError):
             self._refused("unreadable", logging.WARNING, f"--gpu-free-memory-mb {self.need_mb}: cannot read the "
                           f"free GPU memory ({reading}); {who} until it can; {again}")
