@@ -468,6 +468,9 @@ def _check_executor(values: dict) -> None:
     if values["executor"] == "slurm" and values["gpu_slots"] is not None:
         raise ConfigError(f"--gpu-slots {values['gpu_slots']!r}: GPU slots do not apply to --executor slurm "
                           f"(Slurm chooses the GPUs); bound the jobs with --max-parallel")
+    if values["executor"] == "slurm" and values["gpu_free_memory_mb"]:
+        raise ConfigError(f"--gpu-free-memory-mb {values['gpu_free_memory_mb']}: does not apply to --executor slurm "
+                          f"(Slurm chooses the GPUs; ask for what a job needs in --slurm-args, e.g. --gres)")
     if values["executor"] == "local" and values["max_parallel"] != 1:
         raise ConfigError(f"--max-parallel {values['max_parallel']}: applies to --executor slurm; local evals run "
                           f"one per GPU slot (--gpu-slots)")

@@ -69,7 +69,7 @@ def make_scheduler(config: Config, environ: dict[str, str], executor, clock, not
     gpu_free_mb = config.gpu_free_memory_mb if config.executor == "local" else 0  # Slurm chooses the GPUs
     return Scheduler(executor or make_executor(config, environ), spares=spares, sleep=clock.sleep,
                      on_event=notify, spawn=spawn, gpu_free_mb=gpu_free_mb,
-                     gpu_check_seconds=config.gpu_free_check_seconds)
+                     gpu_check_seconds=config.gpu_free_check_seconds, once=config.once)
 
 
 def progress_seconds(environ: dict[str, str]) -> float:

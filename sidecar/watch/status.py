@@ -389,7 +389,7 @@ def _waiting_lines(info: dict) -> list[str]:
 
 REASON_WORDS = {"ready": "ready", "marker": "waiting for the marker", "quiet": "in their quiet period",
                 "shards": "missing shards", "empty": "empty", "retry": "waiting to retry", "given_up": "given up",
-                "vanished": "vanished", "unknown": "not readable here"}
+                "vanished": "vanished", "unknown": "not readable here", "gpu_memory": "waiting for free GPU memory"}
 
 
 def _in_flight_lines(info: dict) -> list[str]:
