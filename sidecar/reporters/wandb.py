@@ -67,6 +67,9 @@ RELEASE_TIMEOUT = 10.0  # seconds wandb-core gets to end the stream a failed ini
 _CLOSE = object()
 ALERT_WAIT_SECONDS = 60  # W&B holds back a second alert of one title for this long (the notifier's rate too)
 MAX_PENDING_ALERTS = 20  # alerts kept while the online run is not open; older ones go first
+# a rotated offline segment lives at least this long: wandb names offline folders by the second
+# their run started, so two segments of one run id opened within a second would share a folder
+MIN_SEGMENT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class WandbOptions:
     one_shot: bool = False  # `sync`: no evaluation goes on behind it, no retry later
     table_seconds: float = 300.0  # at most one table per this long while rows come (0: every pass); always at exit
     shared: bool = False  # other reporters of this process have runs open at the same time (fleet mode)
+    segment_seconds: float = 0.0  # offline: close the segment this long after it opened (0: one per process)
+    seal_table: bool = True  # a seal without rows writes the table too (False: the summary alone; `sync`)
 
 
 def wandb_text(value):
@@ -119,6 +124,7 @@ def options_for(settings, wandb_config: dict, mode: str | None = None) -> WandbO
         fallback=settings.wandb_fallback, summary_metrics=settings.summary_metrics,
         summary_lower_better=getattr(settings, "summary_lower_better", frozenset()),
         table_seconds=60.0 * settings.wandb_table_minutes,
+        segment_seconds=60.0 * getattr(settings, "wandb_segment_minutes", 0.0),
     )
 
 
@@ -191,28 +197,73 @@ def history_line_count(ref: ServerRef, timeout: float = QUERY_TIMEOUT) -> int:
 
     The same fields wandb's own `RunResumeStatus` reads. Raises Outage when the server cannot be
     reached or fails (5xx), QueryUnsupported when it refuses the question (4xx, bad answer)."""
-    body = json.dumps({"query": _LINE_COUNT_QUERY, "operationName": "RunHistoryLineCount",
-                       "variables": {"project": ref.project, "entity": ref.entity, "name": ref.run_id}}).encode()
-    auth = base64.b64encode(f"api:{ref.api_key}".encode()).decode()
-    request = urllib.request.Request(f"{ref.base_url.rstrip('/')}/graphql", data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Basic {auth}", "User-Agent": "eval-sidecar"})
+    answer = _graphql(ref.base_url, ref.api_key, {
+        "query": _LINE_COUNT_QUERY, "operationName": "RunHistoryLineCount",
+        "variables": {"project": ref.project, "entity": ref.entity, "name": ref.run_id}}, timeout)
+    try:
+        bucket = answer["data"]["model"]["bucket"]
+        return 0 if bucket is None else int(bucket["historyLineCount"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QueryUnsupported(f"unexpected answer {str(answer)[:200]}") from exc
+
+
+_VIEWER_QUERY = "query Viewer { viewer { entity } }"
+
+
+def _api_key(base_url: str) -> str | None:
+    """The API key wandb would use for `base_url`: WANDB_API_KEY, else the netrc entry of its host
+    (where `wandb login` writes it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    import netrc
+
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC") or None).authenticators(urlparse(base_url).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
+def _graphql(base_url: str, api_key: str, body: dict, timeout: float) -> dict:
+    """One GraphQL request; raises Outage (unreachable, 5xx) or QueryUnsupported (4xx, garbled)."""
+    auth = base64.b64encode(f"api:{api_key}".encode()).decode()
+    request = urllib.request.Request(f"{base_url.rstrip('/')}/graphql", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}",
+                                              "User-Agent": "eval-sidecar"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read() or b"{}")
+            return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code == 429:
             raise Outage(f"the server answered HTTP {exc.code}") from exc
         raise QueryUnsupported(f"the server answered HTTP {exc.code}") from exc
     except urllib.error.URLError as exc:  # refused, unresolvable, reset
         reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise Outage(f"cannot reach {urlparse(ref.base_url).netloc}: {reason}") from exc
+        raise Outage(f"cannot reach {urlparse(base_url).netloc}: {reason}") from exc
     except (OSError, ValueError) as exc:  # timeouts, a connection cut mid-answer, a garbled answer
         raise Outage(f"{type(exc).__name__}: {exc}") from exc
-    try:
-        bucket = answer["data"]["model"]["bucket"]
-        return 0 if bucket is None else int(bucket["historyLineCount"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise QueryUnsupported(f"unexpected answer {str(answer)[:200]}") from exc
+
+
+def server_ref(project: str, entity: str | None, run_id: str, timeout: float = QUERY_TIMEOUT) -> ServerRef | None:
+    """Where a run lives, without opening it (`sync` counts the server's history lines around each
+    upload before it opens the run, if ever): WANDB_BASE_URL (or W&B's cloud), the API key wandb
+    would use, and `entity` or, when it is left to the server, the viewer's default entity. None
+    when no API key is found or the server does not say. Raises Outage when it cannot be reached."""
+    base_url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    api_key = _api_key(base_url)
+    if not api_key:
+        return None
+    if not entity:
+        try:
+            answer = _graphql(base_url, api_key, {"query": _VIEWER_QUERY, "operationName": "Viewer"}, timeout)
+            entity = answer["data"]["viewer"]["entity"]
+        except QueryUnsupported:
+            return None
+        except (KeyError, TypeError):
+            return None
+        if not isinstance(entity, str) or not entity:
+            return None
+    return ServerRef(base_url, api_key, entity, project, run_id)
 
 
 def _leave(reporter) -> bool:
@@ -289,6 +340,7 @@ class WandbReporter:
         self._server_down = False  # the last delivery question found the server unreachable
         self._unreachable_since: float | None = None  # time.time() when W&B became unreachable (cleared when back)
         self._run_url: str | None = None  # the online run's page, once it is open
+        self._rotated = False  # an offline segment was closed for `sync` (the next ones open without wandb's lines)
         self.finished_cleanly = False
         self.server: ServerRef | None = None  # the online run last opened, for the server's own count
         self.mode = options.mode
@@ -457,6 +509,9 @@ class WandbReporter:
                     self._log_table(w)
                 except Exception as exc:  # noqa: BLE001
                     self._lose_run(w, exc)
+            rotate_at = self._rotate_at(w)
+            if rotate_at is not None and time.monotonic() >= rotate_at and not closing:
+                self._rotate(w)
             self._in_outage = w.in_outage
             self._track_outage()
             self._send_alerts(w)
@@ -480,6 +535,8 @@ class WandbReporter:
             deadlines.append(w.confirm_at)
         if w.run is not None and w.table_wait(self.options.table_seconds) is not None:
             deadlines.append(time.monotonic() + w.table_wait(self.options.table_seconds))
+        if self._rotate_at(w) is not None:
+            deadlines.append(self._rotate_at(w))
         if w.closing:
             wait = 0.0
         elif deadlines:
@@ -516,6 +573,7 @@ class WandbReporter:
             return
         finally:
             self._opening = False
+        w.opened_at, w.segment_rows = time.monotonic(), set()
         if w.in_outage:
             log.info("W&B is reachable again: writing %d unreported row(s)", len(w.todo()))
         w.in_outage, self._failures = False, 0
@@ -532,6 +590,35 @@ class WandbReporter:
         for step in lost:
             w.resend[step] = w.sent[step][0]
         w.sent, w.sent_run, w.server_count = {}, key, count
+
+    def _rotate_at(self, w: "_Worker") -> float | None:
+        """When (monotonic) the open offline segment is closed, so that `sync` can upload it while
+        the watch goes on (`--wandb-segment-minutes`); None when segments are not rotated. The
+        next rows open the next segment: a segment holds at least one pass's rows."""
+        if w.run is None or self.mode != "offline" or self.options.segment_seconds <= 0 or self.options.one_shot:
+            return None
+        return w.opened_at + max(self.options.segment_seconds, MIN_SEGMENT_SECONDS)
+
+    def _rotate(self, w: "_Worker") -> None:
+        """Finish the offline run: its folder is a closed segment `sync` uploads (the table is not
+        forced into it, as at exit: the next segment logs it when due, and `sync` writes the table
+        of every uploaded row to the server). A finish that fails leaves the segment open: the
+        next start reads it back, as after a crash."""
+        run, w.run = w.run, None
+        try:
+            run.finish()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B offline segment %s could not be closed (%s); the next start reads it back",
+                        w.segment.get("dir"), _redact(f"{type(exc).__name__}: {exc}"))
+            self._teardown(None)
+            return
+        _leave(self)
+        self._rotated = True
+        age = time.monotonic() - w.opened_at
+        log.info("W&B offline segment %s closed after %s (%d row(s)): `sync` can upload it now; the next rows open "
+                 "a new one", w.segment.get("dir"), f"{age / 60:.1f} min" if age >= 60 else f"{age:.1f} s",
+                 len(w.segment_rows))
+        self._deliver(Delivery(dict(w.segment), closed=True))
 
     def _lines_at_open(self, w: "_Worker") -> int:
         """The server's history line count of the run just opened. wandb resumes at it
@@ -556,6 +643,7 @@ class WandbReporter:
             run.log(history_row(todo[step], first))
             self._warn_capped(w, step, todo[step])
         w.next_line = base + len(lines)
+        w.segment_rows.update(todo)
         for step in todo:
             w.resend.pop(step, None)
         if online:
@@ -568,10 +656,11 @@ class WandbReporter:
                                             run=w.sent_run if online else ""))
             w.written.update((s, (row, number)) for s, row in todo.items())
         crash_point("wandb-row")
-        w.table_due = True
-        self._log_table(w, force=seal)  # with the summary
-        if w.table_due:  # the table waits for its interval (or the server): the summary does not
-            self._log_summary(w)
+        if todo or self.options.seal_table:
+            w.table_due = True
+            self._log_table(w, force=seal)  # with the summary
+        if w.table_due or not (todo or self.options.seal_table):
+            self._log_summary(w)  # the table waits for its interval (or the server), or is not asked for
         w.sealed = True
 
     def _warn_capped(self, w: "_Worker", step: int, row: dict) -> None:
@@ -832,6 +921,8 @@ class WandbReporter:
         segment = {"dir": str(Path(run.dir).parent), "mode": self.mode, "run_id": opts.run_id,
                    "started": _utc_now(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
                    "host": socket.gethostname(), "steps": []}
+        if self.mode == "offline" and opts.segment_seconds > 0 and not opts.one_shot:
+            segment["close_after"] = max(opts.segment_seconds, MIN_SEGMENT_SECONDS)  # `sync` may wait for it
         ref = None
         if self.mode == "online":
             segment["run"] = f"{run.entity}/{run.project}/{run.id}"
@@ -857,6 +948,7 @@ class WandbReporter:
             console="off", x_disable_stats=not opts.system_stats, init_timeout=opts.init_timeout,
             x_transaction_log_flush_interval=opts.flush_interval, quiet=True, save_code=False,
             disable_git=True, x_save_requirements=False,
+            silent=self._rotated and self.mode == "offline",  # wandb's 3 lines per segment, said at the first
             x_file_stream_transmit_interval=TRANSMIT_SECONDS,
             x_file_stream_retry_wait_max_seconds=RETRY_WAIT_MAX_SECONDS,
             finish_timeout=_finish_timeout(opts),  # an outage must not hang the exit
@@ -972,6 +1064,8 @@ class _Worker:
         self.capped: dict[int, dict] = {}  # step -> row warned about (more metrics than W&B gets)
         self.stalled = False  # warned that the server takes no lines (until it takes one again)
         self.alerts: list[_Alert] = []  # W&B alerts waiting for the online run
+        self.opened_at = 0.0  # monotonic time the open run (segment) was opened
+        self.segment_rows: set[int] = set()  # steps written into the open segment
 
     def take(self, snapshot: ReportBatch, seen: int = 0) -> None:
         """A newer snapshot, built when the state had applied `seen` deliveries; the first one

@@ -373,7 +373,9 @@ class StateStore:
 
 
 def legacy_synced(state_file: Path) -> set[str]:
-    """Folders an earlier version recorded as synced in `<state>.synced.json` (now in state)."""
+    """Folders recorded as synced in `<state>.synced.json`: by a sync while the sidecar ran (it
+    never writes the state file then), or by an earlier version; a sync with the sidecar stopped
+    moves them into the state file."""
     try:
         return set(json.loads(Path(f"{state_file}.synced.json").read_text()).get("synced", []))
     except (OSError, ValueError, AttributeError):
