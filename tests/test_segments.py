@@ -112,3 +112,53 @@ def test_follow_flags_are_checked_before_anything_runs(ws, server):
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == [f"eval_wandb_sidecar.py: error: {line}"]
     assert server.requests == []
+
+
+# ----- the decisions behind it (pure functions, no W&B) ----------------------------------------------
+def _state_with_segments():
+    from sidecar.watch.state import State
+
+    state = State("k", "eval-k", "m-eval")
+    state.rows = {s: {"checkpoint_step": s, "HR@10": s / 1000} for s in (100, 200, 300, 400)}
+    state.segments = [
+        {"dir": "/w/offline-run-1", "mode": "offline", "started": "2026-12-01T10:00:00+00:00", "steps": [100],
+         "closed": True, "synced": "2026-12-01T10:31:00+00:00"},
+        {"dir": "/w/offline-run-2", "mode": "offline", "started": "2026-12-01T10:30:00+00:00", "steps": [200],
+         "closed": True},
+        {"dir": "/w/offline-run-4", "mode": "offline", "started": "2026-12-01T11:30:00+00:00", "steps": [400]},
+        {"dir": "/w/offline-run-3", "mode": "offline", "started": "2026-12-01T11:00:00+00:00", "steps": [300],
+         "closed": True},
+    ]
+    return state
+
+
+def test_only_closed_segments_not_uploaded_yet_go_while_the_sidecar_runs_in_start_order():
+    from sidecar.watch.sync import closed_uploads
+
+    state = _state_with_segments()
+    assert [str(u.folder) for u in closed_uploads(state, {})] == ["/w/offline-run-2", "/w/offline-run-3"]
+    assert [str(u.folder) for u in closed_uploads(state, {"/w/offline-run-2": "t"})] == ["/w/offline-run-3"]
+
+
+def test_the_table_and_summary_of_a_sync_beside_the_sidecar_hold_only_rows_on_the_server():
+    from sidecar.watch.sync import rows_on_server
+
+    state = _state_with_segments()
+    assert sorted(rows_on_server(state, {})) == [100]
+    assert sorted(rows_on_server(state, {"/w/offline-run-2": "t"})) == [100, 200]
+    state.segments[2]["steps"].append(100)  # re-evaluated into the open segment: the server has an older copy
+    assert sorted(rows_on_server(state, {"/w/offline-run-2": "t"})) == [200]
+
+
+def test_the_record_beside_the_state_reads_an_earlier_versions_file_and_ignores_a_damaged_one(tmp_path):
+    from sidecar.watch.state import legacy_synced
+    from sidecar.watch.sync import SyncRecord, synced_file
+
+    state_file = tmp_path / "m_0123456789abcdef0123.json"
+    synced_file(state_file).write_text(json.dumps({"synced": ["/w/offline-run-1"]}))
+    assert SyncRecord.read(state_file) == SyncRecord({"/w/offline-run-1": "recorded by an earlier version"})
+    SyncRecord({"/w/offline-run-2": "2026-12-01T10:31:00+00:00"}, 2, "d").write(state_file)
+    assert SyncRecord.read(state_file) == SyncRecord({"/w/offline-run-2": "2026-12-01T10:31:00+00:00"}, 2, "d")
+    assert legacy_synced(state_file) == {"/w/offline-run-2"}  # what `status` counts as synced
+    synced_file(state_file).write_text('{"synced": "not a list"')
+    assert SyncRecord.read(state_file) == SyncRecord()

@@ -12,7 +12,8 @@ lines. The worker asks the server for the run's history line count a few seconds
 (and backs off while lines are missing); a clean `finish()` confirms every line; and a resumed run
 starts at the server's line count (wandb reads it with `RunResumeStatus`), so a restarted sidecar
 writes again exactly the rows whose lines never arrived. Offline, each process writes its own
-segment folder; crashed segments are read back at start-up (`reconcile`).
+segment folder, or one per `--wandb-segment-minutes` (each closed one can be synced while the
+watch goes on); crashed segments are read back at start-up (`reconcile`).
 
 Many reporters may share one process (fleet mode, `WandbOptions.shared`), each with its run open.
 wandb has one setup and one service (wandb-core) per process for all of them: runs are opened one
@@ -600,10 +601,11 @@ class WandbReporter:
         return w.opened_at + max(self.options.segment_seconds, MIN_SEGMENT_SECONDS)
 
     def _rotate(self, w: "_Worker") -> None:
-        """Finish the offline run: its folder is a closed segment `sync` uploads (the table is not
-        forced into it, as at exit: the next segment logs it when due, and `sync` writes the table
-        of every uploaded row to the server). A finish that fails leaves the segment open: the
-        next start reads it back, as after a crash."""
+        """Finish the offline run: its folder is a closed segment `sync` uploads. The table is not
+        forced into it as at exit (each segment would then hold a full table, however few rows it
+        added): the next segment logs it when due, and `sync` writes the table of the uploaded
+        rows. A finish that fails leaves the segment open: the next start reads it back, as after
+        a crash."""
         run, w.run = w.run, None
         try:
             run.finish()
