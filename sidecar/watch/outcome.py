@@ -180,22 +180,28 @@ def _failed_part(failures: list[dict], now_wall: float) -> str:
 
 
 def once_summary(tally: RunTally, not_ready: int, retries: list[float], skipped: list[str], now_wall: float,
-                 stopped: bool = False) -> str:
+                 stopped: bool = False, gpu_waiting: int = 0) -> str:
     """The last line of a `once` run: evaluated / reused / failed / waiting, then the models not
     evaluated (fleet mode). `not_ready`: wanted checkpoints not ready yet (or, when `stopped`,
     not reached before the stop); `retries`: the retry times of checkpoints that failed in an
-    earlier run and whose retry is not due yet."""
+    earlier run and whose retry is not due yet; `gpu_waiting`: of `not_ready`, those ready but
+    waiting for free GPU memory (--gpu-free-memory-mb)."""
     failures = [tally.failed[k] for k in sorted(tally.failed, key=lambda k: (str(k[0]), k[1]))]
     parts = [f"{tally.evaluated} evaluated", f"{tally.reused} reused (metrics.json existed)",
              _failed_part(failures, now_wall)]
     if tally.vanished:
         parts.append(f"{tally.vanished} vanished (deleted before or during their eval)")
     why = "left for the next run: stopped first" if stopped else "not ready yet"
+    gpu_waiting = 0 if stopped else min(gpu_waiting, not_ready)
+    if gpu_waiting:
+        why = (f"{not_ready - gpu_waiting} not ready yet, {gpu_waiting} for free GPU memory"
+               if gpu_waiting < not_ready else "for free GPU memory")
     if retries:
         first = clock_text(min(retries), now_wall)
         retry = (f"to retry an earlier failure from {first} on" if len(retries) == 1
                  else f"to retry earlier failures, the first from {first} on")
-        both = f"{not_ready} {why}, {len(retries)} {retry}" if not_ready else retry
+        both = f"{not_ready} {why}, {len(retries)} {retry}" if not_ready and not gpu_waiting \
+            else f"{why}, {len(retries)} {retry}" if not_ready else retry
         parts.append(f"{not_ready + len(retries)} waiting ({both})")
     else:
         parts.append(f"{not_ready} waiting ({why})")

@@ -214,7 +214,10 @@ class Loop:
             count, times = pipeline.waiting(now, failed_here)
             not_ready += count
             retries += times
-        text = once_summary(self.tally, not_ready, retries, self.skipped(), now, stopped=self.stop_event.is_set())
+        gate = self.scheduler.gate
+        gpu_waiting = sum(p.backlog for p in self._pipelines()) if gate is not None and gate.waiting else 0
+        text = once_summary(self.tally, not_ready, retries, self.skipped(), now, stopped=self.stop_event.is_set(),
+                            gpu_waiting=gpu_waiting)
         return text, EXIT_ONCE_FAILED if self.tally.failed else EXIT_OK
 
     def notify(self, urgent: bool = False) -> None:
