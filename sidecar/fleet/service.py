@@ -133,15 +133,20 @@ class Fleet(Loop):
         try:
             self._finish_running()
         finally:
-            for member in list(self.members.values()):
-                self._close_member(member)
-            for thread in list(self._closing.values()):
-                thread.join()
+            self.notifier.flush()  # held notices go now, while the reporters can still send alerts
+            try:
+                for member in list(self.members.values()):
+                    self._close_member(member)
+                for thread in list(self._closing.values()):
+                    thread.join()
+            finally:
+                self.notifier.close()
 
     def _close_member(self, member: Member) -> None:
         """Close in a thread of its own: a W&B run finishing never holds up the other models."""
         self.members.pop(member.key, None)
         self._served.pop(member.key, None)
+        self.notifier.forget(member.key)
 
         def close() -> None:
             try:
@@ -297,11 +302,13 @@ class Fleet(Loop):
                 pipeline.start()
         except SidecarError as exc:
             lock.release()
+            self.notifier.forget(pipeline.model)
             self._set(entry, Status.ERROR, str(exc), logger=log.error)
             entry.retry_at = now + self.config.poll_interval_seconds
             return
         except BaseException:
             lock.release()
+            self.notifier.forget(pipeline.model)
             raise
         self.members[member.key] = member
         entry.member = member
@@ -411,6 +418,7 @@ class Fleet(Loop):
             except LockLost as exc:
                 self._lose(member, exc)
         self.backfill.nudge()
+        self.notifier.tick()
         return done
 
     def _hint(self, scanned: list[Member]) -> None:

@@ -20,6 +20,7 @@ from ..errors import EXIT_OK, EXIT_ONCE_FAILED, ConfigError, LockLost
 from ..executors.base import Started
 from ..executors.local import LocalExecutor
 from ..labels import about
+from ..notify import make_notifier
 from ..progress import Progress, on_terminal
 from ..reporters.base import NullReporter, Reporter
 from .outcome import Counted, RunTally, once_summary
@@ -188,13 +189,17 @@ class Loop:
         self.scheduler: Scheduler
         self.tally = RunTally()  # every outcome recorded since the start (the `once` summary)
         self.backfill = Backfill(clock, progress_seconds(environ or {}))
+        # --notify-command / --wandb-alerts (a program not found is ConfigError here, before the lock)
+        self.notifier = make_notifier(config, clock, environ or {})
 
     def _wire(self, pipeline: ModelPipeline, label: str = "") -> None:
-        """Count the pipeline's outcomes here; `label` goes before its checkpoints' names in the
-        `once` summary (a fleet's model)."""
+        """Count the pipeline's outcomes here (and tell the notifier); `label` goes before its
+        checkpoints' names in the `once` summary (a fleet's model)."""
         model = pipeline.model
+        self.notifier.watch(pipeline, pipeline.config.identity.safe_model)
 
         def counted(kind: Counted, step: int, failure: dict | None = None) -> None:
+            self.notifier.outcome(model, kind, step, failure)
             if failure is not None and label:
                 failure = {**failure, "label": f"{label}{failure.get('label', '')}"}
             self.tally.add(kind, model, step, failure)
@@ -294,8 +299,9 @@ class Loop:
                 self.clock.wait(self.stop_event, max(0.0, min(confirming) - self.clock.monotonic()))
                 continue
             if running and done == 0:
-                # an eval finishing (or a signal) wakes us; a backfill's progress line too
-                deadline = self.backfill.deadline()
+                # an eval finishing (or a signal) wakes us; a backfill's progress line and a held notice too
+                deadline = min((d for d in (self.backfill.deadline(), self.notifier.deadline()) if d is not None),
+                               default=None)
                 self.clock.wait(self.wake, None if deadline is None else max(0.0, deadline - self.clock.monotonic()))
                 self.wake.clear()
         return total
@@ -360,8 +366,7 @@ class Loop:
             if done:
                 continue
             deadlines = self._wake_deadlines(now, poll)
-            if self.backfill.deadline() is not None:
-                deadlines.append(self.backfill.deadline())
+            deadlines += [d for d in (self.backfill.deadline(), self.notifier.deadline()) if d is not None]
             self.clock.wait(self.wake, next_wake(now, poll_deadline if use_poll else None, deadlines))
             self.wake.clear()
             # A burst of events (a trainer writing a big file) wakes the loop at most every
@@ -416,16 +421,20 @@ class Sidecar(Loop):
                     if self.state is not None:
                         self._finish_running()
                 finally:
+                    self.notifier.flush()  # held notices go now, while the reporter can still send alerts
                     if not self._lock_lost:
                         self.pipeline.close()
         finally:
-            if self._lock_lost:  # the lock file is the new holder's: not released by us
-                self.scheduler.leave_running()  # Slurm jobs are the new holder's (it re-attaches to them)
-                self.pipeline.reporter.abandon()
-                self.request_stop()
-                self._finish_running(record=False)
-            else:
-                self.lock.release()
+            try:
+                if self._lock_lost:  # the lock file is the new holder's: not released by us
+                    self.scheduler.leave_running()  # Slurm jobs are the new holder's (it re-attaches to them)
+                    self.pipeline.reporter.abandon()
+                    self.request_stop()
+                    self._finish_running(record=False)
+                else:
+                    self.lock.release()
+            finally:
+                self.notifier.close()
 
     def _check_lock(self) -> None:
         """The lock file removed or replaced under us: take it again, or (another sidecar holds it
@@ -483,4 +492,5 @@ class Sidecar(Loop):
         pipeline.save(force=pipeline.dirty)
         pipeline.report()
         self.backfill.nudge()
+        self.notifier.tick()
         return done
