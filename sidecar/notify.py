@@ -453,8 +453,11 @@ class Notifier:
             self._internal_error()
 
     def close(self) -> None:
-        """After `flush`: wait for the commands still to run, at most --notify-timeout-seconds
-        plus SHUTDOWN_EXTRA_SECONDS in all."""
+        """After `flush` and the reporters' close: an outage they found while closing (a `once`
+        run's W&B is first tried then) is told; then wait for the commands still to run, at most
+        --notify-timeout-seconds plus SHUTDOWN_EXTRA_SECONDS in all."""
+        self.alerts = False  # the runs are finished
+        self.flush()
         if self.runner is not None:
             self.runner.close(self.config.notify_timeout_seconds + SHUTDOWN_EXTRA_SECONDS)
 

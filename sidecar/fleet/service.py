@@ -136,17 +136,19 @@ class Fleet(Loop):
             self.notifier.flush()  # held notices go now, while the reporters can still send alerts
             try:
                 for member in list(self.members.values()):
-                    self._close_member(member)
+                    self._close_member(member, final=True)
                 for thread in list(self._closing.values()):
                     thread.join()
             finally:
                 self.notifier.close()
 
-    def _close_member(self, member: Member) -> None:
-        """Close in a thread of its own: a W&B run finishing never holds up the other models."""
+    def _close_member(self, member: Member, final: bool = False) -> None:
+        """Close in a thread of its own: a W&B run finishing never holds up the other models.
+        `final`: the fleet is closing (the notifier still asks its reporter about an outage)."""
         self.members.pop(member.key, None)
         self._served.pop(member.key, None)
-        self.notifier.forget(member.key)
+        if not final:
+            self.notifier.forget(member.key)
 
         def close() -> None:
             try:
