@@ -120,7 +120,7 @@ class Workspace:
                               capture_output=True, text=True, timeout=60)
 
     def state_files(self) -> list[Path]:
-        return sorted(self.state_dir.glob("*.json"))
+        return sorted(p for p in self.state_dir.glob("*.json") if not p.name.endswith(".synced.json"))
 
     def state(self) -> dict:
         files = self.state_files()

@@ -261,7 +261,7 @@ def status_of_many(args: dict, every: bool, model: str | None, as_json: bool, wi
 def full_status(rows: list[dict], args: dict, configs: dict, mode: str, as_json: bool, with_rows: bool,
                 ascii: bool = False) -> int:
     """The one-model status of each row (a model may have several configurations' state files)."""
-    from sidecar.watch.state import read_state
+    from sidecar.watch.state import legacy_synced, read_state
 
     items: list[tuple[dict, object]] = []
     for row in rows:
@@ -275,7 +275,8 @@ def full_status(rows: list[dict], args: dict, configs: dict, mode: str, as_json:
                                           f"for it yet"}, None))
             continue
         reading = Reading.of(dict(args), state, configs.get(str(path)), mode)
-        items.append(({"model": row["model"], **explained(path, state, reading)}, state))
+        items.append(({"model": row["model"], **explained(path, state, reading,
+                                                          synced_elsewhere=frozenset(legacy_synced(path)))}, state))
     if as_json:
         items = [({k: v for k, v in info.items() if k != "text"}, state) for info, state in items]
     show(items, as_json, with_rows, ascii)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import SidecarError
 from ..watch.sparkline import metric_points, sparkline, to_ascii
-from ..watch.state import read_state
+from ..watch.state import legacy_synced, read_state
 from ..watch.status import DEFAULT_METRICS, mode_of, number_text, summarize, summary_metrics_of
 
 STATE_NAME = re.compile(r"^(?P<model>.+)_(?P<key>[0-9a-f]{20})\.json$")
@@ -86,7 +86,8 @@ def model_row(model: str, state_file: Path, now: float, given: tuple | None = No
     metrics, lower = summary_metrics_of(state, given, fallback)
     metric = metrics[0]
     mode = mode_of(state, mode)
-    info = summarize(state, now, mode=mode, waiting=explain(state) if explain is not None else None)
+    info = summarize(state, now, mode=mode, waiting=explain(state) if explain is not None else None,
+                     synced_elsewhere=frozenset(legacy_synced(state_file)))  # a live sync's record
     best = best_of(state.rows, metric, "min" if metric in lower else "max")
     line = sparkline(metric_points(state.rows, metric), CURVE_CELLS)
     return {**row, "status": status or "ok", "processed": info["processed"], "pending": info["pending"],

@@ -62,6 +62,7 @@ def settings_of(config: Config) -> dict:
         "keep_best": config.keep_best,
         "keep_best_metric": f"{config.keep_best_metric}:{'min' if config.keep_best_lower_better else 'max'}",
         "gpu_free_memory_mb": config.gpu_free_memory_mb,
+        "wandb_segment_minutes": config.wandb_segment_minutes,
         "gpu_slots": list(config.gpu_slots) if config.executor == "local" else [],
         "identity": dict(config.identity.payload),  # what the key is a hash of: tells one configuration from another
     }
