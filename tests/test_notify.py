@@ -237,4 +237,8 @@ def test_wandb_alerts_reach_the_server_for_new_bests(ws):
         assert done.returncode == 0, done.stderr
         # 100 at once; 200 within its minute, sent at the end of the run, before the run finished
         assert server.operations().count("NotifyScriptableRunAlert") == 2
+        alerts = server.alerts
+        assert [a.get("runName") for a in alerts] == [ws.state()["run_id"]] * 2, alerts
+        assert all("new best" in (a.get("title") or "").lower() for a in alerts), alerts
+        assert "200" in (alerts[1].get("text") or ""), alerts
         assert [r["checkpoint_step"] for r in server.run(ws.state()["run_id"]).eval_rows()] == [100, 200]

@@ -69,6 +69,7 @@ class WandbServer:
         self.port = port
         self.runs: dict[tuple[str, str, str], StoredRun] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path or GraphQL operation name)
+        self.alerts: list[dict] = []  # the variables of each run alert (title, text, severity, runName, ...)
         self.fail_with: int | None = None  # answer every request with this HTTP status (e.g. 503)
         self.fail_paths: tuple[str, ...] = ()  # ... or only requests whose path/operation contains one of these
         self.artifacts: dict[str, dict] = {}
@@ -145,6 +146,11 @@ class WandbServer:
         if handler is None:
             return {"data": None, "errors": [{"message": f"the W&B server double does not know {name}"}]}
         return {"data": handler(variables, query)}
+
+    def _op_NotifyScriptableRunAlert(self, variables, query):
+        with self._lock:
+            self.alerts.append(dict(variables))
+        return {"notifyScriptableRunAlert": {"success": True}}
 
     def _op_Viewer(self, variables, query):
         return {"viewer": {"id": "dXNlcjox", "entity": ENTITY, "username": ENTITY, "email": "t@example.invalid",
