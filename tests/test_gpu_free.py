@@ -135,7 +135,8 @@ def test_once_leaves_a_checkpoint_waiting_for_gpu_memory_to_the_next_run_and_pla
         if line.endswith("[INFO] GPU 0 has 100 MiB free, --gpu-free-memory-mb 20000: checkpoint-100 waits; "
                          "the next run asks again")]
     assert len(lines_with(done.stderr, " waits; ")) == 1, done.stderr
-    assert re.search(r"once: 0 evaluated, .* 1 waiting", done.stderr.splitlines()[-1])
+    assert done.stderr.splitlines()[-1].endswith("once: 0 evaluated, 0 reused (metrics.json existed), 0 failed, "
+                                                 "1 waiting (for free GPU memory)")
     assert ws.calls() == []
 
     plan = run(ws, "plan", *GATE, env=smi.env(ws))
@@ -205,3 +206,17 @@ def test_the_gate_reads_once_per_interval_logs_two_lines_per_wait_and_wakes_the_
         "GPU 0 has 100 MiB free, --gpu-free-memory-mb 20000: checkpoint-1 waits; asking again every 0.05 s",
         "GPU 0 has 30000 MiB free now (--gpu-free-memory-mb 20000): checkpoint-1 starts"]
     gate.close()
+
+
+def test_a_result_already_there_is_recorded_while_the_gpus_are_full(ws, tmp_path):
+    # a reused metrics.json needs no GPU: it must not wait behind a checkpoint that does
+    smi = StandInSmi(tmp_path, "0, 100\n")
+    ws.checkpoint(100)
+    ws.checkpoint(200)
+    ws.results(200).parent.mkdir(parents=True)
+    ws.results(200).write_text(json.dumps({"HR@10": 0.5, "NDCG@10": 0.25}))
+    done = run(ws, "once", *GATE, env=smi.env(ws))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1].endswith("once: 0 evaluated, 1 reused (metrics.json existed), 0 failed, "
+                                                 "1 waiting (for free GPU memory)"), done.stderr
+    assert [r["checkpoint_step"] for r in ws.state()["table_rows"]] == [200]

@@ -435,28 +435,31 @@ class Fleet(Loop):
                  len(idle), ", ".join(sorted(m.name for m in idle)), sum(m.pipeline.force_eval_idle for m in idle))
 
     def _dispatch(self, planned: dict[str, list]) -> int:
-        """Free slots to ready checkpoints, models in turn (`order`), each model within its cap."""
+        """Free slots to ready checkpoints, models in turn (`order`), each model within its cap;
+        what needs no eval (a reused metrics.json) is recorded whether or not a slot is free."""
         done = 0
         cap = self.config.max_parallel_per_model
         running = {key: self._running(key) for key in planned}
         names = {key: self.members[key].name for key in planned}
+        slots_left = True
         for key, ckpt in interleave(planned, names, self._served, strict=self._strict):
             if self.stop_event.is_set():
                 break
             member = self.members.get(key)
             if member is None or member.lock_lost or member.retiring:
                 continue
-            if cap and running[key] >= cap:
-                continue
-            slot = self.scheduler.free_slot(f"{member.name}/{ckpt.name}")
-            if slot is None:
-                break  # every slot busy (or short of GPU memory): a finished eval or the memory check wakes the loop
             try:
                 with about(member.name):
-                    done += member.pipeline.dispatch(ckpt, slot)
+                    settled = member.pipeline.settle(ckpt)  # a reused result needs no slot: never waits for one
+                    if settled is None and slots_left and not (cap and running[key] >= cap):
+                        slot = self.scheduler.free_slot(f"{member.name}/{ckpt.name}")
+                        slots_left = slot is not None  # all busy (or short of GPU memory): an eval's end wakes us
+                        if slot is not None:
+                            settled = member.pipeline.start_eval(ckpt, slot)
             except LockLost as exc:
                 self._lose(member, exc)
                 continue
+            done += settled or 0
             if EvalKey(key, ckpt.step) in self.scheduler.running:
                 running[key] += 1
                 self._served[key] = next(self._counter)

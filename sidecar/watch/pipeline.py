@@ -280,6 +280,12 @@ class ModelPipeline:
     def dispatch(self, ckpt: Checkpoint, slot: int) -> int:
         """Record at once what needs no eval (reused metrics.json, a vanished folder); otherwise
         start the eval on `slot`. Returns how many outcomes were recorded."""
+        settled = self.settle(ckpt)
+        return settled if settled is not None else self.start_eval(ckpt, slot)
+
+    def settle(self, ckpt: Checkpoint) -> int | None:
+        """Record what needs no eval, and no slot: a reused metrics.json, a vanished folder, an
+        unusable metrics path (returns the outcomes recorded); None when `ckpt` needs an eval."""
         cfg, state, step = self.config, self.state, ckpt.step
         metrics_path = self.metrics_path(ckpt)
         rerun = cfg.force_eval or step in self.policy.force_steps or step in self._interrupted
@@ -300,6 +306,13 @@ class ModelPipeline:
             self.on_outcome(Counted.VANISHED, step)
             self.dirty = True
             return 1
+        return None
+
+    def start_eval(self, ckpt: Checkpoint, slot: int) -> int:
+        """Start the eval of `ckpt` on `slot` (its in-flight record saved first); 0, or 1 when it
+        could not be started (recorded as a failure that uses no attempt)."""
+        cfg, state, step = self.config, self.state, ckpt.step
+        metrics_path = self.metrics_path(ckpt)
         cuda = self.scheduler.cuda(slot)
         job = replace(self._job(ckpt, ["bash", str(cfg.eval_script), str(cfg.sft_root)],
                                 {**self.environ, **cfg.eval_env(ckpt.path, cuda_list=cuda)}), gpus=cuda)

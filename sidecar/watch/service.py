@@ -482,13 +482,19 @@ class Sidecar(Loop):
         planned, vanished = pipeline.scan()
         done += vanished
         self.backfill.update(pipeline.backlog + len(self.scheduler.running))
+        slots_left = True
         for ckpt in planned:
             if self.stop_event.is_set():
                 break
-            slot = self.scheduler.free_slot(ckpt.name)
+            settled = pipeline.settle(ckpt)  # a reused result needs no slot: never waits for one
+            if settled is not None:
+                done += settled
+                continue
+            slot = self.scheduler.free_slot(ckpt.name) if slots_left else None
             if slot is None:
-                break  # every slot busy (or short of GPU memory): a finished eval or the memory check wakes the loop
-            done += pipeline.dispatch(ckpt, slot)
+                slots_left = False  # every slot busy (or short of GPU memory): a finished eval or the check wakes us
+                continue
+            done += pipeline.start_eval(ckpt, slot)
         pipeline.save(force=pipeline.dirty)
         pipeline.report()
         self.backfill.nudge()
