@@ -83,7 +83,7 @@ def cmd_sync(argv: list[str]) -> int:
     if following:
         stop = FollowStop()
         stop.install()
-        return follow(StateStore(path), options, sync_lock, every, stop)
+        return follow(StateStore(path), options, sync_lock, every, stop, given=given)
     return run_sync(StateStore(path), state, options, lock, search, dry_run=dry_run, sync_lock=sync_lock)
 
 

@@ -562,11 +562,14 @@ class _Following:
             self.told = text
 
 
-def follow(store: StateStore, options: WandbOptions, sync_lock, every: float, stop: FollowStop, out=print) -> int:
+def follow(store: StateStore, options: WandbOptions, sync_lock, every: float, stop: FollowStop, out=print,
+           given: dict | None = None) -> int:
     """Upload each closed offline segment within `every` seconds of its closing, until stopped:
     0 when stopped with nothing left, 128 + the signal when a stop cut a round short (or a second
     signal stopped it at once), 1 when its last try failed. Never takes the sidecar's lock: the
-    sidecar may stop and start meanwhile."""
+    sidecar may stop and start meanwhile. Each round uploads to the run the state names then
+    (`sync_target`: the sidecar may have started, or started again with another project, since);
+    `given`: the --wandb-project / --wandb-entity given to sync."""
     options = _sync_options(options)
     out(f"following {store.path.name}: each closed offline segment is uploaded within {every:g} s of its closing; "
         f"Ctrl-C or SIGTERM stops")
@@ -574,7 +577,7 @@ def follow(store: StateStore, options: WandbOptions, sync_lock, every: float, st
     left = False
     try:
         while not stop.signum:
-            left = _follow_round(store, options, sync_lock, following, stop, out)
+            left = _follow_round(store, options, sync_lock, following, stop, out, given or {})
             if not stop.signum:
                 stop.wait(every)
     except StopNow as exc:
@@ -592,7 +595,7 @@ def follow(store: StateStore, options: WandbOptions, sync_lock, every: float, st
 
 
 def _follow_round(store: StateStore, options: WandbOptions, sync_lock, following: _Following, stop: FollowStop,
-                  out) -> bool:
+                  out, given: dict) -> bool:
     """One look at the state: upload what was closed since the last. Whether a stop left some."""
     try:
         sync_lock.acquire()
@@ -615,6 +618,14 @@ def _follow_round(store: StateStore, options: WandbOptions, sync_lock, following
         record = SyncRecord.read(store.path)
         uploads = closed_uploads(state, record.folders)
         if not uploads:
+            return False
+        if not state.wandb_run:
+            following.tell("the state names no W&B run yet: waiting for the sidecar's first segment")
+            return False
+        try:
+            options = replace(options, **sync_target(state, given))  # the run its rows are reported to, now
+        except ConfigError as exc:
+            following.tell(f"sync --follow: {exc}; waiting", sys.stderr)
             return False
         job = _Sync(store, state, options, [], out, record=record, stopping=lambda: bool(stop.signum))
         job.ref = following.ref
