@@ -254,3 +254,17 @@ def test_start_cleans_temps_puts_back_a_copy_set_aside_and_keeps_what_a_row_rank
     assert sorted(os.listdir(sft)) == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
     with pytest.raises(ConfigError, match="another configuration"):
         Keeper(state_dir, sft, 2, "HR@10", False, "other key", state_dir / "t.json").start(rows)
+
+
+def test_a_re_evaluation_without_the_metric_never_removes_the_last_copy(ws):
+    run = Run(ws)
+    for step, value in ((100, 0.5), (200, 0.7), (300, 0.6)):
+        run.checkpoint(step, value)
+    assert run.cli("once", "--keep-best", "2").returncode == 0
+    assert run.kept() == ["checkpoint-200", "checkpoint-300"]
+    shutil.rmtree(ws.sft / "checkpoint-200")  # the trainer's rotation: the kept copy is the only one left
+    run.value(200, "null")  # a broken re-evaluation: HR@10 is no number
+    done = run.cli("once", "--keep-best", "2", "--force-eval-steps", "200")
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint-200" in run.kept(), done.stderr
+    assert (run.best / "checkpoint-200" / "model.safetensors").stat().st_size == 1024

@@ -125,7 +125,7 @@ class Keeper:
             if unranked:
                 log.info("%d kept checkpoint(s) in %s have no result in the state (%s); they are ranked again once "
                          "evaluated", len(unranked), self.root, ", ".join(unranked[:5]))
-            self._reconcile(None, rows.__contains__, set(busy))
+            self._reconcile(None, self._ranked_in(rows), set(busy))
             kept = self.existing()
         except OSError as exc:  # e.g. a folder there that cannot be read: the evaluations go on
             log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
@@ -199,7 +199,7 @@ class Keeper:
             return []
         self._unsettled = False
         try:
-            self._reconcile(ckpt, lambda s: s == step or s in rows, busy - {step})
+            self._reconcile(ckpt, self._ranked_in({**rows, step: row}), busy - {step})
         except OSError as exc:
             log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
         return self.entered()
@@ -211,7 +211,7 @@ class Keeper:
             return []
         self._unsettled = False
         try:
-            self._reconcile(None, rows.__contains__, busy)
+            self._reconcile(None, self._ranked_in(rows), busy)
         except OSError as exc:
             log.warning("keeping the best checkpoints in %s: %s", self.root, exc)
         return self.entered()
@@ -220,17 +220,25 @@ class Keeper:
         lines, self._entered = self._entered, []
         return lines
 
+    def _ranked_in(self, rows: dict[int, dict]):
+        """Whether a step's row has a value of the metric: only then can it be ranked out (a copy
+        whose row lacks it, a re-evaluation that wrote no such metric, a --keep-best-metric only
+        newer rows have, is kept: it may be the only copy left of that checkpoint)."""
+        return lambda step: step in rows and metric_value(rows[step], self.metric) is not None
+
     def _reconcile(self, current: Checkpoint | None, has_row, busy: set[int]) -> None:
-        """Make the folder hold the top N: a kept copy ranked out goes (not one of a step without
-        a row, `has_row(step)` False, nor one in use), a top one not kept yet is kept when its
+        """Make the folder hold the top N: a kept copy ranked out goes (not one of a step whose row
+        has no value of the metric, `has_row(step)` False, nor one in use), a top one not kept yet is kept when its
         checkpoint still exists, `current` is kept again from its new folder; then the `best` link
         follows."""
         place = {r.step: i for i, r in enumerate(self.top)}
         kept = {c.step: c for c in self.existing()}
         for step, copy in kept.items():
             if self.top and step not in place and has_row(step) and step not in busy:
+                gone = self._source(step, copy.name) is None  # the trainer deleted it: this copy was the last
                 shutil.rmtree(copy.path, ignore_errors=True)
-                log.debug("%s left the best %d by %s; its kept copy is removed", copy.name, self.n, self.metric)
+                log.log(logging.WARNING if gone else logging.DEBUG, "%s left the best %d by %s; its kept copy is "
+                        "removed%s", copy.name, self.n, self.metric, " (it was the last copy)" if gone else "")
         for i, ranked in enumerate(self.top):
             if current is not None and ranked.step == current.step:
                 self._keep(current, i, entering=ranked.step not in kept)
