@@ -137,8 +137,8 @@ FLAGS: tuple[Flag, ...] = (
          help="add the epoch, global step, loss and learning rate of each checkpoint's trainer_state.json to its "
               "row (train/epoch, ...; in W&B, the table and status --rows)"),
     Flag("wandb-segment-minutes", "float", 0.0, minimum=0, maximum=30 * 24 * 60,
-         help="offline: close the segment after this many minutes (at a pass that added rows) so `sync` can "
-              "upload it while the watch goes on (0 = one segment per run)"),
+         help="offline: close the segment this many minutes after it opened (the next rows open the next one) so "
+              "`sync` can upload it while the watch goes on (0 = one segment per run)"),
     Flag("gpu-free-memory-mb", "int", 0, minimum=0, maximum=10 ** 7,
          help="start an eval on a slot only when each of its GPUs has this much free memory (nvidia-smi; 0 = do not ask)"),
     Flag("gpu-free-check-seconds", "float", 30.0, minimum=0.1, maximum=3600,
@@ -610,10 +610,12 @@ def keep_best_metric(text: str | None, summary: tuple[str, ...], lower: frozense
     metric, with its direction."""
     if text is None or not str(text).strip():
         return summary[0], summary[0] in lower
-    names, lower_named = parse_summary_metrics(text)
-    if len(names) != 1:
+    name, colon, goal = str(text).strip().rpartition(":")
+    if not colon or goal.lower() not in ("min", "max"):
+        name, goal = str(text).strip(), "max"
+    if not name.strip() or "," in name or ":" in name:
         raise ConfigError(f"--keep-best-metric: expected one metric like HR@10 or loss:min, got {text!r}")
-    return names[0], names[0] in lower_named
+    return name.strip(), goal.lower() == "min"
 
 
 def parse_command(text: str | tuple[str, ...] | None, flag: str) -> tuple[str, ...]:

@@ -15,8 +15,10 @@ GPU ids are nvidia-smi's `index` (PCI bus order). CUDA numbers the GPUs the same
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 COMMAND = "nvidia-smi"
@@ -49,17 +51,33 @@ def read_free(timeout: float = TIMEOUT_SECONDS) -> dict[int, int]:
     path = shutil.which(COMMAND)
     if path is None:
         raise GpuReadError(f"{COMMAND} not found on PATH")
-    try:
-        done = subprocess.run([path, *QUERY], capture_output=True, text=True, errors="replace", timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise GpuReadError(f"{COMMAND} did not answer within {timeout:g} s") from None
+    try:  # its own process group: a timeout stops whatever it started too
+        proc = subprocess.Popen([path, *QUERY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
         raise GpuReadError(f"{COMMAND} could not be run: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        said = next((line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()), "")
-        raise GpuReadError(f"{COMMAND} exited {done.returncode}" + (f": {said[:120]}" if said else ""))
-    return parse_free(done.stdout)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        raise GpuReadError(f"{COMMAND} did not answer within {timeout:g} s") from None
+    if proc.returncode != 0:
+        said = next((line.strip() for line in (stderr + "\n" + stdout).splitlines() if line.strip()), "")
+        raise GpuReadError(f"{COMMAND} exited {proc.returncode}" + (f": {said[:120]}" if said else ""))
+    return parse_free(stdout)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the reader's process group; wait for it briefly only (a reader stuck in the driver,
+    in uninterruptible sleep, is left to the kernel rather than hang the sidecar)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def slot_gpus(slot: str) -> tuple[int, ...]:

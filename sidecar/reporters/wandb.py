@@ -66,7 +66,10 @@ STALL_SECONDS = 120.0  # the server answers but takes no line for this long: ope
 QUERY_TIMEOUT = 10.0
 RELEASE_TIMEOUT = 10.0  # seconds wandb-core gets to end the stream a failed init left (shared mode)
 _CLOSE = object()
-ALERT_WAIT_SECONDS = 60  # W&B holds back a second alert of one title for this long (the notifier's rate too)
+# W&B drops a second alert of one title within this many seconds: the notifier already paces its
+# notices (one a kind a minute, the folded latest at the minute's end), so W&B must not drop that one
+# (0 would mean wandb's default, a minute)
+ALERT_WAIT_SECONDS = 1
 MAX_PENDING_ALERTS = 20  # alerts kept while the online run is not open; older ones go first
 # a rotated offline segment lives at least this long: wandb names offline folders by the second
 # their run started, so two segments of one run id opened within a second would share a folder
