@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 EVENTS = ("new_best", "eval_failed", "given_up", "vanished", "outage", "outage_over")
 RATE_SECONDS = 60.0  # at most one notice of a kind this often
 # While W&B reports, the loop passes at least this often to look at its outage (a tenth of
-# --notify-outage-minutes, 1 to 60 s): the reporter's worker does not wake the loop when W&B goes away.
-OUTAGE_RECHECK_MIN, OUTAGE_RECHECK_MAX = 1.0, 60.0
+# --notify-outage-minutes, 5 to 60 s; a pass re-lists the roots): the reporter's worker does not wake the loop when W&B goes away.
+OUTAGE_RECHECK_MIN, OUTAGE_RECHECK_MAX = 5.0, 60.0
 KILL_GRACE_SECONDS = 1.0  # a command past its timeout: SIGTERM to its group, then SIGKILL after this
 SHUTDOWN_EXTRA_SECONDS = 5.0  # the shutdown waits for notices at most --notify-timeout-seconds plus this
 ALERTED = ("new_best", "given_up")  # sent as W&B alerts too with --wandb-alerts
@@ -117,14 +117,15 @@ class Gate:
     goes at once; one within `every` seconds of the last notice of its kind is held, and what
     is held goes as one notice when those seconds are up (`due`), or at shutdown (`drain`)."""
 
-    def __init__(self, every: float = RATE_SECONDS) -> None:
+    def __init__(self, every: float = RATE_SECONDS, by_model: bool = False) -> None:
         self.every = every
-        self._last: dict[str, float] = {}  # kind -> when its last notice went out
-        self._held: dict[str, Notice] = {}
+        self.by_model = by_model  # one pace per kind and model (W&B alerts: each model's run gets its own)
+        self._last: dict = {}  # kind (or kind, model key) -> when its last notice went out
+        self._held: dict = {}
 
     def offer(self, event: Event, now: float) -> Notice | None:
         """The notice to send now, or None when the event is held for the end of the minute."""
-        kind = event.kind
+        kind = (event.kind, event.key) if self.by_model else event.kind
         held = self._held.get(kind)
         if held is not None:
             self._held[kind] = held.fold(event)
@@ -393,7 +394,8 @@ class Notifier:
         self.config = config
         self.clock = clock
         self.environ = dict(environ)
-        self.gate = Gate()
+        self.gate = Gate()  # the command's pace: one notice a kind a minute
+        self.alert_gate = Gate(by_model=True)  # --wandb-alerts: each run's own, so no model's alert is folded away
         self.runner = runner
         self.alerts = config.wandb_alerts
         self.fleet = bool(getattr(config, "models_root", ()))
@@ -426,14 +428,17 @@ class Notifier:
         """Once a pass: W&B outages begun or over, and the held notices whose minute is over."""
         try:
             self._check_outage()
-            for notice in self.gate.due(self.clock.monotonic()):
-                self._send(notice)
+            now = self.clock.monotonic()
+            for notice in self.gate.due(now):
+                self._run(notice)
+            for notice in self.alert_gate.due(now):
+                self._alert(notice)
         except Exception:  # noqa: BLE001
             self._internal_error()
 
     def deadline(self) -> float | None:
         """When (monotonic) the loop should pass again for a held notice or an outage, or None."""
-        deadlines = [d for d in (self.gate.deadline(),) if d is not None]
+        deadlines = [d for d in (self.gate.deadline(), self.alert_gate.deadline()) if d is not None]
         if any(w.pipeline.reporter.enabled for w in self._watched.values()):
             now_mono = self.clock.monotonic()
             deadlines.append(now_mono + self.recheck)
@@ -447,8 +452,10 @@ class Notifier:
         notice goes out now."""
         try:
             self._check_outage()
+            for notice in self.alert_gate.drain():
+                self._alert(notice)
             for notice in self.gate.drain():
-                self._send(notice)
+                self._run(notice)
         except Exception:  # noqa: BLE001
             self._internal_error()
 
@@ -541,22 +548,36 @@ class Notifier:
 
     # ----- sending --------------------------------------------------------------------------------
     def _offer(self, event: Event) -> None:
-        notice = self.gate.offer(event, self.clock.monotonic())
-        if notice is not None:
-            self._send(notice)
+        now = self.clock.monotonic()
+        if self.runner is not None:
+            notice = self.gate.offer(event, now)
+            if notice is not None:
+                self._run(notice)
+        if self.alerts and event.kind in ALERTED:
+            notice = self.alert_gate.offer(event, now)
+            if notice is not None:
+                self._alert(notice)
 
-    def _send(self, notice: Notice) -> None:
+    def _with_url(self, notice: Notice) -> Notice:
+        """The run's page, which may have opened since the event (a run opens lazily)."""
         event = notice.event
         watched = self._watched.get(event.key)
-        if watched is not None and not event.run_url:  # the run may have opened since (it opens lazily)
-            notice = replace(notice, event=replace(event, run_url=watched.pipeline.reporter.run_url() or ""))
-        if self.alerts and event.kind in ALERTED:
-            if watched is not None:
-                title = f"{event.model}: new best {event.metric}" if event.kind == "new_best" else \
-                    f"{event.model}: gave up on {event.checkpoint}"
-                watched.pipeline.reporter.alert(title, describe(notice), ALERT_LEVEL[event.kind])
+        if watched is not None and not event.run_url:
+            return replace(notice, event=replace(event, run_url=watched.pipeline.reporter.run_url() or ""))
+        return notice
+
+    def _run(self, notice: Notice) -> None:
         if self.runner is not None:
-            self.runner.submit(event.kind, {**self.environ, **environment(notice)})
+            notice = self._with_url(notice)
+            self.runner.submit(notice.event.kind, {**self.environ, **environment(notice)})
+
+    def _alert(self, notice: Notice) -> None:
+        event = notice.event
+        watched = self._watched.get(event.key)
+        if self.alerts and watched is not None:
+            title = f"{event.model}: new best {event.metric}" if event.kind == "new_best" else \
+                f"{event.model}: gave up on {event.checkpoint}"
+            watched.pipeline.reporter.alert(title, describe(self._with_url(notice)), ALERT_LEVEL[event.kind])
 
     def _internal_error(self) -> None:
         if not self._broken:

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ENTRY, process_gone, wait_for
 from loop_harness import FakeClock, harness, succeeds
-from sidecar.notify import VARIABLES, Notifier, Runner
+from sidecar.notify import VARIABLES, Event, Gate, Notifier, Runner
 from wandb_server import WandbServer
 
 KEY = "local0dummy0key0that0must0never0be0printed0"
@@ -242,3 +242,13 @@ def test_wandb_alerts_reach_the_server_for_new_bests(ws):
         assert all("new best" in (a.get("title") or "").lower() for a in alerts), alerts
         assert "200" in (alerts[1].get("text") or ""), alerts
         assert [r["checkpoint_step"] for r in server.run(ws.state()["run_id"]).eval_rows()] == [100, 200]
+
+
+def test_w_and_b_alerts_keep_one_pace_per_model_and_the_command_one_per_kind():
+    # pure pacing (times are numbers here): model b's alert is not folded into model a's
+    a, b = Event("new_best", 0.0, model="a", key="ka", step=100), Event("new_best", 1.0, model="b", key="kb", step=100)
+    alerts, command = Gate(by_model=True), Gate()
+    assert alerts.offer(a, 0.0) is not None and alerts.offer(b, 1.0) is not None
+    assert command.offer(a, 0.0) is not None and command.offer(b, 1.0) is None
+    [held] = command.drain()
+    assert held.count == 1 and held.event.model == "b"  # sent when the minute ends, not dropped
