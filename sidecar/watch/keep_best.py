@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +32,8 @@ from ..errors import ConfigError
 from .pins import Linker, checkpoint_folders
 
 log = logging.getLogger(__name__)
+
+RETRY_FAILED_SECONDS = 600.0  # a copy that failed (a full disk) is tried again this long after, while it ranks
 
 OWNER = ".owner.json"
 LINK = "best"
@@ -104,7 +107,9 @@ class Keeper:
         self.top: list[Ranked] = []
         self._names: dict[int, str] = {}  # the checkpoint folder name of each ranked step
         self._unsettled = False  # offers deferred to `settle`
-        self._skip: set[int] = set()  # in the top but no folder to keep (gone, or it failed): until the next start
+        # in the top but not kept: step -> monotonic time to try again (no folder: at the next start;
+        # a copy that failed, a full disk: after RETRY_FAILED_SECONDS)
+        self._skip: dict[int, float] = {}
 
     # ----- start ------------------------------------------------------------------------------
     def start(self, rows: dict[int, dict], busy: set[int] = frozenset()) -> list[Checkpoint]:
@@ -242,10 +247,10 @@ class Keeper:
         for i, ranked in enumerate(self.top):
             if current is not None and ranked.step == current.step:
                 self._keep(current, i, entering=ranked.step not in kept)
-            elif ranked.step not in kept and ranked.step not in self._skip:
+            elif ranked.step not in kept and time.monotonic() >= self._skip.get(ranked.step, 0.0):
                 source = self._source(ranked.step, self._names.get(ranked.step, f"checkpoint-{ranked.step}"))
                 if source is None:
-                    self._skip.add(ranked.step)
+                    self._skip[ranked.step] = math.inf
                 else:
                     self._keep(source, i, entering=True)
         self._point_best()
@@ -273,9 +278,12 @@ class Keeper:
             self._swap(staged, dest)
         except OSError as exc:
             shutil.rmtree(staged, ignore_errors=True)
-            self._skip.add(source.step)
-            log.warning("could not keep %s in %s (%s); it is not kept (the evaluation goes on; the next start "
-                        "tries again)", source.name, self.root, exc.strerror or exc)
+            again = source.step not in self._skip
+            self._skip[source.step] = time.monotonic() + RETRY_FAILED_SECONDS
+            (log.warning if again else log.debug)(
+                "could not keep %s in %s (%s); it is not kept for now (the evaluation goes on; tried again after "
+                "%.0f minutes, at a result, and at the next start)", source.name, self.root, exc.strerror or exc,
+                RETRY_FAILED_SECONDS / 60)
             return
         if entering:
             value = self.top[rank].value
