@@ -9,6 +9,10 @@ from pathlib import Path
 
 
 def records(segment: Path) -> list[dict]:
+    """Every record of the segment's .wandb file; none when wandb never made one (a sidecar killed
+    -9 while its first wandb.init was under way leaves a run folder without it: it holds no row)."""
+    if not any(segment.glob("*.wandb")):
+        return []
     out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(segment)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
