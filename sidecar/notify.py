@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import queue
 import shutil
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from . import labels
 from .errors import ConfigError
+from .reporters.rows import metric_value
 from .executors.processes import terminate
 from .watch.outcome import Counted, clock_text, plural
 from .watch.state import utc_iso
@@ -156,14 +156,6 @@ class Gate:
 
 
 # ----- judging a new best (pure) ---------------------------------------------------------------------
-def metric_value(row: dict | None, metric: str) -> float | None:
-    """The row's value of `metric` as a finite number, else None."""
-    value = (row or {}).get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def beats(value: float, other: float, lower_better: bool) -> bool:
     """Strictly better."""
     return value < other if lower_better else value > other

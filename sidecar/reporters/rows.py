@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 BASE_METRICS = ["HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10"]
@@ -67,6 +68,12 @@ def table_columns(rows: Iterable[dict], first: Iterable[str] = (), limit: int = 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_value(row: dict | None, metric: str) -> float | None:
+    """The row's value of `metric` as a finite number, else None (a string, a bool, NaN, absent)."""
+    value = (row or {}).get(metric)
+    return float(value) if _number(value) and math.isfinite(value) else None
 
 
 def summary_from_rows(rows: dict[int, dict], metrics: Iterable[str] = ("HR@10", "NDCG@10"),

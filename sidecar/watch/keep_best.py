@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..checkpoints import Checkpoint, parse_step
+from ..reporters.rows import metric_value
 from ..errors import ConfigError
 from .pins import Linker, checkpoint_folders
 
@@ -44,14 +45,6 @@ TEMP = ".tmp-keep-"  # temp folders and links: removed (or put back) at start
 class Ranked:
     step: int
     value: float
-
-
-def metric_value(row: dict, metric: str) -> float | None:
-    """The row's finite number for `metric`, else None (not ranked)."""
-    value = row.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def values_of(rows: dict[int, dict], metric: str) -> Iterable[tuple[int, float]]:

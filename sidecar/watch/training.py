@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
-from ..reporters.rows import TRAIN_FIELDS
+from ..reporters.rows import TRAIN_FIELDS, metric_value
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 MAX_BYTES = 256 * 1024 * 1024  # a longer file is not read (log_history of a very long run is a few MB)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def training_context(checkpoint: Path, step: int) -> dict:
@@ -38,15 +33,15 @@ def training_context(checkpoint: Path, step: int) -> dict:
         log.warning("%s: cannot read the training context (%s); the row goes without it", path, why)
         return {}
     context: dict = {}
-    if _number(data.get("epoch")):
-        context["train/epoch"] = float(data["epoch"])
-    if _number(data.get("global_step")):
+    if metric_value(data, "epoch") is not None:
+        context["train/epoch"] = metric_value(data, "epoch")
+    if metric_value(data, "global_step") is not None:
         context["train/global_step"] = int(data["global_step"])
     history = data.get("log_history")
     for entry in history if isinstance(history, list) else ():
-        if not isinstance(entry, dict) or not _number(entry.get("step")) or entry["step"] > step:
+        if not isinstance(entry, dict) or metric_value(entry, "step") is None or entry["step"] > step:
             continue
         for key in ("loss", "learning_rate"):
-            if _number(entry.get(key)):
-                context[f"train/{key}"] = float(entry[key])
+            if metric_value(entry, key) is not None:
+                context[f"train/{key}"] = metric_value(entry, key)
     return {k: context[k] for k in TRAIN_FIELDS if k in context}
